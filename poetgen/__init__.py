@@ -1,0 +1,3 @@
+"""poetgen: a character-level LSTM language model of Tang poetry."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,530 @@
+"""The 全唐诗 corpus: fetch the pinned npm package, verify it, parse, clean, convert script, split,
+and write the vocabulary, token streams and metadata that training reads.
+
+Library code: never prints. Long steps report through an optional ``progress(stage, done, total)``."""
+
+from __future__ import annotations
+
+import base64
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorpusError
+from .forms import detect_form
+from .paths import atomic_path, atomic_write_bytes, atomic_write_text
+from .vocab import Vocab
+
+PACKAGE = "chinese-poetry"
+VERSION = "2.0.1"
+INTEGRITY = (
+    "sha512-KtYARvV7CWNtax0na9+Jn6PlhGgSoid7PWyDzXI4KsCEm2odZcqEQyval5koaLygZnM/EQ3lfJ"
+    "//25K8p3uHNg=="
+)
+TARBALL = f"{PACKAGE}-{VERSION}.tgz"
+POEMS_GLOB = "dist/quantangshi/poet.tang.*.json"
+STRAINS_DIR = "dist/strains/json"
+SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 1
+MIN_HAN = 10
+MAX_TITLE = 30
+
+Progress = Callable[[str, int, int], None]
+
+# ---------------------------------------------------------------------------------------------
+# Fetch and verify
+
+
+def sri_sha512(path: str | os.PathLike) -> str:
+    """The Subresource-Integrity string (``sha512-<base64>``) npm records for a file."""
+    h = hashlib.sha512()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha512-" + base64.b64encode(h.digest()).decode()
+
+
+def verify_tarball(path: str | os.PathLike, integrity: str = INTEGRITY) -> None:
+    """Raise CorpusError unless `path` is a gzip file whose sha512 matches `integrity`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    if magic != b"\x1f\x8b":
+        raise CorpusError(f"{path} is not a gzip tarball: pass the {TARBALL} made by `npm pack`")
+    actual = sri_sha512(path)
+    if actual != integrity:
+        raise CorpusError(
+            f"{path} fails its integrity check (truncated or not {PACKAGE}@{VERSION}): "
+            f"delete it and fetch again"
+        )
+
+
+def cached_tarball(data_dir: Path) -> Path:
+    return data_dir / "cache" / TARBALL
+
+
+def fetch(
+    data_dir: Path,
+    source: str | os.PathLike | None = None,
+    npm: str = "npm",
+    integrity: str = INTEGRITY,
+    progress: Progress | None = None,
+) -> Path:
+    """Obtain the package and return what `build` should read: the cached tarball, or `source`
+    itself when it is an extracted package folder.
+
+    With no `source`, a verified cached tarball is reused; otherwise `npm pack` downloads it.
+    A `source` tarball is verified and copied into the cache. Nothing is cached unverified."""
+    target = cached_tarball(data_dir)
+    if source is not None:
+        source = Path(source).expanduser()
+        if source.is_dir():
+            package_root(source)  # raises when the folder is not the package
+            return source
+        if not source.is_file():
+            raise CorpusError(f"--from {source}: no such file or folder")
+        verify_tarball(source, integrity)
+        if source.resolve() != target.resolve():
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+        return target
+    if target.is_file():
+        try:
+            verify_tarball(target, integrity)
+            return target
+        except CorpusError:
+            target.unlink()  # a damaged cache is fetched again
+    exe = shutil.which(npm)
+    if exe is None:
+        raise CorpusError(
+            "npm not found: install Node.js (it provides npm), or pass --from PATH to a "
+            f"{TARBALL} tarball or an extracted package folder"
+        )
+    if progress:
+        progress(f"npm pack {PACKAGE}@{VERSION}", 0, 1)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmpdir:
+        cmd = [exe, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", tmpdir, "--silent"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmpdir)
+        except subprocess.TimeoutExpired:
+            raise CorpusError("npm pack timed out: check the network, or use --from PATH") from None
+        packed = Path(tmpdir) / TARBALL
+        if proc.returncode != 0 or not packed.is_file():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CorpusError(f"npm pack failed ({last}): check the network, or use --from PATH")
+        verify_tarball(packed, integrity)
+        os.replace(packed, target)
+    if progress:
+        progress(f"npm pack {PACKAGE}@{VERSION}", 1, 1)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Read the raw package
+
+
+def package_root(folder: Path) -> Path:
+    """The folder holding `dist/` inside an extracted package (`npm pack` wraps it in package/)."""
+    for root in (folder, folder / "package"):
+        if glob.glob(str(root / POEMS_GLOB)):
+            return root
+    raise CorpusError(f"{folder} holds no {POEMS_GLOB}: pass the {PACKAGE} package folder")
+
+
+def _member_kind(name: str) -> tuple[str, str] | None:
+    """('poems'|'strains', file name) for the package files the build reads, else None."""
+    name = name.split("/", 1)[1] if name.startswith("package/") else name
+    base = name.rsplit("/", 1)[-1]
+    if not (base.startswith("poet.tang.") and base.endswith(".json")):
+        return None
+    if name == f"dist/quantangshi/{base}":
+        return "poems", base
+    if name == f"{STRAINS_DIR}/{base}":
+        return "strains", base
+    return None
+
+
+def _iter_raw_files(source: Path) -> Iterator[tuple[str, str, bytes]]:
+    """Yield (kind, file name, bytes) for every poem and strains file of the package."""
+    if source.is_dir():
+        root = package_root(source)
+        for kind, pattern in (("poems", POEMS_GLOB), ("strains", f"{STRAINS_DIR}/poet.tang.*.json")):
+            for path in sorted(glob.glob(str(root / pattern))):
+                yield kind, os.path.basename(path), Path(path).read_bytes()
+        return
+    try:
+        with tarfile.open(source, "r:gz") as tar:
+            for member in tar:
+                kind = _member_kind(member.name) if member.isfile() else None
+                if kind:
+                    f = tar.extractfile(member)
+                    yield kind[0], kind[1], f.read() if f else b""
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError, zlib.error) as e:
+        raise CorpusError(f"{source} is not a readable tarball ({e}): delete it and fetch again") from None
+
+
+def read_package(source: Path) -> tuple[dict[str, list], dict[str, list]]:
+    """Parse every poem file and strains file: ({file: records}, {file: records})."""
+    poems: dict[str, list] = {}
+    strains: dict[str, list] = {}
+    for kind, name, raw in _iter_raw_files(source):
+        try:
+            records = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CorpusError(f"{kind} file {name} is not valid JSON ({e}): the package is damaged") from None
+        if not isinstance(records, list):
+            raise CorpusError(f"{kind} file {name} is not a JSON list: the package is damaged")
+        (poems if kind == "poems" else strains)[name] = records
+    if not poems:
+        raise CorpusError(f"{source} holds no {POEMS_GLOB}: pass the {PACKAGE} package")
+    missing = sorted(set(poems) - set(strains))
+    if missing:
+        raise CorpusError(f"strains file {STRAINS_DIR}/{missing[0]} is missing: the package is incomplete")
+    return poems, strains
+
+
+# ---------------------------------------------------------------------------------------------
+# Clean
+
+OPENERS = {"（": "）", "(": ")", "〖": "〗", "[": "]", "{": "}", "〔": "〕", "【": "】", "〈": "〉", "<": ">"}
+CLOSERS = {v: k for k, v in OPENERS.items()}
+QUOTES = set("「」『』《》“”‘’\"'")
+HALF_TO_FULL = {",": "，", ".": "。", "?": "？", "!": "！", ";": "；", ":": "："}
+PUNCT = set("，。？！；：、")
+PLACEHOLDERS = set("□■○●〇囗") | {chr(c) for c in range(0x2FF0, 0x2FFC)}
+NUMERALS = set("一二三四五六七八九十○〇")
+SPACES = set(" \u3000\t\r\n")
+UNKNOWN_TONE = "?"
+
+
+def is_han(ch: str) -> bool:
+    """True for a CJK unified or compatibility ideograph (all extensions)."""
+    c = ord(ch)
+    return (
+        0x4E00 <= c <= 0x9FFF
+        or 0x3400 <= c <= 0x4DBF
+        or 0x20000 <= c <= 0x3134F
+        or 0xF900 <= c <= 0xFAFF
+        or 0x2F800 <= c <= 0x2FA1F
+    ) and ch not in PLACEHOLDERS
+
+
+def _strip_brackets(chars: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """Remove bracketed editorial notes, nested included. A lone supplied character in square
+    brackets (``[爽]``) is kept without its brackets; numbered notes (``[一]``) are removed.
+    None when the brackets do not balance."""
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[str, int]] = []
+    for ch, tone in chars:
+        if ch in OPENERS:
+            stack.append((ch, len(out)))
+        elif ch in CLOSERS:
+            if not stack or stack[-1][0] != CLOSERS[ch]:
+                return None
+            opener, start = stack.pop()
+            inner = out[start:]
+            del out[start:]
+            if opener == "[" and not stack and len(inner) == 1:
+                c = inner[0][0]
+                if is_han(c) and c not in NUMERALS:
+                    out.extend(inner)
+        else:
+            out.append((ch, tone))
+    return None if stack else out
+
+
+def clean_title(title: str) -> str:
+    """A title reduced to its Han characters, notes removed, at most MAX_TITLE long."""
+    pairs = _strip_brackets([(c, "") for c in title])
+    chars = [c for c, _ in pairs] if pairs is not None else [c for c in title if c not in OPENERS and c not in CLOSERS]
+    return "".join(c for c in chars if is_han(c))[:MAX_TITLE]
+
+
+def clean_body(paragraphs: list[str], strains: list[str] | None) -> tuple[str, str, str | None]:
+    """Clean one poem body. Returns (body, tones, drop reason or None).
+
+    `tones` is parallel to `body`: 平 or 仄 (or ? when unknown) under each character and the
+    punctuation mark itself under each mark, taken from the package's strains lines where they
+    line up with the text."""
+    pairs: list[tuple[str, str]] = []
+    aligned = strains is not None and len(strains) == len(paragraphs)
+    for i, para in enumerate(paragraphs):
+        line_tones = strains[i] if aligned else None
+        if line_tones is not None and len(line_tones) != len(para):
+            line_tones = None
+        for j, ch in enumerate(para):
+            tone = line_tones[j] if line_tones else UNKNOWN_TONE
+            pairs.append((ch, tone if tone in ("平", "仄") else UNKNOWN_TONE))
+    stripped = _strip_brackets(pairs)
+    if stripped is None:
+        return "", "", "unbalanced_brackets"
+    body: list[str] = []
+    tones: list[str] = []
+    for ch, tone in stripped:
+        ch = HALF_TO_FULL.get(ch, ch)
+        if ch in SPACES or ch in QUOTES:
+            continue
+        if ch in PLACEHOLDERS:
+            return "", "", "placeholder"
+        if ch in PUNCT:
+            if not body or body[-1] in PUNCT:
+                continue  # leading mark, or a mark left doubled by a removed note
+            body.append(ch)
+            tones.append(ch)
+        elif is_han(ch):
+            body.append(ch)
+            tones.append(tone)
+        else:
+            return "", "", "non_han"
+    if not body:
+        return "", "", "empty"
+    if sum(1 for c in body if c not in PUNCT) < MIN_HAN:
+        return "", "", "too_short"
+    if body[-1] not in PUNCT:
+        body.append("。")
+        tones.append("。")
+    return "".join(body), "".join(tones), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+@dataclass
+class Poem:
+    id: str
+    title: str
+    author: str
+    body: str
+    tones: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class BuildResult:
+    data_dir: Path
+    meta: dict
+    dropped: Counter = field(default_factory=Counter)
+
+
+def split_of(poem_id: str) -> str:
+    """The split of a poem, from its id alone: sha1(id) % 100 → 0–1 val, 2–3 test, else train."""
+    bucket = int(hashlib.sha1(poem_id.encode("utf-8")).hexdigest(), 16) % 100
+    return "val" if bucket < 2 else "test" if bucket < 4 else "train"
+
+
+def _order_key(poem: Poem) -> str:
+    return hashlib.sha1(poem.id.encode("utf-8")).hexdigest()
+
+
+def make_converter(script: str) -> Callable[[str], str]:
+    """A text converter to `script` ('simplified' via OpenCC t2s, or 'traditional' unchanged)."""
+    if script == "traditional":
+        return lambda s: s
+    if script != "simplified":
+        raise CorpusError(f"unknown script {script!r}: use simplified or traditional")
+    try:
+        import opencc
+    except ImportError:
+        raise CorpusError("OpenCC is not installed: pip install opencc, or use --script traditional") from None
+    converter = opencc.OpenCC("t2s")
+    return converter.convert
+
+
+def clean_poems(
+    poems: dict[str, list],
+    strains: dict[str, list],
+    script: str = "simplified",
+    progress: Progress | None = None,
+) -> tuple[list[Poem], Counter]:
+    """Clean and convert every poem, deduplicate identical bodies (keeping the smallest id).
+    Returns the kept poems in id order and the count of poems dropped for each reason."""
+    convert = make_converter(script)
+    dropped: Counter = Counter()
+    kept: dict[str, Poem] = {}
+    files = sorted(poems)
+    for n, name in enumerate(files):
+        tones_by_id = {
+            r["id"]: r.get("strains") for r in strains.get(name, []) if isinstance(r, dict) and isinstance(r.get("id"), str)
+        }
+        for record in poems[name]:
+            if not (
+                isinstance(record, dict)
+                and isinstance(record.get("id"), str)
+                and isinstance(record.get("paragraphs"), list)
+                and all(isinstance(p, str) for p in record["paragraphs"])
+            ):
+                dropped["malformed"] += 1
+                continue
+            line_tones = tones_by_id.get(record["id"])
+            if not (isinstance(line_tones, list) and all(isinstance(s, str) for s in line_tones)):
+                line_tones = None
+            body, tones, reason = clean_body(record["paragraphs"], line_tones)
+            if reason:
+                dropped[reason] += 1
+                continue
+            converted = convert(body)
+            if len(converted) != len(body):  # tones stay aligned only with a 1:1 conversion
+                tones = "".join(c if c in PUNCT else UNKNOWN_TONE for c in converted)
+            title = record.get("title") if isinstance(record.get("title"), str) else ""
+            author = record.get("author") if isinstance(record.get("author"), str) else ""
+            poem = Poem(record["id"], convert(clean_title(title)), convert(author.strip()), converted, tones)
+            if poem.id in kept:
+                dropped["duplicate_id"] += 1
+                continue
+            kept[poem.id] = poem
+        if progress:
+            progress("clean", n + 1, len(files))
+    by_body: dict[str, Poem] = {}
+    for poem in sorted(kept.values(), key=lambda p: p.id):
+        if poem.body in by_body:
+            dropped["duplicate"] += 1
+        else:
+            by_body[poem.body] = poem
+    return sorted(by_body.values(), key=lambda p: p.id), dropped
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build(
+    data_dir: Path,
+    source: Path | None = None,
+    script: str = "simplified",
+    min_count: int = 1,
+    integrity: str = INTEGRITY,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build the prepared corpus in `data_dir` from `source` (default: the cached tarball).
+
+    Writes vocab.json, {train,val,test}.bin (uint16 token streams), poems.{split}.jsonl (cleaned
+    records with aligned tones) and meta.json, each atomically; meta.json last."""
+    if min_count < 1:
+        raise CorpusError("--min-count must be at least 1")
+    source = Path(source) if source is not None else cached_tarball(data_dir)
+    if not source.exists():
+        raise CorpusError(f"no corpus package at {source}: run `poetgen corpus fetch` first")
+    verified = None
+    if source.is_file():
+        verify_tarball(source, integrity)
+        verified = integrity
+    if progress:
+        progress("read", 0, 1)
+    raw_poems, raw_strains = read_package(source)
+    if progress:
+        progress("read", 1, 1)
+    total = sum(len(v) for v in raw_poems.values())
+    poems, dropped = clean_poems(raw_poems, raw_strains, script, progress)
+    splits: dict[str, list[Poem]] = {s: [] for s in SPLITS}
+    for poem in poems:
+        splits[split_of(poem.id)].append(poem)
+    for s in SPLITS:
+        splits[s].sort(key=_order_key)
+    if not splits["train"]:
+        raise CorpusError("no poem is left for the train split: the package holds too few usable poems")
+
+    counts: Counter = Counter()
+    for poem in splits["train"]:
+        counts.update(poem.title)
+        counts.update(poem.body)
+    vocab = Vocab.build(counts, min_count)
+    if len(vocab) > np.iinfo(np.uint16).max:
+        raise CorpusError(f"vocabulary of {len(vocab)} tokens does not fit uint16: raise --min-count")
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    outputs: dict[str, bytes] = {"vocab.json": vocab.to_json().encode("utf-8")}
+    tokens: dict[str, int] = {}
+    unknown: dict[str, int] = {}
+    for s in SPLITS:
+        ids: list[int] = []
+        for poem in splits[s]:
+            ids.extend(vocab.encode_record(poem.title, poem.body))
+        arr = np.asarray(ids, dtype=np.uint16)
+        outputs[f"{s}.bin"] = arr.tobytes()
+        tokens[s] = int(arr.size)
+        unknown[s] = int((arr == vocab.unk_id).sum())
+        outputs[f"poems.{s}.jsonl"] = "".join(p.to_json() + "\n" for p in splits[s]).encode("utf-8")
+    for name, data in outputs.items():
+        atomic_write_bytes(data_dir / name, data)
+
+    forms = {s: dict(sorted(Counter(detect_form(p.body) for p in splits[s]).items())) for s in SPLITS}
+    file_hashes = {name: _sha256(data) for name, data in sorted(outputs.items())}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "source": {"package": PACKAGE, "version": VERSION, "integrity": verified},
+        "script": script,
+        "min_count": min_count,
+        "record_format": "<bos> title <sep> body <eos>, one token per character",
+        "poems_read": total,
+        "poems": {s: len(splits[s]) for s in SPLITS},
+        "tokens": tokens,
+        "unknown_tokens": unknown,
+        "characters": {s: sum(len(p.body) for p in splits[s]) for s in SPLITS},
+        "forms": forms,
+        "vocab_size": len(vocab),
+        "dropped": dict(sorted(dropped.items())),
+        "top_chars": [[c, n] for c, n in counts.most_common(50)],
+        "files": file_hashes,
+        "corpus_hash": _sha256("".join(file_hashes.values()).encode()),
+    }
+    atomic_write_text(data_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    return BuildResult(data_dir, meta, dropped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+def load_meta(data_dir: Path) -> dict:
+    """The metadata of a prepared corpus; CorpusError telling how to prepare one if absent."""
+    path = data_dir / "meta.json"
+    if not path.is_file():
+        raise CorpusError(f"no prepared corpus in {data_dir}: run `poetgen corpus prepare` (or pass --data-dir)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorpusError(f"{path} is damaged: run `poetgen corpus build`") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise CorpusError(f"{path} is from another poetgen version: run `poetgen corpus build`")
+    return meta
+
+
+def load_tokens(data_dir: Path, split: str) -> np.ndarray:
+    """The uint16 token stream of one split."""
+    load_meta(data_dir)
+    path = data_dir / f"{split}.bin"
+    if not path.is_file():
+        raise CorpusError(f"{path} is missing: run `poetgen corpus build`")
+    return np.fromfile(path, dtype=np.uint16)
+
+
+def iter_poems(data_dir: Path, split: str) -> Iterator[Poem]:
+    """The cleaned poems of one split, in stream order."""
+    path = data_dir / f"poems.{split}.jsonl"
+    if not path.is_file():
+        raise CorpusError(f"{path} is missing: run `poetgen corpus build`")
+    with io.open(path, encoding="utf-8") as f:
+        for line in f:
+            yield Poem(**json.loads(line))

@@ -1,0 +1,86 @@
+"""Character vocabulary: build from counts, encode, decode, save and load as readable JSON.
+
+A record is one poem: ``<bos> title <sep> body <eos>``, one token per character. The body keeps
+its full-width punctuation, which marks the line ends."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+
+from .errors import CorpusError
+from .paths import atomic_write_text
+
+UNK, BOS, SEP, EOS = "<unk>", "<bos>", "<sep>", "<eos>"
+SPECIALS = (UNK, BOS, SEP, EOS)
+
+
+class Vocab:
+    """A bijection between tokens (single characters, plus the special tokens) and ids."""
+
+    def __init__(self, tokens: list[str]):
+        if list(tokens[: len(SPECIALS)]) != list(SPECIALS):
+            raise CorpusError(f"vocabulary must start with {', '.join(SPECIALS)}: rebuild it")
+        if len(set(tokens)) != len(tokens):
+            raise CorpusError("vocabulary has repeated tokens: rebuild it")
+        self.tokens = list(tokens)
+        self.stoi = {t: i for i, t in enumerate(self.tokens)}
+        self.unk_id, self.bos_id, self.sep_id, self.eos_id = (self.stoi[s] for s in SPECIALS)
+
+    @classmethod
+    def build(cls, counts: Counter, min_count: int = 1) -> Vocab:
+        """Specials first, then every character seen at least `min_count` times, most frequent first
+        (ties by code point, so the order is deterministic)."""
+        chars = [c for c, n in counts.items() if n >= min_count and c not in SPECIALS]
+        chars.sort(key=lambda c: (-counts[c], c))
+        return cls([*SPECIALS, *chars])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, char: str) -> bool:
+        return char in self.stoi
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the characters of `text`; characters outside the vocabulary become <unk>."""
+        return [self.stoi.get(c, self.unk_id) for c in text]
+
+    def encode_record(self, title: str, body: str) -> list[int]:
+        """Ids of one poem record: <bos> title <sep> body <eos>."""
+        return [self.bos_id, *self.encode(title), self.sep_id, *self.encode(body), self.eos_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of `ids`; special tokens other than <unk> are dropped, <unk> shows as □."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.unk_id:
+                out.append("□")
+            elif i >= len(SPECIALS):
+                out.append(self.tokens[i])
+        return "".join(out)
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of `text` outside the vocabulary, in order of appearance."""
+        return list(dict.fromkeys(c for c in text if c not in self.stoi))
+
+    def to_json(self) -> str:
+        return json.dumps(self.tokens, ensure_ascii=False, indent=0) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocab:
+        try:
+            with open(path, encoding="utf-8") as f:
+                tokens = json.load(f)
+        except FileNotFoundError:
+            raise CorpusError(f"no vocabulary at {path}: run `poetgen corpus prepare`") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorpusError(f"vocabulary {path} is not valid JSON ({e}): run `poetgen corpus build`") from None
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise CorpusError(f"vocabulary {path} is not a list of tokens: run `poetgen corpus build`")
+        return cls(tokens)
