@@ -74,17 +74,21 @@ class StageProgress:
         self.tasks: dict[str, int] = {}
 
     def __enter__(self):
-        if not self.quiet:
+        console = stderr_console()
+        self.plain = not self.quiet and not console.is_terminal
+        if not self.quiet and console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=stderr_console(), transient=False,
+                console=console, transient=False,
             )
             self.progress.__enter__()
         return self
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.plain and done == total:
+            typer.echo(f"{stage}: done ({done}/{total})", err=True)
         if self.progress is None:
             return
         if stage not in self.tasks:
@@ -239,6 +243,210 @@ def corpus_stats(
     for reason, n in meta["dropped"].items():
         drops.add_row(reason, f"{n:,}")
     console.print(drops)
+
+
+# ---------------------------------------------------------------------------------------------
+# train / eval
+
+
+@app.command("train")
+@handle_errors
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl.")] = Path(
+        "runs/default"
+    ),
+    data_dir: DataDirOpt = None,
+    preset: Annotated[str, typer.Option("--preset", help="Model size: tiny, small, base or large.")] = "small",
+    cell: Annotated[Optional[str], typer.Option("--cell", help="lstm, gru or rnn (tanh). [default: lstm]",
+                                                show_default=False)] = None,
+    emb_size: Annotated[Optional[int], typer.Option("--emb-size", help="Embedding size (overrides the preset).",
+                                                    show_default=False)] = None,
+    hidden_size: Annotated[Optional[int], typer.Option("--hidden-size", help="Hidden size (overrides the preset).",
+                                                       show_default=False)] = None,
+    num_layers: Annotated[Optional[int], typer.Option("--layers", help="Stacked layers (overrides the preset).",
+                                                      show_default=False)] = None,
+    dropout: Annotated[Optional[float], typer.Option("--dropout", help="Dropout between layers and on the output.",
+                                                     show_default=False)] = None,
+    emb_dropout: Annotated[Optional[float], typer.Option("--emb-dropout", help="Dropout on the embeddings.",
+                                                         show_default=False)] = None,
+    untied: Annotated[bool, typer.Option("--untied", help="Do not tie input and output embeddings.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows B of the (B, T) window.")] = 64,
+    bptt: Annotated[int, typer.Option("--bptt", help="Window length T of truncated BPTT.")] = 64,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the train split. [default: 10]",
+                                                  show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps.",
+                                                     show_default=False)] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after this much training "
+                                                         "time (the cosine schedule follows it).",
+                                                         show_default=False)] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (warmup + cosine) or sgd (step decay).")] = (
+        "adamw"
+    ),
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. [default: 2e-3 adamw, 1.0 sgd]",
+                                                show_default=False)] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on matrices.")] = 0.01,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup steps (adamw).")] = 200,
+    clip: Annotated[float, typer.Option("--clip", help="Global gradient-norm clipping threshold.")] = 1.0,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Validate every N steps.")] = 500,
+    patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after N evaluations without "
+                                                    "improvement.", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (CPU runs repeat exactly).")] = 1337,
+    device: Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the language model with truncated backpropagation through time."""
+    from . import corpus
+    from .model import PRESETS, LSTMConfig
+    from .train import TrainConfig, Trainer
+    from .vocab import Vocab
+
+    root = _data_dir(data_dir)
+    meta = corpus.load_meta(root)
+    vocab = Vocab.load(root / "vocab.json")
+    last = out / "last.pt"
+    if resume:
+        from . import checkpoint
+
+        payload = checkpoint.load_payload(last)
+        if "train_state" not in payload:
+            raise fail(f"{last} holds no training state: resume from a last.pt that `poetgen train` wrote")
+        model_config = LSTMConfig.from_dict(payload["model_config"])
+        train_config = TrainConfig.from_dict(payload["train_state"]["train_config"])
+        for name, value in (("epochs", epochs), ("max_steps", max_steps), ("max_minutes", max_minutes)):
+            if value is not None:
+                setattr(train_config, name, value)
+    else:
+        if last.exists():
+            raise fail(f"{out} already holds a run: pass --resume to continue it, or another --out")
+        if preset not in PRESETS:
+            raise fail(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}", 2)
+        shape = dict(PRESETS[preset])
+        for name, value in (("cell", cell), ("emb_size", emb_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers), ("dropout", dropout), ("emb_dropout", emb_dropout)):
+            if value is not None:
+                shape[name] = value
+        model_config = LSTMConfig(vocab_size=len(vocab), tie_weights=not untied, **shape)
+        train_config = TrainConfig(
+            batch_size=batch_size, bptt=bptt, epochs=epochs or 10, max_steps=max_steps, max_minutes=max_minutes,
+            optimizer=optimizer, lr=lr if lr is not None else (1.0 if optimizer == "sgd" else 2e-3),
+            weight_decay=weight_decay, warmup_steps=warmup_steps, clip=clip, eval_every=eval_every,
+            patience=patience, seed=seed, device=device,
+        )
+    train_stream = corpus.load_tokens(root, "train")
+    val_stream = corpus.load_tokens(root, "val")
+    with TrainProgress(quiet) as progress:
+        trainer = Trainer(model_config, train_config, vocab, train_stream, val_stream, out, meta,
+                          on_event=progress.event)
+        if resume:
+            trainer.resume(last)
+        progress.start(trainer)
+        summary = trainer.run()
+    if not quiet:
+        print_train_summary(summary)
+    if as_json:
+        typer.echo(json.dumps(summary))
+
+
+class TrainProgress:
+    """The rich progress bar of `poetgen train`, on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+        self.val_ppl = None
+
+    def __enter__(self):
+        console = stderr_console()
+        self.plain = not self.quiet and not console.is_terminal
+        if not self.quiet and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}  val ppl {task.fields[ppl]}  {task.fields[tps]} tok/s"),
+                TimeRemainingColumn(), console=console,
+            )
+            self.progress.__enter__()
+        return self
+
+    def start(self, trainer) -> None:
+        if self.progress is not None:
+            ppl = trainer.last_val["perplexity"] if trainer.last_val else None
+            self.task = self.progress.add_task("train", total=trainer.total_steps, completed=trainer.step,
+                                               epoch=trainer.epoch, loss="-", ppl=_fmt(ppl), tps="-")
+
+    def event(self, e: dict) -> None:
+        if self.plain and e["event"] == "eval":
+            typer.echo(f"step {e['step']} epoch {e['epoch']}: train loss {e['train_loss']:.3f}, val loss "
+                       f"{e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f}, {e['tokens_per_s']:,.0f} tok/s, "
+                       f"{e['elapsed_s']:.0f} s", err=True)
+        if self.progress is None or self.task is None:
+            return
+        if e["event"] == "eval":
+            self.val_ppl = e["val_ppl"]
+        fields = {"epoch": e.get("epoch", 0), "ppl": _fmt(self.val_ppl)}
+        if e.get("train_loss") is not None:
+            fields["loss"] = _fmt(e["train_loss"], 3)
+        if e.get("tokens_per_s"):
+            fields["tps"] = f"{e['tokens_per_s']:,.0f}"
+        self.progress.update(self.task, completed=e["step"], **fields)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+
+def _fmt(x, digits: int = 1) -> str:
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def print_train_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="training summary")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("steps", f"{summary['steps']:,}")
+    table.add_row("epochs", f"{summary['epochs']:.2f}")
+    table.add_row("parameters", f"{summary['parameters']:,}")
+    table.add_row("tokens/s", f"{summary['tokens_per_s']:,.0f}")
+    table.add_row("time", f"{summary['elapsed_s']:.0f} s")
+    table.add_row("best val ppl", _fmt(summary["best_val_ppl"], 2))
+    table.add_row("stopped by", summary["stop_reason"])
+    table.add_row("best model", str(Path(summary["out"]) / "best.pt"))
+    stderr_console().print(table)
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    checkpoint_path: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model file (default: the shipped "
+                                                            "model).", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="val or test of the prepared corpus.",
+                                                 show_default=False)] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="UTF-8 text, one poem per line.",
+                                                 show_default=False)] = None,
+    data_dir: DataDirOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure nats/char, bits/char and perplexity on a split or a text file."""
+    from . import evaluate
+
+    if (split is None) == (file is None):
+        raise fail("give exactly one of --split val|test or --file TEXT", 2)
+    result = evaluate.run(checkpoint_path, split=split, file=file, data_dir=_data_dir(data_dir) if split else None,
+                          device=device)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['source']}: {result['nats_per_char']:.4f} nats/char, {result['bits_per_char']:.4f} "
+               f"bits/char, perplexity {result['perplexity']:.2f} over {result['chars']:,} characters "
+               f"({result['unknown']:,} unknown)")
 
 
 def main() -> None:

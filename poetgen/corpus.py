@@ -9,10 +9,8 @@ import base64
 import glob
 import gzip
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import tarfile
@@ -233,17 +231,17 @@ def _strip_brackets(chars: list[tuple[str, str]]) -> list[tuple[str, str]] | Non
     brackets (``[爽]``) is kept without its brackets; numbered notes (``[一]``) are removed.
     None when the brackets do not balance."""
     out: list[tuple[str, str]] = []
-    stack: list[tuple[str, int]] = []
-    for ch, tone in chars:
+    stack: list[tuple[str, int, int]] = []
+    for pos, (ch, tone) in enumerate(chars):
         if ch in OPENERS:
-            stack.append((ch, len(out)))
+            stack.append((ch, len(out), pos))
         elif ch in CLOSERS:
             if not stack or stack[-1][0] != CLOSERS[ch]:
                 return None
-            opener, start = stack.pop()
+            opener, start, opened_at = stack.pop()
             inner = out[start:]
             del out[start:]
-            if opener == "[" and not stack and len(inner) == 1:
+            if opener == "[" and not stack and pos - opened_at == 2:
                 c = inner[0][0]
                 if is_han(c) and c not in NUMERALS:
                     out.extend(inner)
@@ -366,7 +364,9 @@ def clean_poems(
     files = sorted(poems)
     for n, name in enumerate(files):
         tones_by_id = {
-            r["id"]: r.get("strains") for r in strains.get(name, []) if isinstance(r, dict) and isinstance(r.get("id"), str)
+            r["id"]: r.get("strains")
+            for r in strains.get(name, [])
+            if isinstance(r, dict) and isinstance(r.get("id"), str)
         }
         for record in poems[name]:
             if not (
@@ -525,6 +525,6 @@ def iter_poems(data_dir: Path, split: str) -> Iterator[Poem]:
     path = data_dir / f"poems.{split}.jsonl"
     if not path.is_file():
         raise CorpusError(f"{path} is missing: run `poetgen corpus build`")
-    with io.open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             yield Poem(**json.loads(line))
