@@ -36,8 +36,9 @@ def file_stream(path: Path, vocab, script: str | None) -> tuple[np.ndarray, int]
 
 
 def run(checkpoint_path: Path | None, split: str | None = None, file: Path | None = None,
-        data_dir: Path | None = None, device: str = "cpu", rows: int = 16, bptt: int = 128) -> dict:
-    """Evaluate; returns nats_per_char, bits_per_char, perplexity, chars (predicted tokens), unknown."""
+        data_dir: Path | None = None, device: str = "cpu", rows: int = 1, bptt: int = 256) -> dict:
+    """Evaluate; returns nats_per_char, bits_per_char, perplexity, chars (predicted tokens), unknown.
+    With rows=1 every token after the first is predicted, the state carried across the whole stream."""
     path = checkpoint_path or checkpoint.default_checkpoint()
     model, vocab, meta = checkpoint.load(path, pick_device(device))
     if split is not None:

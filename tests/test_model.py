@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poetgen import checkpoint, corpus
+from poetgen.cli import app
+from poetgen.data import batchify, get_batch, num_windows
+from poetgen.errors import CheckpointError, UsageError
+from poetgen.model import LanguageModel, LSTMConfig
+from poetgen.train import TrainConfig, Trainer, TrainingInterrupted
+from poetgen.vocab import Vocab
+
+runner = CliRunner()
+SMALL = dict(emb_size=24, hidden_size=32, num_layers=2, emb_dropout=0.1, dropout=0.2)
+
+
+def streams(prepared):
+    return corpus.load_tokens(prepared, "train"), corpus.load_tokens(prepared, "val")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_chunked_loss_with_carried_state_equals_whole_sequence(cell):
+    torch.manual_seed(0)
+    model = LanguageModel(LSTMConfig(vocab_size=50, cell=cell, **SMALL)).eval()
+    seq = torch.randint(0, 50, (3, 241))
+    with torch.no_grad():
+        logits, _ = model(seq[:, :-1])
+        whole = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), seq[:, 1:].reshape(-1), reduction="sum")
+        total, state = 0.0, None
+        for i in range(num_windows(seq, 37)):
+            x, y = get_batch(seq, i, 37)
+            out, state = model(x, state)
+            total += torch.nn.functional.cross_entropy(out.reshape(-1, 50), y.reshape(-1), reduction="sum").item()
+    assert total == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_batchify_rows_are_contiguous():
+    data = np.arange(103)
+    b = batchify(data, 4)
+    assert b.shape == (4, 25)
+    assert b[1, 0].item() == 25 and b[3, -1].item() == 99
+    x, y = get_batch(b, num_windows(b, 10) - 1, 10)
+    assert torch.equal(y, x + 1) and x.shape[1] == 4  # the last window is shorter
+
+
+def test_weight_tying_shares_one_matrix_and_projection_when_sizes_differ():
+    tied = LanguageModel(LSTMConfig(vocab_size=30, emb_size=16, hidden_size=32))
+    assert tied.head.weight is tied.embed.weight and tied.proj is not None
+    same = LanguageModel(LSTMConfig(vocab_size=30, emb_size=32, hidden_size=32))
+    assert same.proj is None
+    untied = LanguageModel(LSTMConfig(vocab_size=30, emb_size=16, hidden_size=32, tie_weights=False))
+    assert untied.head.weight is not untied.embed.weight
+
+
+def test_dropout_only_in_training_mode():
+    model = LanguageModel(LSTMConfig(vocab_size=30, **SMALL))
+    x = torch.randint(0, 30, (2, 10))
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
+
+
+def unigram_cross_entropy(train: np.ndarray, val: np.ndarray) -> float:
+    counts = Counter(train.tolist())
+    total = sum(counts.values())
+    vocab = len(set(train.tolist()) | set(val.tolist()))
+    return -sum(math.log((counts[t] + 1) / (total + vocab)) for t in val.tolist()) / len(val)
+
+
+def test_tiny_training_beats_the_unigram_baseline(prepared, tmp_path):
+    train, val = streams(prepared)
+    vocab = Vocab.load(prepared / "vocab.json")
+    cfg = TrainConfig(batch_size=16, bptt=32, epochs=30, max_steps=240, lr=1e-2, warmup_steps=20, eval_every=80,
+                      device="cpu", log_every=20)
+    trainer = Trainer(LSTMConfig(len(vocab), emb_size=32, hidden_size=64, num_layers=1, dropout=0.0,
+                                 emb_dropout=0.0), cfg, vocab, train, val, tmp_path)
+    summary = trainer.run()
+    baseline = unigram_cross_entropy(train, val[1:])
+    assert summary["best_val_loss"] < 0.75 * baseline, (summary["best_val_loss"], baseline)
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in events if e["event"] == "eval"]
+    assert len(evals) == 3
+    for e in evals:
+        assert {"step", "train_loss", "val_loss", "val_ppl", "tokens_per_s"} <= set(e)
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+    model, v, meta = checkpoint.load(tmp_path / "best.pt")
+    assert v.tokens == vocab.tokens and meta["best_val_loss"] == pytest.approx(summary["best_val_loss"])
+
+
+def _trainer(prepared, out, **overrides):
+    train, val = streams(prepared)
+    vocab = Vocab.load(prepared / "vocab.json")
+    cfg = TrainConfig(batch_size=8, bptt=16, max_steps=30, eval_every=10, warmup_steps=5, device="cpu",
+                      seed=7, log_every=5, **overrides)
+    return Trainer(LSTMConfig(len(vocab), **SMALL), cfg, vocab, train, val, out)
+
+
+def test_resume_continues_exactly(prepared, tmp_path):
+    straight = _trainer(prepared, tmp_path / "a")
+    a = straight.run()
+
+    def interrupt(trainer):
+        if trainer.step == 15:
+            raise KeyboardInterrupt
+
+    first = _trainer(prepared, tmp_path / "b")
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        first.run(on_step=interrupt)
+    second = _trainer(prepared, tmp_path / "b")
+    second.resume(tmp_path / "b" / "last.pt")
+    assert second.step == 15
+    b = second.run()
+    assert b["steps"] == a["steps"] == 30
+    assert b["last_val"]["nats_per_char"] == a["last_val"]["nats_per_char"]
+    for (k, va), (_, vb) in zip(straight.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_checkpoint_round_trip_and_half_storage(tmp_path):
+    vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天", "地"])
+    model = LanguageModel(LSTMConfig(len(vocab), **SMALL)).eval()
+    x = torch.randint(0, len(vocab), (1, 12))
+    checkpoint.save(tmp_path / "m.pt", model, vocab, {"step": 3})
+    checkpoint.save(tmp_path / "h.pt", model, vocab, {"step": 3}, half=True)
+    full, v, meta = checkpoint.load(tmp_path / "m.pt")
+    half, _, _ = checkpoint.load(tmp_path / "h.pt")
+    assert meta["step"] == 3 and v.tokens == vocab.tokens
+    assert torch.equal(full(x)[0], model(x)[0])
+    assert torch.allclose(half(x)[0], model(x)[0], atol=1e-2)
+    assert (tmp_path / "h.pt").stat().st_size < (tmp_path / "m.pt").stat().st_size
+
+
+def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天"])
+    checkpoint.save(tmp_path / "ok.pt", LanguageModel(LSTMConfig(len(vocab), **SMALL)), vocab, {})
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    payload = torch.load(tmp_path / "ok.pt", weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, tmp_path / "newer.pt")
+    for name, needle in [("foreign.pt", "not a poetgen checkpoint"), ("text.pt", "not a readable"),
+                         ("cut.pt", "not a readable"), ("newer.pt", "newer poetgen"), ("missing.pt", "no checkpoint")]:
+        with pytest.raises(CheckpointError, match=needle):
+            checkpoint.load(tmp_path / name)
+        result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / name), "--file", str(tmp_path / "x")])
+        assert result.exit_code != 0 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("bad", [dict(hidden_size=0), dict(num_layers=-1), dict(dropout=1.0), dict(cell="lstmx")])
+def test_impossible_model_shapes_are_refused(bad):
+    with pytest.raises(UsageError):
+        LSTMConfig(vocab_size=10, **bad).validate()
+
+
+def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code != 0 and "poetgen corpus prepare" in result.stderr
+    cases = [
+        (["--hidden-size", "0"], "hidden-size"),
+        (["--dropout", "1.5"], "dropout"),
+        (["--batch-size", "100000"], "too small for --batch-size"),
+        (["--preset", "huge"], "unknown preset"),
+        (["--cell", "transformer"], "unknown cell"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "device"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared),
+                                     "--max-steps", "1", "--quiet", *args])
+        assert result.exit_code != 0, args
+        assert needle in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_train_cli_then_eval_cli(prepared, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), "--preset", "tiny",
+                                 "--hidden-size", "32", "--emb-size", "16", "--batch-size", "8", "--bptt", "16",
+                                 "--max-steps", "12", "--eval-every", "6", "--json", "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 12
+    again = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), "--quiet"])
+    assert again.exit_code != 0 and "--resume" in again.stderr
+    resumed = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), "--resume",
+                                  "--max-steps", "18", "--json", "--quiet"])
+    assert resumed.exit_code == 0, resumed.stderr and json.loads(resumed.stdout)["steps"] == 18
+
+    ev = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--split", "val", "--json",
+                             "--data-dir", str(prepared)])
+    assert ev.exit_code == 0, ev.stderr
+    metrics = json.loads(ev.stdout)
+    assert {"nats_per_char", "bits_per_char", "perplexity", "chars", "unknown"} <= set(metrics)
+    assert metrics["bits_per_char"] == pytest.approx(metrics["nats_per_char"] / math.log(2))
+    assert metrics["chars"] == corpus.load_meta(prepared)["tokens"]["val"] - 1
+
+    poems = tmp_path / "poems.txt"
+    poems.write_text("一丁七，丈三上。\n\nＸ丁七丈三，上一丁七丈。\n", encoding="utf-8")
+    ev = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--file", str(poems), "--json"])
+    assert ev.exit_code == 0, ev.stderr
+    assert json.loads(ev.stdout)["unknown"] >= 1
+    both = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt")])
+    assert both.exit_code == 2 and "exactly one" in both.stderr
