@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -447,6 +448,168 @@ def eval_cmd(
     typer.echo(f"{result['source']}: {result['nats_per_char']:.4f} nats/char, {result['bits_per_char']:.4f} "
                f"bits/char, perplexity {result['perplexity']:.2f} over {result['chars']:,} characters "
                f"({result['unknown']:,} unknown)")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample / info
+
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option("--checkpoint", "-c", help="Model file (default: the shipped model).", show_default=False),
+]
+
+
+@app.command("sample")
+@handle_errors
+def sample_cmd(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The poem's beginning, kept verbatim.")] = "",
+    title: Annotated[Optional[str], typer.Option("--title", "-t", help="A title to condition on (default: the "
+                                                 "model writes one).", show_default=False)] = None,
+    form: Annotated[str, typer.Option("--form", "-f", help="free, wujue (五绝), qijue (七绝), wulv (五律) or "
+                                      "qilv (七律).")] = "free",
+    acrostic: Annotated[str, typer.Option("--acrostic", "-a", help="藏头诗: these characters start the lines.")] = "",
+    num: Annotated[int, typer.Option("--num", "-n", help="How many poems (sampled together as one batch).")] = 1,
+    temperature: Annotated[float, typer.Option("--temperature", "-T", help="Sampling temperature; 0 is greedy.")] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k likeliest characters only.",
+                                                 show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the smallest set reaching "
+                                                   "this probability, in (0, 1].", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Random seed: the same seed and options give "
+                                                "the same poems.", show_default=False)] = None,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest body in free form.")] = 120,
+    checkpoint_path: CheckpointOpt = None,
+    fmt: Annotated[str, typer.Option("--format", help="text, json or jsonl.")] = "text",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically) "
+                                                   "instead of stdout.", show_default=False)] = None,
+) -> None:
+    """Write poems. Poems go to stdout, one line per verse line, a blank line between poems."""
+    import secrets
+
+    from . import checkpoint
+    from .forms import get_form
+    from .sample import Generator, SampleOptions
+
+    if fmt not in ("text", "json", "jsonl"):
+        raise fail(f"unknown format {fmt!r}: choose text, json or jsonl", 2)
+    the_form = get_form(form)
+    path = checkpoint_path or checkpoint.default_checkpoint()
+    model, vocab, meta = checkpoint.load(path)
+    prompt, title, acrostic = (_to_model_script(x, meta) for x in (prompt.strip(), title, acrostic.strip()))
+    title = title.strip() if title is not None else None
+    unknown = vocab.unknown(prompt + (title or "") + acrostic)
+    if unknown:
+        raise fail(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters", 2)
+    opts = SampleOptions(prompt=prompt, title=title, form=the_form, acrostic=acrostic, num=num,
+                         temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars)
+    opts.validate()
+    stream = output is None and fmt == "text" and num == 1 and sys.stdout.isatty()
+    on_char = _streamer() if stream else None
+    poems = Generator(model, vocab).generate(opts, on_char=on_char)
+    if stream:
+        sys.stdout.write("\n" if poems[0].body and poems[0].body[-1] not in "，。？！；：、" else "")
+        sys.stdout.flush()
+        return
+    text = _render(poems, opts, fmt, path)
+    if output is not None:
+        from .paths import atomic_write_text
+
+        atomic_write_text(output, text)
+    else:
+        _write_stdout(text)
+
+
+def _to_model_script(text: str | None, meta: dict) -> str | None:
+    if not text or meta.get("script") != "simplified":
+        return text
+    from .corpus import make_converter
+
+    return make_converter("simplified")(text)
+
+
+def _streamer():
+    def on_char(row: int, ch: str) -> None:
+        try:
+            sys.stdout.write(ch + ("\n" if ch in "，。？！；：、" else ""))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+
+    return on_char
+
+
+def _render(poems, opts, fmt: str, path: Path) -> str:
+    if fmt == "text":
+        return "\n".join("\n".join(p.lines) + "\n" for p in poems)
+    records = [
+        {"text": p.body, "lines": p.lines, "title": p.title, "prompt": opts.prompt, "seed": opts.seed,
+         "index": i, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
+         "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "logprob": round(p.logprob, 4),
+         "chars": len(p.body), "checkpoint": str(path)}
+        for i, p in enumerate(poems)
+    ]
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return json.dumps(records, ensure_ascii=False, indent=1) + "\n"
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (`| head`): end quietly, as Unix tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise typer.Exit(0)
+
+
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+@app.command("info")
+@handle_errors
+def info_cmd(
+    checkpoint_path: CheckpointOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print a model's card: architecture, parameters, corpus, validation and test figures."""
+    from . import checkpoint
+
+    path = checkpoint_path or checkpoint.default_checkpoint()
+    payload = checkpoint.load_payload(path)
+    cfg = payload["model_config"]
+    meta = payload["meta"]
+    tied = cfg.get("tie_weights")
+    params = sum(v.numel() for k, v in payload["state_dict"].items() if not (tied and k == "head.weight"))
+    card = {
+        "checkpoint": str(path),
+        "size_mb": round(path.stat().st_size / 1e6, 2),
+        "architecture": f"{cfg['num_layers']}-layer {cfg['cell'].upper()}, hidden {cfg['hidden_size']}, "
+                        f"embedding {cfg['emb_size']}{', tied' if cfg.get('tie_weights') else ''}",
+        "parameters": params,
+        "model_config": cfg,
+        "vocab_size": len(payload["vocab"]),
+        "script": meta.get("script"),
+        "corpus": meta.get("corpus_source"),
+        "corpus_hash": meta.get("corpus_hash"),
+        "step": meta.get("step"),
+        "val": meta.get("val"),
+        "test": meta.get("test"),
+        "trained": meta.get("time"),
+        "device": meta.get("device"),
+        "train_config": meta.get("train_config"),
+    }
+    if as_json:
+        typer.echo(json.dumps(card, ensure_ascii=False, indent=1))
+        return
+    for key in ("checkpoint", "size_mb", "architecture", "parameters", "vocab_size", "script", "corpus",
+                "corpus_hash", "step", "val", "test", "trained", "device"):
+        value = card[key]
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+        typer.echo(f"{key:>12}: {value}")
 
 
 def main() -> None:

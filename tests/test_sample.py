@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from synth import ALPHABET
+from typer.testing import CliRunner
+
+from poetgen import checkpoint
+from poetgen.cli import app
+from poetgen.forms import FORMS, STOPS, detect_form, split_lines
+from poetgen.model import LanguageModel, LSTMConfig
+from poetgen.sample import Generator, SampleOptions, Stepper, filter_logits
+from poetgen.vocab import SPECIALS, Vocab
+
+runner = CliRunner()
+CHARS = ALPHABET[:40] + list("汉春风")
+VOCAB = Vocab([*SPECIALS, *CHARS, *"，。？！；：、"])
+
+
+def tiny_model(seed: int, cell: str = "lstm", layers: int = 2) -> LanguageModel:
+    torch.manual_seed(seed)
+    return LanguageModel(LSTMConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=layers, cell=cell)).eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    checkpoint.save(path, tiny_model(0), VOCAB, {"script": "simplified", "step": 0})
+    return path
+
+
+FORM_KEYS = st.sampled_from(sorted(FORMS))
+PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=FORM_KEYS,
+       temperature=st.sampled_from([0.0, 0.5, 1.0, 2.0]), acrostic=st.booleans(), cell=st.sampled_from(["lstm", "gru"]))
+def test_every_form_poem_is_well_formed(model_seed, seed, form, temperature, acrostic, cell):
+    f = FORMS[form]
+    heads = "".join(CHARS[(model_seed + i) % len(CHARS)] for i in range(f.lines)) if acrostic else ""
+    opts = SampleOptions(form=f, acrostic=heads, seed=seed, temperature=temperature, num=3)
+    for poem in Generator(tiny_model(model_seed, cell), VOCAB).generate(opts):
+        assert detect_form(poem.body) == f.name, poem.body
+        assert len(poem.lines) == f.lines
+        if heads:
+            assert [line[0] for line in poem.lines] == list(heads)
+        assert poem.logprob < 0
+
+
+@PROPERTY
+@given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), max_chars=st.integers(2, 60),
+       prompt_len=st.integers(0, 3))
+def test_free_form_poems_end_cleanly(model_seed, seed, max_chars, prompt_len):
+    prompt = "".join(CHARS[:prompt_len])
+    opts = SampleOptions(prompt=prompt, seed=seed, max_chars=max_chars, temperature=1.5, num=2)
+    for poem in Generator(tiny_model(model_seed), VOCAB).generate(opts):
+        assert poem.body.startswith(prompt)
+        assert poem.body[-1] in STOPS
+        assert len(poem.body) <= max(max_chars, prompt_len + 1) + 2  # a mark may need one more line
+        assert all(len(line) >= 2 for line in split_lines(poem.body))  # no empty line
+        assert all(c not in SPECIALS for c in poem.body)
+
+
+@PROPERTY
+@given(model_seed=st.integers(0, 10_000), heads=st.text(alphabet=CHARS, min_size=1, max_size=6))
+def test_free_form_acrostic_sets_the_lines(model_seed, heads):
+    poems = Generator(tiny_model(model_seed), VOCAB).generate(SampleOptions(acrostic=heads, seed=1, num=2))
+    for poem in poems:
+        assert [line[0] for line in poem.lines] == list(heads)
+        assert poem.body[-1] in STOPS
+
+
+@PROPERTY
+@given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 1000), form=FORM_KEYS)
+def test_greedy_is_deterministic_and_seeds_reproduce(model_seed, seed, form):
+    gen = Generator(tiny_model(model_seed), VOCAB)
+    greedy = gen.generate(SampleOptions(form=FORMS[form], temperature=0, num=3, seed=seed))
+    assert len({p.body for p in greedy}) == 1
+    assert gen.generate(SampleOptions(form=FORMS[form], temperature=0, seed=seed + 1))[0].body == greedy[0].body
+    a = gen.generate(SampleOptions(form=FORMS[form], seed=seed, num=2, temperature=1.0))
+    b = gen.generate(SampleOptions(form=FORMS[form], seed=seed, num=2, temperature=1.0))
+    assert [p.body for p in a] == [p.body for p in b]
+    top1 = gen.generate(SampleOptions(form=FORMS[form], seed=seed, temperature=1.0, top_k=1))
+    assert top1[0].body == greedy[0].body
+
+
+def test_prompt_and_title_condition_the_poem():
+    gen = Generator(tiny_model(3), VOCAB)
+    prompt = CHARS[5] + CHARS[6] + CHARS[7] + CHARS[8] + CHARS[9] + "，" + CHARS[1]
+    poem = gen.generate(SampleOptions(prompt=prompt, form=FORMS["wujue"], seed=2))[0]
+    assert poem.body.startswith(prompt) and detect_form(poem.body) == "五绝"
+    titled = gen.generate(SampleOptions(title=CHARS[2] * 3, seed=2))[0]
+    assert titled.title == CHARS[2] * 3
+
+
+def test_fast_lstm_step_matches_the_module():
+    model = tiny_model(11, layers=3)
+    stepper = Stepper(model)
+    ids = torch.randint(4, len(VOCAB), (2, 9))
+    with torch.no_grad():
+        full, _ = model(ids)
+    logits, state = stepper.prefill(ids[:, :1])
+    outs = [logits]
+    for t in range(1, 9):
+        logits, state = stepper.step(ids[:, t], state)
+        outs.append(logits)
+    assert torch.allclose(torch.stack(outs, 1), full, atol=1e-5)
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = filter_logits(logits, None, 0.7).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]
+    assert filter_logits(logits, 2, None).isfinite().tolist() == [[True, True, False, False]]
+    assert filter_logits(logits, None, 1.0).isfinite().all()
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def test_cli_text_json_jsonl_and_output(ckpt, tmp_path):
+    text = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "七绝", "--num", "3", "--seed", "5"])
+    assert text.exit_code == 0, text.stderr
+    poems = text.stdout.strip("\n").split("\n\n")
+    assert len(poems) == 3 and all(len(p.split("\n")) == 4 for p in poems)
+    assert text.stderr == ""
+    js = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "wujue", "--num", "2", "--seed", "5",
+                             "--format", "json"])
+    records = json.loads(js.stdout)
+    assert len(records) == 2
+    for r in records:
+        assert {"text", "lines", "prompt", "seed", "temperature", "logprob", "form"} <= set(r)
+        assert "".join(r["lines"]) == r["text"] and r["seed"] == 5
+    jl = runner.invoke(app, ["sample", "-c", str(ckpt), "--num", "2", "--seed", "5", "--format", "jsonl"])
+    assert [json.loads(line)["index"] for line in jl.stdout.splitlines()] == [0, 1]
+    out = tmp_path / "poems.txt"
+    written = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "qijue", "--num", "3", "--seed", "5",
+                                  "--output", str(out)])
+    assert written.exit_code == 0 and written.stdout == ""
+    assert out.read_text(encoding="utf-8") == text.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["poems.txt"]  # no temp file left
+
+
+def test_cli_same_seed_same_output_and_traditional_input(ckpt):
+    a = runner.invoke(app, ["sample", "-c", str(ckpt), "--prompt", "漢", "--seed", "9"])
+    b = runner.invoke(app, ["sample", "-c", str(ckpt), "--prompt", "汉", "--seed", "9"])
+    assert a.exit_code == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("汉")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--temperature", "-1"], "--temperature"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-k", "0"], "--top-k"),
+    (["--num", "0"], "--num"),
+    (["--form", "sonnet"], "unknown form"),
+    (["--form", "qijue", "--acrostic", "春风"], "4 lines"),
+    (["--form", "wujue", "--prompt", "春风，"], "--prompt does not fit"),
+    (["--form", "wujue", "--prompt", "春春春春春，春春春春春。" * 2 + "春"], "longer than the poem"),
+    (["--form", "wujue", "--acrostic", "春风春风", "--prompt", "汉"], "acrostic head"),
+    (["--prompt", "龘"], "not in the model's vocabulary: 龘"),
+    (["--format", "xml"], "unknown format"),
+])
+def test_cli_bad_inputs(ckpt, args, needle):
+    result = runner.invoke(app, ["sample", "-c", str(ckpt), *args])
+    assert result.exit_code == 2, (args, result.stderr)
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+def test_cli_missing_and_foreign_checkpoints(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"a": 1}, foreign)
+    for path, needle in [(tmp_path / "none.pt", "no checkpoint"), (foreign, "not a poetgen checkpoint")]:
+        result = runner.invoke(app, ["sample", "-c", str(path)])
+        assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_piping_into_head_ends_quietly(ckpt):
+    cmd = f"{sys.executable} -m poetgen sample -c {ckpt} --num 400 --form qilv --seed 1 | head -n 1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert len(proc.stdout.splitlines()) == 1
