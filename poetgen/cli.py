@@ -612,6 +612,86 @@ def info_cmd(
         typer.echo(f"{key:>12}: {value}")
 
 
+# ---------------------------------------------------------------------------------------------
+# check
+
+
+@app.command("check")
+@handle_errors
+def check_cmd(
+    poem: Annotated[Optional[str], typer.Argument(help="The poem (default: --file, else stdin).",
+                                                  show_default=False)] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Read poems from this UTF-8 file, separated by "
+                                                 "blank lines.", show_default=False)] = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per poem.")] = False,
+) -> None:
+    """Check 格律: form, 平仄 under each line, template, violations, rhyme group, 孤平 and 三平尾.
+
+    Exits 0 when every poem passes, 1 when one does not, 2 on bad input."""
+    from . import prosody
+    from .paths import resolve_data_dir
+
+    if poem is not None and file is not None:
+        raise fail("give the poem as an argument or --file, not both", 2)
+    if poem is not None:
+        text = poem
+    elif file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise fail(f"--file {file}: no such file", 2) from None
+        except UnicodeDecodeError:
+            raise fail(f"--file {file} is not UTF-8 text: convert it to UTF-8", 2) from None
+    else:
+        if sys.stdin.isatty():
+            raise fail("no poem given: pass it as an argument, with --file, or on stdin", 2)
+        text = sys.stdin.read()
+    poems = [p for p in (_join_poem(block) for block in text.replace("\r", "").split("\n\n")) if p]
+    if not poems:
+        raise fail("no poem given: the input is empty", 2)
+    tones = prosody.load_tone_table(resolve_data_dir(data_dir))
+    rhymes = prosody.load_rhymes("simplified")
+    convert = _simplifier()
+    results = [prosody.check_poem(convert(p), tones, rhymes) for p in poems]
+    out = []
+    for r in results:
+        if as_json:
+            out.append(json.dumps(r.to_dict(), ensure_ascii=False))
+        else:
+            out.append(_render_check(r))
+    _write_stdout(("\n" if as_json else "\n\n").join(out) + "\n")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+def _join_poem(block: str) -> str:
+    return "".join(block.split())
+
+
+def _simplifier():
+    from .corpus import make_converter
+
+    return make_converter("simplified")
+
+
+def _render_check(r) -> str:
+    head = r.form if r.template is None else f"{r.form} {r.template}"
+    verdict = "ok" if r.ok else "not regulated" if r.template is None else "fails"
+    lines = [f"{head}: {verdict}"]
+    for line, tones in zip(r.lines, r.tones, strict=False):
+        lines.append(line)
+        lines.append(tones)
+    for v in r.violations:
+        lines.append(f"violation: line {v['line']} character {v['position']} {v['char']} should be {v['expected']}")
+    if r.rhymes:
+        lines.append("rhymes: " + " ".join(f"{x['char']}({'/'.join(x['groups']) or '?'})" for x in r.rhymes)
+                     + f" → {r.rhyme_group or 'no shared 平声 group'}")
+    for w in r.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Entry point of the `poetgen` console script."""
     app(prog_name="poetgen")

@@ -466,6 +466,10 @@ def build(
         tokens[s] = int(arr.size)
         unknown[s] = int((arr == vocab.unk_id).sum())
         outputs[f"poems.{s}.jsonl"] = "".join(p.to_json() + "\n" for p in splits[s]).encode("utf-8")
+    from .prosody import count_tones
+
+    tones = count_tones((p.body, p.tones) for s in SPLITS for p in splits[s])
+    outputs["tones.json"] = (json.dumps(tones, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     for name, data in outputs.items():
         atomic_write_bytes(data_dir / name, data)
 

