@@ -477,6 +477,14 @@ def sample_cmd(
     seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Random seed: the same seed and options give "
                                                 "the same poems.", show_default=False)] = None,
     max_chars: Annotated[int, typer.Option("--max-chars", help="Longest body in free form.")] = 120,
+    strict: Annotated[bool, typer.Option("--strict", help="Enforce 格律 (平仄 template, one 平水韵 rhyme group, "
+                                         "no repeated rhyme, no 孤平) with --form.")] = False,
+    template: Annotated[Optional[str], typer.Option("--template", help="With --strict: ping-plain, ping-rhymed, "
+                                                    "ze-plain or ze-rhymed (平起/仄起 × 首句不入韵/入韵).",
+                                                    show_default=False)] = None,
+    rhyme: Annotated[Optional[str], typer.Option("--rhyme", help="With --strict: rhyme in the group of this "
+                                                 "character (e.g. 东).", show_default=False)] = None,
+    data_dir: DataDirOpt = None,
     checkpoint_path: CheckpointOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="text, json or jsonl.")] = "text",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically) "
@@ -503,14 +511,26 @@ def sample_cmd(
                          temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars)
     opts.validate()
+    constraint_for_row = None
+    if strict:
+        from . import prosody
+        from .paths import resolve_data_dir
+        from .sample import ProsodyMasks, strict_factory
+
+        tones = prosody.load_tone_table(resolve_data_dir(data_dir))
+        rhyme = _to_model_script(rhyme.strip(), meta) if rhyme else None
+        masks = ProsodyMasks(vocab, tones, prosody.load_rhymes(meta.get("script") or "simplified"))
+        constraint_for_row = strict_factory(opts, masks, template, rhyme, opts.seed)
+    elif template or rhyme:
+        raise fail("--template and --rhyme need --strict", 2)
     stream = output is None and fmt == "text" and num == 1 and sys.stdout.isatty()
     on_char = _streamer() if stream else None
-    poems = Generator(model, vocab).generate(opts, on_char=on_char)
+    poems = Generator(model, vocab).generate(opts, on_char=on_char, constraint_for_row=constraint_for_row)
     if stream:
         sys.stdout.write("\n" if poems[0].body and poems[0].body[-1] not in "，。？！；：、" else "")
         sys.stdout.flush()
         return
-    text = _render(poems, opts, fmt, path)
+    text = _render(poems, opts, fmt, path, strict)
     if output is not None:
         from .paths import atomic_write_text
 
@@ -538,13 +558,14 @@ def _streamer():
     return on_char
 
 
-def _render(poems, opts, fmt: str, path: Path) -> str:
+def _render(poems, opts, fmt: str, path: Path, strict: bool = False) -> str:
     if fmt == "text":
         return "\n".join("\n".join(p.lines) + "\n" for p in poems)
     records = [
         {"text": p.body, "lines": p.lines, "title": p.title, "prompt": opts.prompt, "seed": opts.seed,
          "index": i, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
          "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "logprob": round(p.logprob, 4),
+         "strict": strict,
          "chars": len(p.body), "checkpoint": str(path)}
         for i, p in enumerate(poems)
     ]

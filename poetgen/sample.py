@@ -187,8 +187,10 @@ class Generator:
         self.title_start_row = len(RULES)
         self.title_row = len(RULES) + 1
 
-    def generate(self, opts: SampleOptions, on_char: Callable[[int, str], None] | None = None) -> list[Poem]:
-        """Sample opts.num poems as one batch. `on_char(row, ch)` sees each body character as it comes."""
+    def generate(self, opts: SampleOptions, on_char: Callable[[int, str], None] | None = None,
+                 constraint_for_row: Callable[[int], BodyConstraint] | None = None) -> list[Poem]:
+        """Sample opts.num poems as one batch. `on_char(row, ch)` sees each body character as it comes;
+        `constraint_for_row` replaces the plain form constraint (--strict)."""
         opts.validate()
         vocab = self.vocab
         gen = torch.Generator().manual_seed(opts.seed)
@@ -201,7 +203,7 @@ class Generator:
         logits = logits.expand(B, -1)
         state = self.stepper.expand(state, B)
 
-        constraints = [opts.constraint() for _ in range(B)]
+        constraints = [constraint_for_row(r) if constraint_for_row else opts.constraint() for r in range(B)]
         in_title = [not have_title] * B
         titles = [[] for _ in range(B)]
         bodies = [[] for _ in range(B)]
@@ -229,6 +231,11 @@ class Generator:
                     if ch is not None:
                         forced[r] = vocab.stoi[ch]
             allowed = self.masks[torch.tensor(mask_rows)]
+            if constraint_for_row is not None:
+                for r in range(B):
+                    extra = None if finished[r] or in_title[r] else constraints[r].extra_mask()
+                    if extra is not None and bool((allowed[r] & extra).any()):
+                        allowed[r] &= extra
             model_logp = F.log_softmax(logits.float(), dim=-1)
             if opts.temperature == 0:
                 choice = logits.float().masked_fill(~allowed, float("-inf")).argmax(-1)
@@ -265,3 +272,127 @@ class Generator:
             title = opts.title if have_title else "".join(titles[r])
             poems.append(Poem(title=title, body=body, logprob=float(logprob[r]), lines=split_lines(body)))
         return poems
+
+
+# ---------------------------------------------------------------------------------------------
+# --strict: 格律 enforced during decoding
+
+
+class ProsodyMasks:
+    """Vocabulary masks for tones and rhyme groups (known tones only, so every pick is certain)."""
+
+    def __init__(self, vocab: Vocab, tones, rhymes):
+        from .prosody import BOTH, PING, ZE
+
+        V = len(vocab)
+        self.vocab = vocab
+        self.tones = tones
+        self.rhymes = rhymes
+        self.ping = torch.zeros(V, dtype=torch.bool)
+        self.ze = torch.zeros(V, dtype=torch.bool)
+        for i, t in enumerate(vocab.tokens):
+            tone = tones.tone(t) if t not in SPECIALS and t not in LINE_END else None
+            self.ping[i] = tone in (PING, BOTH)
+            self.ze[i] = tone in (ZE, BOTH)
+        self.group_masks: dict[str, torch.Tensor] = {}
+        for group, members in rhymes.groups.items():
+            m = torch.zeros(V, dtype=torch.bool)
+            ids = [vocab.stoi[c] for c in members if c in vocab.stoi]
+            if ids:
+                m[ids] = True
+            self.group_masks[group] = m & self.ping
+
+    def tone(self, want: str) -> torch.Tensor:
+        return self.ping if want == "平" else self.ze
+
+
+class StrictConstraint(BodyConstraint):
+    """A fixed form under one template: tones at the strict positions (2nd, 4th, 6th, line end, and
+    the positions that would make 孤平 or 三平尾), one 平声 rhyme group, no repeated rhyme character."""
+
+    def __init__(self, form: Form, template, masks: ProsodyMasks, heads: str = "", groups: set[str] | None = None):
+        super().__init__(form, heads)
+        self.template = template
+        self.masks = masks
+        self.patterns = template.patterns()
+        self.rhyme_lines = set(template.rhyme_lines())
+        self.groups = set(groups) if groups else set(masks.group_masks)
+        self.used: list[str] = []
+        self.kinds = template.kinds
+
+    def strict_positions(self, line: int) -> set[int]:
+        chars = self.form.chars
+        positions = set(self.template.strict_positions())
+        kind = self.kinds[line]
+        if kind == "B":  # 平平仄仄平: a 仄 first syllable leaves its 平 alone (孤平)
+            positions.add(chars - 5)
+        if kind == "D":  # 仄仄仄平平: a 平 third syllable ends in three 平 (三平尾)
+            positions.add(chars - 3)
+        return positions
+
+    def extra_mask(self) -> torch.Tensor | None:
+        """The tokens the template allows at the next position, or None when it is free."""
+        if self.done or self.line >= self.form.lines or self.col >= self.form.chars:
+            return None
+        if self.col == self.form.chars - 1 and self.line in self.rhyme_lines:
+            mask = torch.zeros_like(self.masks.ping)
+            for g in self.groups:
+                mask |= self.masks.group_masks[g]
+            for ch in self.used:
+                mask[self.masks.vocab.stoi[ch]] = False
+            return mask
+        if self.col in self.strict_positions(self.line):
+            return self.masks.tone(self.patterns[self.line][self.col])
+        return None
+
+    def advance(self, ch: str) -> None:
+        if (ch and self.line < self.form.lines and self.col == self.form.chars - 1
+                and self.line in self.rhyme_lines):
+            self.groups &= self.masks.rhymes.of_char.get(ch, set())
+            self.used.append(ch)
+        super().advance(ch)
+
+
+def strict_factory(opts: SampleOptions, masks: ProsodyMasks, template_key: str | None, rhyme: str | None,
+                   seed: int) -> Callable[[int], StrictConstraint]:
+    """A maker of per-row strict constraints: the template given, or one drawn per row among those
+    the prompt and heads allow. Raises UsageError when the given characters fit no template."""
+    import random
+
+    from .prosody import find_group, get_template, templates
+
+    if opts.form is None:
+        raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
+    groups = {find_group(masks.rhymes, rhyme)} if rhyme else None
+    choices = [get_template(opts.form, template_key)] if template_key else templates(opts.form)
+
+    def fits(template) -> str | None:
+        c = StrictConstraint(opts.form, template, masks, opts.acrostic, groups)
+        forced = list(opts.prompt)
+        while not c.done and c.line < opts.form.lines:
+            rule, head = c.rule()
+            ch = forced.pop(0) if forced else head
+            if ch is None:  # a free position: move on without choosing a rhyme
+                BodyConstraint.advance(c, "，" if rule == Rule.COMMA else "。" if rule == Rule.STOP else "?")
+                continue
+            extra = c.extra_mask()
+            if ch in masks.vocab.stoi and extra is not None and not bool(extra[masks.vocab.stoi[ch]]):
+                return f"{ch!r} at line {c.line + 1}, character {c.col + 1}"
+            c.advance(ch)
+        return None
+
+    problems = {t.key: fits(t) for t in choices}
+    usable = [t for t in choices if problems[t.key] is None]
+    if not usable:
+        which = choices[0].name if template_key else "any template"
+        raise UsageError(f"the given characters make {which} impossible ({problems[choices[0].key]} breaks the "
+                         "平仄 or rhyme): change --prompt/--acrostic or the template")
+    rng = random.Random(seed)
+    picks: dict[int, object] = {}
+
+    def make(row: int) -> StrictConstraint:
+        if row not in picks:
+            picks[row] = rng.choice(usable)
+        return StrictConstraint(opts.form, picks[row], masks, opts.acrostic, groups)
+
+    return make
