@@ -277,18 +277,15 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     by_count = sorted(templates(form), key=lambda t: len(_violations(lines, t, tones)))
     fewest = len(_violations(lines, by_count[0], tones))
     tied = [t for t in by_count if len(_violations(lines, t, tones)) == fewest]
-    # a tie is settled by the first line's end: 平 (or either) means its line rhymes
+    # a tie (a first line ending in a character of either tone) goes to the template whose rhymes
+    # agree, then to the one whose first line rhymes when it ends in 平
     first_rhymes = tones.tone(lines[0][-1]) != ZE
-    best = next((t for t in tied if t.first_rhymes == first_rhymes), tied[0])
+    best = min(tied, key=lambda t: (_shared_group(lines, t, rhymes) is None, t.first_rhymes != first_rhymes))
     violations = _violations(lines, best, tones)
     rhyme_chars = [(i, lines[i][-1]) for i in best.rhyme_lines()]
-    shared: set[str] | None = None
-    rhyme_info = []
-    for i, ch in rhyme_chars:
-        groups = rhymes.of_char.get(ch, set())
-        rhyme_info.append({"line": i + 1, "char": ch, "groups": sorted(rhymes.short(g) for g in groups)})
-        shared = set(groups) if shared is None else shared & groups
-    rhyme_group = sorted(shared)[0] if shared else None
+    rhyme_info = [{"line": i + 1, "char": ch, "groups": sorted(rhymes.short(g) for g in rhymes.of_char.get(ch, ()))}
+                  for i, ch in rhyme_chars]
+    rhyme_group = _shared_group(lines, best, rhymes)
     warnings = []
     for i in best.rhyme_lines():
         if lone_ping(lines[i], tones):
@@ -304,6 +301,15 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     ok = not violations and rhyme_group is not None
     return CheckResult(form.name, ok, best.name, violations, rhymes.short(rhyme_group) if rhyme_group else None,
                        rhyme_info, warnings, raw_lines, tone_lines)
+
+
+def _shared_group(lines: list[str], template: Template, rhymes: RhymeTable) -> str | None:
+    """The 平声 group all rhyme positions of `template` share (the first by name), or None."""
+    shared: set[str] | None = None
+    for i in template.rhyme_lines():
+        groups = rhymes.of_char.get(lines[i][-1], set())
+        shared = set(groups) if shared is None else shared & groups
+    return sorted(shared)[0] if shared else None
 
 
 def _detect(lines: list[str], raw_lines: list[str]) -> Form | None:

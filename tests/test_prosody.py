@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from synth import ALPHABET
+from typer.testing import CliRunner
+
+from poetgen import checkpoint, prosody
+from poetgen.cli import app
+from poetgen.forms import FORMS, split_lines
+from poetgen.model import LanguageModel, LSTMConfig
+from poetgen.prosody import RhymeTable, ToneTable, check_poem, templates
+from poetgen.sample import Generator, ProsodyMasks, SampleOptions, strict_factory
+from poetgen.vocab import SPECIALS, Vocab
+
+runner = CliRunner()
+
+# A synthetic prosody: characters of the synthetic alphabet given made-up tones and rhyme groups.
+PING_A = ALPHABET[0:10]  # 平, rhyme group 甲
+PING_B = ALPHABET[10:20]  # 平, rhyme group 乙
+ZE = ALPHABET[20:50]  # 仄
+BOTH = ALPHABET[50:56]  # either
+TONES = ToneTable({**{c: "平" for c in PING_A + PING_B}, **{c: "仄" for c in ZE}, **{c: "*" for c in BOTH}})
+RHYMES = RhymeTable({"上平声一甲": set(PING_A), "上平声二乙": set(PING_B)},
+                    {**{c: {"上平声一甲"} for c in PING_A}, **{c: {"上平声二乙"} for c in PING_B}})
+VOCAB = Vocab([*SPECIALS, *ALPHABET, *"，。？！"])
+
+
+def compose(template, rhyme_chars=PING_A) -> str:
+    """A poem that follows `template` exactly: 平 from group 甲's members (rhymes distinct), 仄 from ZE."""
+    rhymes = iter(rhyme_chars)
+    out = []
+    for i, pattern in enumerate(template.patterns()):
+        line = []
+        for p, tone in enumerate(pattern):
+            if p == len(pattern) - 1 and i in template.rhyme_lines():
+                line.append(next(rhymes))
+            else:
+                line.append(PING_B[p] if tone == "平" else ZE[p + i])
+        out.append("".join(line) + ("，" if i % 2 == 0 else "。"))
+    return "".join(out)
+
+
+def independent_check(text: str, tones: ToneTable, rhymes: RhymeTable) -> bool:
+    """A second checker written from the 粘对 rules, not from template tables: in each line the even
+    syllables alternate; the couplet's lines oppose at the 2nd syllable (对) and the next couplet
+    sticks to the previous line (粘); even lines end 平 and rhyme in one 平声 group, odd lines but
+    the first end 仄."""
+    lines = [line[:-1] for line in split_lines(text)]
+
+    def tone(ch):
+        return tones.tone(ch)
+
+    def same(a, b):
+        return "*" in (tone(a), tone(b)) or tone(a) == tone(b)
+
+    def differ(a, b):
+        return "*" in (tone(a), tone(b)) or tone(a) != tone(b)
+
+    for line in lines:
+        even = line[1::2]
+        if any(not differ(a, b) for a, b in zip(even, even[1:], strict=False)):
+            return False
+    for i in range(1, len(lines)):
+        rule = differ if i % 2 == 1 else same
+        if not rule(lines[i][1], lines[i - 1][1]):
+            return False
+    rhyme = [lines[i][-1] for i in range(1, len(lines), 2)]
+    if tone(lines[0][-1]) == "平" or (tone(lines[0][-1]) == "*" and rhymes.of_char.get(lines[0][-1])):
+        rhyme.append(lines[0][-1])
+    if any(tone(c) == "仄" for c in rhyme):
+        return False
+    if any(tone(lines[i][-1]) == "平" for i in range(2, len(lines), 2)):
+        return False
+    shared = set.intersection(*(rhymes.of_char.get(c, set()) for c in rhyme))
+    return bool(shared) and len(set(rhyme)) == len(rhyme)
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_four_templates_per_form(form):
+    f = FORMS[form]
+    ts = templates(f)
+    assert len(ts) == 4 and len({t.kinds for t in ts}) == 4
+    assert {t.name for t in ts} == {"平起首句入韵", "平起首句不入韵", "仄起首句入韵", "仄起首句不入韵"}
+    for t in ts:
+        patterns = t.patterns()
+        assert len(patterns) == f.lines and all(len(p) == f.chars for p in patterns)
+        assert ("平起" if patterns[0][1] == "平" else "仄起") == t.start
+        assert all(patterns[i][-1] == "平" for i in t.rhyme_lines())
+        assert all(patterns[i][-1] == "仄" for i in range(f.lines) if i not in t.rhyme_lines())
+        assert independent_check(compose(t), TONES, RHYMES)
+
+
+def test_classic_five_character_patterns():
+    ze_plain = next(t for t in templates(FORMS["wujue"]) if t.key == "ze-plain")
+    assert ze_plain.patterns() == ["仄仄平平仄", "平平仄仄平", "平平平仄仄", "仄仄仄平平"]
+    ping_rhymed = next(t for t in templates(FORMS["qijue"]) if t.key == "ping-rhymed")
+    assert ping_rhymed.patterns()[0] == "平平仄仄仄平平"
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_compliant_poems_pass_with_their_template(form):
+    for t in templates(FORMS[form]):
+        result = check_poem(compose(t), TONES, RHYMES)
+        assert result.ok, (t.name, result.violations)
+        assert result.form == FORMS[form].name and result.template == t.name
+        assert result.rhyme_group == "一甲" and result.violations == []
+
+
+def test_a_wrong_tone_at_a_strict_position_is_reported():
+    t = next(t for t in templates(FORMS["qijue"]) if t.key == "ze-plain")
+    poem = list(compose(t))
+    # line 2, character 4 is strict: give it the opposite tone
+    line2_start = 8
+    expected = t.patterns()[1][3]
+    poem[line2_start + 3] = ZE[0] if expected == "平" else PING_B[0]
+    result = check_poem("".join(poem), TONES, RHYMES)
+    assert not result.ok
+    assert {"line": 2, "position": 4} in [{k: v[k] for k in ("line", "position")} for v in result.violations]
+
+
+def test_free_positions_may_take_either_tone():
+    t = next(t for t in templates(FORMS["qijue"]) if t.key == "ze-plain")
+    poem = list(compose(t))
+    poem[2] = ZE[0] if t.patterns()[0][2] == "平" else PING_B[0]  # the 3rd character: 一三五不论
+    assert check_poem("".join(poem), TONES, RHYMES).ok
+
+
+def test_rhymes_from_two_groups_fail():
+    t = next(t for t in templates(FORMS["wulv"]) if t.key == "ze-plain")
+    mixed = list(PING_A[:2]) + list(PING_B[5:7])
+    result = check_poem(compose(t, mixed), TONES, RHYMES)
+    assert not result.ok and result.rhyme_group is None and result.violations == []
+
+
+def test_lone_ping_and_triple_ping_tail_warn():
+    t = next(t for t in templates(FORMS["wujue"]) if t.key == "ze-plain")  # line 2 is 平平仄仄平
+    poem = list(compose(t))
+    poem[6] = ZE[5]  # line 2's first character 仄: 仄平仄仄平, its one 平 stands alone
+    result = check_poem("".join(poem), TONES, RHYMES)
+    assert "孤平 in line 2" in result.warnings
+    poem = list(compose(t))
+    poem[18 + 2] = PING_B[9]  # line 4 仄仄仄平平 → 仄仄平平平
+    assert "三平尾 in line 4" in check_poem("".join(poem), TONES, RHYMES).warnings
+
+
+def test_irregular_text_is_not_regulated():
+    result = check_poem("一丁七，丈三上。", TONES, RHYMES)
+    assert result.form == "not regulated" and not result.ok
+
+
+def test_tone_table_from_counts_marks_both():
+    table = ToneTable.from_counts({"a": [10, 0], "b": [1, 30], "c": [10, 8]})
+    assert (table.tone("a"), table.tone("b"), table.tone("c"), table.tone("d")) == ("平", "仄", "*", None)
+
+
+def test_tone_counts_come_from_the_prepared_corpus(prepared):
+    counts = json.loads((prepared / "tones.json").read_text(encoding="utf-8"))
+    assert counts and all(len(v) == 2 and sum(v) > 0 for v in counts.values())
+    assert prosody.load_tone_table(prepared).classes
+
+
+def test_real_rhyme_data_has_the_thirty_level_groups():
+    table = prosody.load_rhymes("simplified")
+    assert len(table.groups) == 30
+    assert "上平声一东" in table.groups and "东" in table.groups["上平声一东"]
+    assert "上平声一东" in table.of_char["东"]
+
+
+# --- strict sampling -------------------------------------------------------------------------------
+
+def tiny(seed: int) -> LanguageModel:
+    torch.manual_seed(seed)
+    return LanguageModel(LSTMConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=2)).eval()
+
+
+MASKS = ProsodyMasks(VOCAB, TONES, RHYMES)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=st.sampled_from(sorted(FORMS)),
+       temperature=st.sampled_from([0.0, 0.7, 1.5]), acrostic=st.booleans())
+def test_strict_sampling_always_passes_both_checkers(model_seed, seed, form, temperature, acrostic):
+    f = FORMS[form]
+    heads = "".join(ALPHABET[(model_seed + 3 * i) % 60] for i in range(f.lines)) if acrostic else ""
+    opts = SampleOptions(form=f, seed=seed, temperature=temperature, num=3, acrostic=heads)
+    try:
+        factory = strict_factory(opts, MASKS, None, None, seed)
+    except prosody.UsageError:
+        return  # these heads fit no template; rejecting them is the documented behaviour
+    for poem in Generator(tiny(model_seed), VOCAB).generate(opts, constraint_for_row=factory):
+        result = check_poem(poem.body, TONES, RHYMES)
+        assert result.ok, (poem.body, result.violations, result.rhyme_group)
+        assert not any(w.startswith(("孤平", "三平尾", "rhyme character")) for w in result.warnings)
+        assert independent_check(poem.body, TONES, RHYMES), poem.body
+        if heads:
+            assert [line[0] for line in poem.lines] == list(heads)
+
+
+def test_strict_template_and_rhyme_are_obeyed():
+    f = FORMS["qilv"]
+    opts = SampleOptions(form=f, seed=1, num=4)
+    factory = strict_factory(opts, MASKS, "ping-rhymed", PING_B[3], 1)
+    for poem in Generator(tiny(1), VOCAB).generate(opts, constraint_for_row=factory):
+        result = check_poem(poem.body, TONES, RHYMES)
+        assert result.ok and result.template == "平起首句入韵" and result.rhyme_group == "二乙"
+
+
+def test_impossible_prompt_is_rejected():
+    f = FORMS["wujue"]
+    # the 2nd character of a ze-start template must be 仄: a 平 there rules the template out
+    opts = SampleOptions(form=f, prompt=ZE[0] + PING_A[0], seed=0)
+    with pytest.raises(prosody.UsageError, match="impossible"):
+        strict_factory(opts, MASKS, "ze-plain", None, 0)
+    strict_factory(opts, MASKS, None, None, 0)  # a 平起 template still fits
+
+
+def test_check_cli(tmp_path, prepared):
+    poem = compose(templates(FORMS["wujue"])[0])
+    result = runner.invoke(app, ["check", poem, "--json", "--data-dir", str(prepared)])
+    data = json.loads(result.stdout)
+    assert {"form", "ok", "template", "violations", "rhyme_group", "warnings"} <= set(data)
+    empty = runner.invoke(app, ["check", "  ", "--data-dir", str(prepared)])
+    assert empty.exit_code == 2 and "empty" in empty.stderr
+    missing = runner.invoke(app, ["check", "--file", str(tmp_path / "none.txt")])
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+
+
+def test_check_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from poetgen.cli import app; "
+            "CliRunner().invoke(app, ['check', '一丁七丈三，上下丌不与。']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_sample_strict_cli(tmp_path):
+    path = tmp_path / "m.pt"
+    checkpoint.save(path, tiny(0), VOCAB, {"script": "traditional"})
+    data = tmp_path / "data"
+    data.mkdir()
+    counts = {c: ([5, 0] if t == "平" else [0, 5] if t == "仄" else [5, 5]) for c, t in TONES.classes.items()}
+    (data / "tones.json").write_text(json.dumps(counts, ensure_ascii=False), encoding="utf-8")
+    bad = runner.invoke(app, ["sample", "-c", str(path), "--strict", "--data-dir", str(data)])
+    assert bad.exit_code == 2 and "--strict needs a regulated form" in bad.stderr
+    nostrict = runner.invoke(app, ["sample", "-c", str(path), "--template", "ze-plain", "--form", "wujue"])
+    assert nostrict.exit_code == 2 and "need --strict" in nostrict.stderr
+    badt = runner.invoke(app, ["sample", "-c", str(path), "--strict", "--form", "wujue", "--template", "x",
+                               "--data-dir", str(data)])
+    assert badt.exit_code == 2 and "unknown template" in badt.stderr
