@@ -633,6 +633,42 @@ def info_cmd(
         typer.echo(f"{key:>12}: {value}")
 
 
+@app.command("export")
+@handle_errors
+def export_cmd(
+    checkpoint_path: Annotated[Path, typer.Option("--checkpoint", "-c", help="The trained model (a best.pt).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the shipped model.")],
+    data_dir: DataDirOpt = None,
+    half: Annotated[bool, typer.Option("--half/--full", help="Store weights as fp16 (half the size).")] = True,
+    test: Annotated[bool, typer.Option("--test/--no-test", help="Evaluate val and test as shipped and record "
+                                       "them in the file.")] = True,
+) -> None:
+    """Make a shipped model: weights only (fp16 by default), the corpus's tone table beside it
+    (tones.json, for check and --strict), and val/test figures measured on the file as written."""
+    import shutil
+
+    from . import checkpoint, evaluate
+    from .paths import atomic_path
+
+    root = _data_dir(data_dir)
+    model, vocab, meta = checkpoint.load(checkpoint_path)
+    meta = {k: v for k, v in meta.items() if k != "train_config"} | {"train_config": meta.get("train_config"),
+                                                                      "exported_from": str(checkpoint_path)}
+    checkpoint.save(output, model, vocab, meta, half=half)
+    if test:
+        for split in ("val", "test"):
+            result = evaluate.run(output, split=split, data_dir=root)
+            meta[split] = {k: result[k] for k in ("nats_per_char", "bits_per_char", "perplexity", "chars", "unknown")}
+            typer.echo(f"{split}: {result['nats_per_char']:.4f} nats/char, {result['bits_per_char']:.4f} bits/char, "
+                       f"perplexity {result['perplexity']:.2f}", err=True)
+        checkpoint.save(output, model, vocab, meta, half=half)
+    tones = root / "tones.json"
+    if tones.is_file():
+        with atomic_path(output.parent / "tones.json") as tmp:
+            shutil.copyfile(tones, tmp)
+    typer.echo(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)", err=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # check
 

@@ -176,6 +176,17 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
+def draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row from probs (B, V) by inverse CDF: much faster on CPU than torch.multinomial."""
+    cdf = probs.double().cumsum(-1)
+    target = torch.rand(probs.size(0), 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
+    choice = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.size(-1) - 1)
+    zero = probs.gather(1, choice[:, None]).squeeze(1) <= 0  # only by rounding at the very top of the CDF
+    if bool(zero.any()):
+        choice[zero] = probs[zero].argmax(-1)
+    return choice
+
+
 class Generator:
     """Samples poems from a model under SampleOptions."""
 
@@ -242,7 +253,7 @@ class Generator:
             else:
                 scaled = (logits.float() / opts.temperature).masked_fill(~allowed, float("-inf"))
                 scaled = filter_logits(scaled, opts.top_k, opts.top_p)
-                choice = torch.multinomial(scaled.softmax(-1), 1, generator=gen).squeeze(1)
+                choice = draw(scaled.softmax(-1), gen)
             choice = torch.where(forced >= 0, forced, choice)
             logprob += torch.where(in_body, model_logp.gather(1, choice[:, None]).squeeze(1).double(), 0.0)
             for r in range(B):
