@@ -301,10 +301,12 @@ class ProsodyMasks:
         self.rhymes = rhymes
         self.ping = torch.zeros(V, dtype=torch.bool)
         self.ze = torch.zeros(V, dtype=torch.bool)
+        self.ze_only = torch.zeros(V, dtype=torch.bool)  # line ends that must not read as a rhyme
         for i, t in enumerate(vocab.tokens):
             tone = tones.tone(t) if t not in SPECIALS and t not in LINE_END else None
             self.ping[i] = tone in (PING, BOTH)
             self.ze[i] = tone in (ZE, BOTH)
+            self.ze_only[i] = tone == ZE
         self.group_masks: dict[str, torch.Tensor] = {}
         for group, members in rhymes.groups.items():
             m = torch.zeros(V, dtype=torch.bool)
@@ -352,6 +354,8 @@ class StrictConstraint(BodyConstraint):
             for ch in self.used:
                 mask[self.masks.vocab.stoi[ch]] = False
             return mask
+        if self.col == self.form.chars - 1:  # an unrhymed line end: plainly 仄, never a possible rhyme
+            return self.masks.ze_only
         if self.col in self.strict_positions(self.line):
             return self.masks.tone(self.patterns[self.line][self.col])
         return None
