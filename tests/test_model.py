@@ -210,3 +210,34 @@ def test_train_cli_then_eval_cli(prepared, tmp_path):
     assert json.loads(ev.stdout)["unknown"] >= 1
     both = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt")])
     assert both.exit_code == 2 and "exactly one" in both.stderr
+
+
+def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_path):
+    out = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), "--hidden-size", "32",
+                                  "--emb-size", "16", "--batch-size", "8", "--bptt", "16", "--max-steps", "6",
+                                  "--eval-every", "3", "--quiet"])
+    assert trained.exit_code == 0, trained.stderr
+    shipped = tmp_path / "ship" / "model.pt"
+    result = runner.invoke(app, ["export", "-c", str(out / "best.pt"), "-o", str(shipped), "--data-dir",
+                                 str(prepared)])
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "ship" / "tones.json").read_bytes() == (prepared / "tones.json").read_bytes()
+    payload = torch.load(shipped, weights_only=True)
+    assert "train_state" not in payload
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    test = runner.invoke(app, ["eval", "--checkpoint", str(shipped), "--split", "test", "--json",
+                               "--data-dir", str(prepared)])
+    assert json.loads(test.stdout)["nats_per_char"] == pytest.approx(payload["meta"]["test"]["nats_per_char"])
+    info = runner.invoke(app, ["info", "--checkpoint", str(shipped), "--json"])
+    card = json.loads(info.stdout)
+    assert card["parameters"] == LanguageModel(LSTMConfig.from_dict(card["model_config"])).num_parameters()
+    assert card["test"]["perplexity"] == pytest.approx(payload["meta"]["test"]["perplexity"])
+    assert card["corpus"]["version"] == "2.0.1"
+
+
+def test_missing_shipped_model_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setattr("poetgen.paths.checkout_root", lambda: None)
+    monkeypatch.setattr("importlib.resources.files", lambda name: tmp_path)
+    with pytest.raises(CheckpointError, match="--checkpoint"):
+        checkpoint.default_checkpoint()
