@@ -175,10 +175,16 @@ def corpus_build(
     quiet: QuietOpt = False,
 ) -> None:
     """Clean, convert, split and tokenize the fetched package into the prepared corpus."""
+    _build(data_dir, source, script, min_count, quiet, fetch_first=False)
+
+
+def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_first: bool) -> None:
     from . import corpus
 
     root = _data_dir(data_dir)
     with StageProgress(quiet) as progress:
+        if fetch_first:
+            source = corpus.fetch(root, source, progress=progress)
         result = corpus.build(root, source, script=script, min_count=min_count, progress=progress)
     _report_build(result, quiet)
 
@@ -193,13 +199,7 @@ def corpus_prepare(
     quiet: QuietOpt = False,
 ) -> None:
     """Fetch and build in one step: the command to run before training."""
-    from . import corpus
-
-    root = _data_dir(data_dir)
-    with StageProgress(quiet) as progress:
-        path = corpus.fetch(root, source, progress=progress)
-        result = corpus.build(root, path, script=script, min_count=min_count, progress=progress)
-    _report_build(result, quiet)
+    _build(data_dir, source, script, min_count, quiet, fetch_first=True)
 
 
 @corpus_app.command("stats")
