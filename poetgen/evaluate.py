@@ -9,6 +9,7 @@ import numpy as np
 from . import checkpoint, corpus
 from .errors import CorpusError, UsageError
 from .train import evaluate_stream, metrics_from_loss, pick_device
+from .vocab import Vocab
 
 
 def file_stream(path: Path, vocab, script: str | None) -> tuple[np.ndarray, int]:
@@ -44,8 +45,8 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
     if split is not None:
         if split not in ("val", "test", "train"):
             raise UsageError(f"unknown split {split!r}: choose val or test")
-        cmeta = corpus.load_meta(data_dir)
-        if meta.get("corpus_hash") and cmeta.get("vocab_size") and vocab.tokens != _vocab_tokens(data_dir):
+        corpus.load_meta(data_dir)
+        if vocab.tokens != Vocab.load(data_dir / "vocab.json").tokens:
             raise CorpusError(f"{path} was trained on another vocabulary than the corpus in {data_dir}: "
                               "evaluate with --file, or prepare the corpus it was trained on")
         stream = corpus.load_tokens(data_dir, split).astype(np.int64)
@@ -61,9 +62,3 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
     result = metrics_from_loss(total / count)
     result.update(chars=count, unknown=unknown, source=source, checkpoint=str(path))
     return result
-
-
-def _vocab_tokens(data_dir: Path) -> list[str]:
-    from .vocab import Vocab
-
-    return Vocab.load(data_dir / "vocab.json").tokens

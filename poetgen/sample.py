@@ -55,7 +55,7 @@ class SampleOptions:
 
 
 @dataclass
-class Poem:
+class GeneratedPoem:
     title: str
     body: str
     logprob: float  # under the unconstrained model at temperature 1, body and end token
@@ -199,7 +199,7 @@ class Generator:
         self.title_row = len(RULES) + 1
 
     def generate(self, opts: SampleOptions, on_char: Callable[[int, str], None] | None = None,
-                 constraint_for_row: Callable[[int], BodyConstraint] | None = None) -> list[Poem]:
+                 constraint_for_row: Callable[[int], BodyConstraint] | None = None) -> list[GeneratedPoem]:
         """Sample opts.num poems as one batch. `on_char(row, ch)` sees each body character as it comes;
         `constraint_for_row` replaces the plain form constraint (--strict)."""
         opts.validate()
@@ -281,7 +281,7 @@ class Generator:
         for r in range(B):
             body = "".join(bodies[r])
             title = opts.title if have_title else "".join(titles[r])
-            poems.append(Poem(title=title, body=body, logprob=float(logprob[r]), lines=split_lines(body)))
+            poems.append(GeneratedPoem(title=title, body=body, logprob=float(logprob[r]), lines=split_lines(body)))
         return poems
 
 
