@@ -21,7 +21,17 @@ FORMAT_VERSION = 1
 def model_state(model: torch.nn.Module) -> dict:
     """The state dict of the uncompiled module (torch.compile would prefix `_orig_mod.`)."""
     model = getattr(model, "_orig_mod", model)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    tied = getattr(getattr(model, "config", None), "tie_weights", False)
+    # a tied output matrix is the embedding: store it once
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not (tied and k == "head.weight")}
+
+
+def load_weights(model: torch.nn.Module, weights: dict) -> None:
+    """Load a state dict written by model_state (the tied output matrix comes with the embedding)."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    allowed = {"head.weight"} if model.config.tie_weights else set()
+    if unexpected or set(missing) - allowed:
+        raise RuntimeError(f"state dict does not fit the model (missing {missing}, unexpected {unexpected})")
 
 
 def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: dict, train_state: dict | None = None,
@@ -76,7 +86,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[L
         config = LSTMConfig.from_dict(payload["model_config"])
         model = LanguageModel(config)
         weights = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-        model.load_state_dict(weights)
+        load_weights(model, weights)
     except Exception as e:  # a damaged payload can fail in many ways; all mean the same to the user
         raise CheckpointError(f"{path} is damaged ({type(e).__name__}): train or download it again") from None
     model.to(device).eval()

@@ -602,8 +602,7 @@ def info_cmd(
     payload = checkpoint.load_payload(path)
     cfg = payload["model_config"]
     meta = payload["meta"]
-    tied = cfg.get("tie_weights")
-    params = sum(v.numel() for k, v in payload["state_dict"].items() if not (tied and k == "head.weight"))
+    params = sum(v.numel() for v in payload["state_dict"].values())
     card = {
         "checkpoint": str(path),
         "size_mb": round(path.stat().st_size / 1e6, 2),

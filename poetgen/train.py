@@ -247,7 +247,7 @@ class Trainer:
             raise UsageError(f"{path} was trained with another model shape: drop the size options or --resume")
         if payload["vocab"] != self.vocab.tokens:
             raise UsageError(f"{path} was trained on another vocabulary: rebuild that corpus or start afresh")
-        self.model.load_state_dict(payload["state_dict"])
+        checkpoint.load_weights(self.model, payload["state_dict"])
         self.optimizer.load_state_dict(ts["optimizer"])
         _set_rng_state(ts["rng"], self.device)
         self.step, self.epoch, self.window = ts["step"], ts["epoch"], ts["window"]
