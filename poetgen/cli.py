@@ -293,6 +293,11 @@ def train_cmd(
                                                     "improvement.", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (CPU runs repeat exactly).")] = 1337,
     device: Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 elsewhere), fp32, or "
+                                           "bf16 (also faster on CPUs with AVX512-BF16 or AMX).")] = "auto",
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from this checkpoint's weights "
+                                                      "(its shape; fresh optimizer and schedule).",
+                                                      show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
     quiet: QuietOpt = False,
@@ -321,9 +326,19 @@ def train_cmd(
     else:
         if last.exists():
             raise fail(f"{out} already holds a run: pass --resume to continue it, or another --out")
-        if preset not in PRESETS:
+        if init_from is not None:
+            from . import checkpoint
+
+            if any(v is not None for v in (cell, emb_size, hidden_size, num_layers)) or untied:
+                raise fail("--init-from takes the model's shape from the checkpoint: drop --cell, --emb-size, "
+                           "--hidden-size, --layers and --untied", 2)
+            shape = LSTMConfig.from_dict(checkpoint.load_payload(init_from)["model_config"]).to_dict()
+            shape.pop("vocab_size")
+            untied = not shape.pop("tie_weights")
+        elif preset not in PRESETS:
             raise fail(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}", 2)
-        shape = dict(PRESETS[preset])
+        else:
+            shape = dict(PRESETS[preset])
         for name, value in (("cell", cell), ("emb_size", emb_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers), ("dropout", dropout), ("emb_dropout", emb_dropout)):
             if value is not None:
@@ -333,7 +348,8 @@ def train_cmd(
             batch_size=batch_size, bptt=bptt, epochs=epochs or 10, max_steps=max_steps, max_minutes=max_minutes,
             optimizer=optimizer, lr=lr if lr is not None else (1.0 if optimizer == "sgd" else 2e-3),
             weight_decay=weight_decay, warmup_steps=warmup_steps, clip=clip, eval_every=eval_every,
-            patience=patience, seed=seed, device=device,
+            patience=patience, seed=seed, device=device, precision=precision,
+            init_from=str(init_from) if init_from is not None else None,
         )
     train_stream = corpus.load_tokens(root, "train")
     val_stream = corpus.load_tokens(root, "val")

@@ -44,6 +44,10 @@ class LSTMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def shape(self) -> dict:
+        """What the weights depend on (everything but the dropout rates)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("emb_dropout", "dropout")}
+
     @classmethod
     def from_dict(cls, d: dict) -> LSTMConfig:
         known = {f.name for f in fields(cls)}

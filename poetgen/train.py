@@ -51,6 +51,8 @@ class TrainConfig:
     patience: int | None = None
     seed: int = 1337
     device: str = "auto"
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
+    init_from: str | None = None  # warm start: weights from this checkpoint, fresh optimizer and schedule
     log_every: int = 50
 
     def validate(self) -> TrainConfig:
@@ -67,6 +69,8 @@ class TrainConfig:
             raise UsageError("--lr and --clip must be positive")
         if self.patience is not None and self.patience < 1:
             raise UsageError("--patience must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
         return self
 
     @classmethod
@@ -94,14 +98,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether to run matrix work in bf16 (weights and optimizer stay fp32). `auto` means CUDA only;
+    `bf16` on a CPU pays off where it has bf16 instructions (AVX512-BF16, AMX)."""
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        if device.type not in ("cuda", "cpu"):
+            raise UsageError(f"--precision bf16 is not supported on {device.type}: use --precision fp32")
+        return True
+    return device.type == "cuda"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast when use_bf16 says so, a no-op otherwise."""
+    return torch.autocast(device.type if device.type in ("cuda", "cpu") else "cpu", dtype=torch.bfloat16,
+                          enabled=use_bf16(device, precision))
 
 
 @torch.inference_mode()
 def evaluate_stream(model: LanguageModel, stream: np.ndarray | torch.Tensor, device: torch.device,
-                    rows: int = 16, bptt: int = 128) -> tuple[float, int]:
+                    rows: int = 16, bptt: int = 128, precision: str = "auto") -> tuple[float, int]:
     """Total next-token loss in nats and the number of predicted tokens over a token stream,
     carrying the state across windows as training does."""
     was_training = model.training
@@ -111,7 +131,7 @@ def evaluate_stream(model: LanguageModel, stream: np.ndarray | torch.Tensor, dev
     total, count, state = 0.0, 0, None
     for i in range(num_windows(batched, bptt)):
         x, y = get_batch(batched, i, bptt)
-        with autocast(device):
+        with autocast(device, precision):
             logits, state = model(x, state)
         total += torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
@@ -154,7 +174,11 @@ class Trainer:
         self.on_event = on_event
         self.device = pick_device(self.cfg.device)
         torch.manual_seed(self.cfg.seed)
-        self.model = LanguageModel(model_config).to(self.device)
+        self.model = LanguageModel(model_config)
+        if self.cfg.init_from:
+            self._warm_start(Path(self.cfg.init_from))
+        self.model.to(self.device)
+        use_bf16(self.device, self.cfg.precision)  # a precision the device lacks fails here, not mid-run
         if len(train_stream) < 2 * self.cfg.batch_size + 2:
             raise UsageError(f"train split of {len(train_stream)} tokens is too small for --batch-size "
                              f"{self.cfg.batch_size}: lower it")
@@ -183,6 +207,17 @@ class Trainer:
         self.elapsed = 0.0
         self.tokens_seen = 0
         self.last_val: dict | None = None
+
+    def _warm_start(self, path: Path) -> None:
+        """Start from another run's weights (fine-tuning, a second schedule): same shape and vocabulary."""
+        payload = checkpoint.load_payload(path)
+        theirs = LSTMConfig.from_dict(payload["model_config"])
+        if theirs.shape() != self.model_config.shape():
+            raise UsageError(f"{path} has another model shape: drop the size options to take its shape")
+        if payload["vocab"] != self.vocab.tokens:
+            raise UsageError(f"{path} was trained on another vocabulary: prepare the corpus it was trained on")
+        weights = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+        checkpoint.load_weights(self.model, weights)
 
     # -- schedule ------------------------------------------------------------------------------
     def lr_at(self, step: int, elapsed: float) -> float:
@@ -273,7 +308,7 @@ class Trainer:
 
     def validate(self) -> dict:
         total, count = evaluate_stream(self.model, self.val_stream, self.device, self.cfg.eval_batch_size,
-                                       self.cfg.bptt)
+                                       self.cfg.bptt, self.cfg.precision)
         return metrics_from_loss(total / count)
 
     def _evaluate_and_save(self, train_loss: float, tokens_per_s: float) -> bool:
@@ -321,7 +356,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 x, y = get_batch(self.train_data, self.window, c.bptt)
-                with autocast(self.device):
+                with autocast(self.device, c.precision):
                     loss, state = self.model.loss(x, y, self.state)
                 self.state = detach_state(state)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from poetgen.cli import app
 from poetgen.data import batchify, get_batch, num_windows
 from poetgen.errors import CheckpointError, UsageError
 from poetgen.model import LanguageModel, LSTMConfig
-from poetgen.train import TrainConfig, Trainer, TrainingInterrupted
+from poetgen.train import TrainConfig, Trainer, TrainingInterrupted, evaluate_stream
 from poetgen.vocab import Vocab
 
 runner = CliRunner()
@@ -124,6 +124,63 @@ def test_resume_continues_exactly(prepared, tmp_path):
         assert torch.equal(va, vb), k
 
 
+def test_warm_start_takes_the_weights_but_not_the_schedule(prepared, tmp_path):
+    first = _trainer(prepared, tmp_path / "a")
+    first.run()
+    best = tmp_path / "a" / "best.pt"
+    model, _, meta = checkpoint.load(best)
+    warm = _trainer(prepared, tmp_path / "b", init_from=str(best))
+    assert warm.step == 0 and math.isinf(warm.best_val)
+    for (k, va), (_, vb) in zip(model.state_dict().items(), warm.model.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+    assert warm.validate()["nats_per_char"] == pytest.approx(meta["best_val_loss"], abs=1e-6)
+    summary = warm.run()
+    assert summary["steps"] == 30 and summary["best_val_loss"] < meta["best_val_loss"]
+    cold = _trainer(prepared, tmp_path / "c")
+    assert not torch.equal(cold.model.embed.weight, warm.model.embed.weight)
+
+
+def test_warm_start_refuses_another_shape_or_vocabulary(prepared, tmp_path):
+    vocab = Vocab.load(prepared / "vocab.json")
+    other = LanguageModel(LSTMConfig(len(vocab), **{**SMALL, "hidden_size": 48}))
+    checkpoint.save(tmp_path / "shape.pt", other, vocab, {})
+    with pytest.raises(UsageError, match="another model shape"):
+        _trainer(prepared, tmp_path / "r", init_from=str(tmp_path / "shape.pt"))
+    foreign = Vocab(vocab.tokens[:-1] + ["龘"])
+    checkpoint.save(tmp_path / "vocab.pt", LanguageModel(LSTMConfig(len(vocab), **SMALL)), foreign, {})
+    with pytest.raises(UsageError, match="another vocabulary"):
+        _trainer(prepared, tmp_path / "r", init_from=str(tmp_path / "vocab.pt"))
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--quiet",
+                                 "--init-from", str(tmp_path / "shape.pt"), "--hidden-size", "64"])
+    assert result.exit_code == 2 and "--init-from takes the model's shape" in result.stderr
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--quiet",
+                                 "--init-from", str(tmp_path / "missing.pt")])
+    assert result.exit_code != 0 and "no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+    # the CLI takes the checkpoint's shape and may change the dropout
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "ok"), "--data-dir", str(prepared), "--quiet",
+                                 "--init-from", str(tmp_path / "shape.pt"), "--dropout", "0.4", "--max-steps", "2",
+                                 "--batch-size", "8", "--bptt", "16", "--eval-every", "2"])
+    assert result.exit_code == 0, result.stderr
+    config = checkpoint.load_payload(tmp_path / "ok" / "last.pt")["model_config"]
+    assert config["hidden_size"] == 48 and config["dropout"] == 0.4
+
+
+def test_bf16_on_cpu_trains_and_matches_fp32_evaluation(prepared, tmp_path):
+    trainer = _trainer(prepared, tmp_path / "bf16", precision="bf16")
+    summary = trainer.run()
+    assert math.isfinite(summary["best_val_loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32
+    _, val = streams(prepared)
+    nats = {}
+    for precision in ("fp32", "bf16"):
+        total, count = evaluate_stream(trainer.model, val, torch.device("cpu"), 8, 16, precision)
+        nats[precision] = total / count
+    assert nats["bf16"] == pytest.approx(nats["fp32"], abs=0.05)
+    assert nats["bf16"] != nats["fp32"]  # it did run in bf16
+    with pytest.raises(UsageError, match="unknown precision"):
+        TrainConfig(precision="fp8").validate()
+
+
 def test_checkpoint_round_trip_and_half_storage(tmp_path):
     vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天", "地"])
     model = LanguageModel(LSTMConfig(len(vocab), **SMALL)).eval()
@@ -193,7 +250,8 @@ def test_train_cli_then_eval_cli(prepared, tmp_path):
     assert again.exit_code != 0 and "--resume" in again.stderr
     resumed = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), "--resume",
                                   "--max-steps", "18", "--json", "--quiet"])
-    assert resumed.exit_code == 0, resumed.stderr and json.loads(resumed.stdout)["steps"] == 18
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == 18
 
     ev = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt"), "--split", "val", "--json",
                              "--data-dir", str(prepared)])
