@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from poetgen.model import PRESETS, LSTMConfig
-from poetgen.train import TrainConfig, Trainer
+from poetgen.train import TrainConfig, Trainer, use_bf16
 from poetgen.vocab import SPECIALS, Vocab
 
 
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=7865)
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="auto: bf16 on CUDA, fp32 elsewhere; both loops use the same")
     ap.add_argument("--ref", help="path of the reference loop ref_lstm.py to run with the same sizes")
     args = ap.parse_args()
 
@@ -58,7 +60,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(batch_size=args.batch, bptt=args.bptt, max_steps=10**9, eval_every=10**9,
-                          device=args.device, log_every=10**9)
+                          device=args.device, log_every=10**9, precision=args.precision)
         trainer = Trainer(LSTMConfig(len(vocab), **shape), cfg, vocab, train, val, Path(out))
         try:
             trainer.run(on_step=on_step)
@@ -68,11 +70,12 @@ def main() -> None:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - marks["t0"]
         tokens = trainer.tokens_seen - marks["tokens0"]
+    dtype = "bf16" if use_bf16(trainer.device, args.precision) else "fp32"
     result = {
         "loop": "poetgen", "device": str(trainer.device), "threads": torch.get_num_threads(), **shape,
         "batch": args.batch, "bptt": args.bptt, "params_M": round(trainer.model.num_parameters() / 1e6, 2),
         "seconds": round(elapsed, 1), "tokens_per_s": round(tokens / elapsed),
-        "dtype": "bf16" if trainer.device.type == "cuda" else "fp32",
+        "dtype": dtype,
     }
     print(json.dumps(result), flush=True)
     if args.ref:
@@ -80,7 +83,7 @@ def main() -> None:
         cmd = [sys.executable, args.ref, "--synthetic", "1", "--layers", str(shape["num_layers"]),
                "--hidden", str(shape["hidden_size"]), "--emb", str(shape["emb_size"]), "--batch", str(args.batch),
                "--bptt", str(args.bptt), "--seconds", str(args.seconds), "--device", device,
-               "--dtype", "bf16" if device == "cuda" else "fp32"]
+               "--dtype", dtype]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         ref = json.loads(proc.stdout.strip().splitlines()[-1])
         print(json.dumps({"loop": "reference", **ref}), flush=True)
