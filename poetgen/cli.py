@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -345,7 +346,8 @@ def train_cmd(
                 shape[name] = value
         model_config = LSTMConfig(vocab_size=len(vocab), tie_weights=not untied, **shape)
         train_config = TrainConfig(
-            batch_size=batch_size, bptt=bptt, epochs=epochs or 10, max_steps=max_steps, max_minutes=max_minutes,
+            batch_size=batch_size, bptt=bptt, epochs=10 if epochs is None else epochs, max_steps=max_steps,
+            max_minutes=max_minutes,
             optimizer=optimizer, lr=lr if lr is not None else (1.0 if optimizer == "sgd" else 2e-3),
             weight_decay=weight_decay, warmup_steps=warmup_steps, clip=clip, eval_every=eval_every,
             patience=patience, seed=seed, device=device, precision=precision,
@@ -719,9 +721,16 @@ def check_cmd(
         if sys.stdin.isatty():
             raise fail("no poem given: pass it as an argument, with --file, or on stdin", 2)
         text = sys.stdin.read()
-    poems = [p for p in (_join_poem(block) for block in text.replace("\r", "").split("\n\n")) if p]
+    from .corpus import is_han
+
+    blocks = re.split(r"\n[ \t\u3000]*\n", text.replace("\r", ""))
+    poems = [p for p in (prosody.normalize_poem(block) for block in blocks) if p]
     if not poems:
         raise fail("no poem given: the input is empty", 2)
+    for i, p in enumerate(poems, 1):
+        if not any(is_han(c) for c in p):
+            hint = " (to read a file, use --file)" if poem is not None else ""
+            raise fail(f"poem {i} has no Chinese characters: give the poem's text{hint}", 2)
     tones = prosody.load_tone_table(resolve_data_dir(data_dir))
     rhymes = prosody.load_rhymes("simplified")
     convert = _simplifier()
@@ -737,10 +746,6 @@ def check_cmd(
         raise typer.Exit(1)
 
 
-def _join_poem(block: str) -> str:
-    return "".join(block.split())
-
-
 def _simplifier():
     from .corpus import make_converter
 
@@ -749,7 +754,7 @@ def _simplifier():
 
 def _render_check(r) -> str:
     head = r.form if r.template is None else f"{r.form} {r.template}"
-    verdict = "ok" if r.ok else "not regulated" if r.template is None else "fails"
+    verdict = "ok" if r.ok else r.reason if r.template is None else "fails"
     lines = [f"{head}: {verdict}"]
     for line, tones in zip(r.lines, r.tones, strict=False):
         lines.append(line)

@@ -233,6 +233,7 @@ class CheckResult:
     warnings: list[str]
     lines: list[str]
     tones: list[str]
+    reason: str | None = None  # why the text is not one of the four forms
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -265,6 +266,30 @@ def triple_ping_tail(line: str, tones: ToneTable) -> bool:
     return all(tones.tone(c) == PING for c in line[-3:])
 
 
+_ASCII_MARKS = str.maketrans({",": "，", ".": "。", "?": "？", "!": "！", ";": "；", ":": "："})
+
+
+def normalize_poem(block: str) -> str:
+    """One poem as check_poem wants it: ASCII marks made full-width, whitespace dropped, and
+    unpunctuated lines (one verse line per text line) given ， and 。 in turn."""
+    rows = [row.strip().translate(_ASCII_MARKS) for row in block.splitlines()]
+    rows = [row for row in rows if row]
+    if len(rows) > 1 and not any(c in LINE_END for row in rows for c in row):
+        rows = [row + (COMMA if i % 2 == 0 else STOPS[0]) for i, row in enumerate(rows)]
+    return "".join("".join(rows).split())
+
+
+def irregular_reason(lines: list[str], raw_lines: list[str]) -> str:
+    """Why lines are none of 五绝 七绝 五律 七律, in words."""
+    lengths = sorted({len(line) for line in lines})
+    if len(lines) not in (4, 8):
+        return f"{len(lines)} line{'s' if len(lines) != 1 else ''}; a regulated poem has 4 or 8"
+    if len(lengths) != 1 or lengths[0] not in (5, 7):
+        sizes = "/".join(str(n) for n in lengths)
+        return f"lines of {sizes} characters; a regulated poem's lines are all 5 or all 7"
+    return f"punctuation; odd lines end in {COMMA} and even lines in one of {STOPS}"
+
+
 def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     """Detect the form, match the four templates at the strict positions, check the rhymes."""
     text = "".join(text.split())
@@ -273,7 +298,8 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     form = _detect(lines, raw_lines)
     tone_lines = [tone_string(line, tones) for line in lines]
     if form is None:
-        return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines)
+        return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines,
+                           irregular_reason(lines, raw_lines))
     by_count = sorted(templates(form), key=lambda t: len(_violations(lines, t, tones)))
     fewest = len(_violations(lines, by_count[0], tones))
     tied = [t for t in by_count if len(_violations(lines, t, tones)) == fewest]

@@ -227,6 +227,7 @@ def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):
         (["--dropout", "1.5"], "dropout"),
         (["--batch-size", "100000"], "too small for --batch-size"),
         (["--preset", "huge"], "unknown preset"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
         (["--cell", "transformer"], "unknown cell"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "device"),
     ]

@@ -14,7 +14,7 @@ from poetgen import checkpoint, prosody
 from poetgen.cli import app
 from poetgen.forms import FORMS
 from poetgen.model import LanguageModel, LSTMConfig
-from poetgen.prosody import RhymeTable, ToneTable, check_poem, templates
+from poetgen.prosody import RhymeTable, ToneTable, check_poem, normalize_poem, templates
 from poetgen.sample import Generator, ProsodyMasks, SampleOptions, strict_factory
 from poetgen.vocab import SPECIALS, Vocab
 
@@ -114,9 +114,21 @@ def test_lone_ping_and_triple_ping_tail_warn():
     assert "三平尾 in line 4" in check_poem("".join(poem), TONES, RHYMES).warnings
 
 
-def test_irregular_text_is_not_regulated():
+def test_irregular_text_is_not_regulated_and_says_why():
     result = check_poem("一丁七，丈三上。", TONES, RHYMES)
     assert result.form == "not regulated" and not result.ok
+    assert result.reason.startswith("2 lines")
+    uneven = check_poem("一丁七万，丈三上下与。一丁七，丈三上。", TONES, RHYMES)
+    assert uneven.reason.startswith("lines of 3/4/5 characters")
+    marks = check_poem("一丁七万丈。三上下与一，一丁七万丈。三上下与一，", TONES, RHYMES)
+    assert marks.form == "not regulated" and marks.reason.startswith("punctuation")
+
+
+def test_normalize_poem_punctuates_bare_lines_and_ascii_marks():
+    bare = "一丁七万丈\n 三上下与丐 \n\n丑专且丕世\n丘丙业丛东\n"
+    assert normalize_poem(bare) == "一丁七万丈，三上下与丐。丑专且丕世，丘丙业丛东。"
+    assert normalize_poem("一丁, 七万?") == "一丁，七万？"
+    assert normalize_poem("一丁七万丈") == "一丁七万丈"  # one bare line is left as it is
 
 
 def test_tone_table_from_counts_marks_both():
@@ -194,6 +206,18 @@ def test_check_cli(tmp_path, prepared):
     assert empty.exit_code == 2 and "empty" in empty.stderr
     missing = runner.invoke(app, ["check", "--file", str(tmp_path / "none.txt")])
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+    path = runner.invoke(app, ["check", str(tmp_path / "poem.txt"), "--data-dir", str(prepared)])
+    assert path.exit_code == 2 and "no Chinese characters" in path.stderr and "--file" in path.stderr
+
+
+def test_check_cli_reads_bare_lines_from_stdin(prepared):
+    poem = compose(templates(FORMS["wujue"])[0])
+    bare = "\n".join(poem[i : i + 5] for i in range(0, len(poem), 6))  # the lines, without marks
+    both = runner.invoke(app, ["check", "--json", "--data-dir", str(prepared)], input=bare + "\n\n" + poem)
+    first, second = (json.loads(line) for line in both.stdout.splitlines())
+    assert first["form"] == "五绝" and first == second
+    irregular = runner.invoke(app, ["check", "--data-dir", str(prepared)], input=poem[:12])
+    assert irregular.exit_code == 1 and irregular.stdout.startswith("not regulated: 2 lines")
 
 
 def test_check_does_not_import_torch():
