@@ -316,6 +316,9 @@ def train_cmd(
     if resume:
         from . import checkpoint
 
+        if not last.is_file():
+            raise fail(f"nothing to resume in {out}: it has no last.pt; pass the --out of an earlier run, "
+                       "or drop --resume", 2)
         payload = checkpoint.load_payload(last)
         if "train_state" not in payload:
             raise fail(f"{last} holds no training state: resume from a last.pt that `poetgen train` wrote")

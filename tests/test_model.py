@@ -198,6 +198,7 @@ def test_checkpoint_round_trip_and_half_storage(tmp_path):
 def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     (tmp_path / "text.pt").write_text("hello")
+    (tmp_path / "opcodes.pt").write_text("root:x:0:0:root:/root:/bin/sh\n")  # 'r' reads as a pickle opcode
     vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天"])
     checkpoint.save(tmp_path / "ok.pt", LanguageModel(LSTMConfig(len(vocab), **SMALL)), vocab, {})
     data = (tmp_path / "ok.pt").read_bytes()
@@ -206,6 +207,7 @@ def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
     payload["format_version"] = 99
     torch.save(payload, tmp_path / "newer.pt")
     for name, needle in [("foreign.pt", "not a poetgen checkpoint"), ("text.pt", "not a readable"),
+                         ("opcodes.pt", "not a readable"),
                          ("cut.pt", "not a readable"), ("newer.pt", "newer poetgen"), ("missing.pt", "no checkpoint")]:
         with pytest.raises(CheckpointError, match=needle):
             checkpoint.load(tmp_path / name)
@@ -222,6 +224,8 @@ def test_impossible_model_shapes_are_refused(bad):
 def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "none")])
     assert result.exit_code != 0 and "poetgen corpus prepare" in result.stderr
+    result = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "r"), "--data-dir", str(prepared)])
+    assert result.exit_code == 2 and "nothing to resume" in result.stderr
     cases = [
         (["--hidden-size", "0"], "hidden-size"),
         (["--dropout", "1.5"], "dropout"),
