@@ -271,15 +271,14 @@ _ASCII_MARKS = str.maketrans({",": "，", ".": "。", "?": "？", "!": "！", ";
 
 def normalize_poem(block: str) -> str:
     """One poem as check_poem wants it: ASCII marks made full-width, whitespace dropped, and
-    unpunctuated lines (one verse line per text line) given ， and 。 in turn."""
-    rows = [row.strip().translate(_ASCII_MARKS) for row in block.splitlines()]
-    rows = [row for row in rows if row]
+    unpunctuated verse lines (one per text line, or separated by spaces) given ， and 。 in turn."""
+    rows = block.translate(_ASCII_MARKS).split()
     if len(rows) > 1 and not any(c in LINE_END for row in rows for c in row):
         rows = [row + (COMMA if i % 2 == 0 else STOPS[0]) for i, row in enumerate(rows)]
-    return "".join("".join(rows).split())
+    return "".join(rows)
 
 
-def irregular_reason(lines: list[str], raw_lines: list[str]) -> str:
+def irregular_reason(lines: list[str]) -> str:
     """Why lines are none of 五绝 七绝 五律 七律, in words."""
     lengths = sorted({len(line) for line in lines})
     if len(lines) not in (4, 8):
@@ -299,7 +298,7 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     tone_lines = [tone_string(line, tones) for line in lines]
     if form is None:
         return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines,
-                           irregular_reason(lines, raw_lines))
+                           irregular_reason(lines))
     by_count = sorted(templates(form), key=lambda t: len(_violations(lines, t, tones)))
     fewest = len(_violations(lines, by_count[0], tones))
     tied = [t for t in by_count if len(_violations(lines, t, tones)) == fewest]

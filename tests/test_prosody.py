@@ -128,6 +128,7 @@ def test_normalize_poem_punctuates_bare_lines_and_ascii_marks():
     bare = "一丁七万丈\n 三上下与丐 \n\n丑专且丕世\n丘丙业丛东\n"
     assert normalize_poem(bare) == "一丁七万丈，三上下与丐。丑专且丕世，丘丙业丛东。"
     assert normalize_poem("一丁, 七万?") == "一丁，七万？"
+    assert normalize_poem("一丁七万丈 三上下与丐\u3000丑专且丕世") == "一丁七万丈，三上下与丐。丑专且丕世，"
     assert normalize_poem("一丁七万丈") == "一丁七万丈"  # one bare line is left as it is
 
 
