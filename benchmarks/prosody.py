@@ -21,8 +21,8 @@ from independent_checker import independent_check  # noqa: E402
 
 from poetgen import checkpoint, prosody  # noqa: E402
 from poetgen.forms import FORMS  # noqa: E402
-from poetgen.paths import resolve_data_dir  # noqa: E402
-from poetgen.sample import Generator, ProsodyMasks, SampleOptions, strict_factory  # noqa: E402
+from poetgen.masks import ProsodyMasks, strict_factory  # noqa: E402
+from poetgen.sample import Generator, SampleOptions  # noqa: E402
 
 
 def main() -> None:
@@ -31,13 +31,13 @@ def main() -> None:
     ap.add_argument("--poems", type=int, default=200, help="poems per form and mode")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data-dir", help="prepared corpus with tones.json (default: as poetgen finds it)")
     args = ap.parse_args()
 
     path = args.checkpoint or checkpoint.default_checkpoint()
-    model, vocab, meta = checkpoint.load(path)
-    tones = prosody.load_tone_table(resolve_data_dir(args.data_dir))
-    rhymes = prosody.load_rhymes(meta.get("script") or "simplified")
+    ckpt = checkpoint.load(path)
+    model, vocab = ckpt.model, ckpt.vocab
+    tones = prosody.ToneTable.from_counts(ckpt.tones)
+    rhymes = prosody.load_rhymes(ckpt.meta.script or "simplified")
     masks = ProsodyMasks(vocab, tones, rhymes)
     gen = Generator(model, vocab)
     for key, form in FORMS.items():

@@ -16,7 +16,7 @@ import torch
 
 from poetgen import checkpoint
 from poetgen.forms import FORMS
-from poetgen.model import LanguageModel, LSTMConfig
+from poetgen.model import LanguageModel, ModelConfig
 from poetgen.sample import Generator, SampleOptions
 from poetgen.vocab import SPECIALS, Vocab
 
@@ -25,7 +25,7 @@ def random_model(vocab_size: int, emb: int, hidden: int, layers: int) -> tuple[L
     chars = [chr(0x4E00 + i) for i in range(vocab_size - len(SPECIALS) - 6)] + list("，。？！；：")
     vocab = Vocab([*SPECIALS, *chars])
     torch.manual_seed(0)
-    return LanguageModel(LSTMConfig(len(vocab), emb, hidden, layers)).eval(), vocab
+    return LanguageModel(ModelConfig(len(vocab), emb, hidden, layers)).eval(), vocab
 
 
 @torch.inference_mode()
@@ -53,7 +53,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     if args.checkpoint:
-        model, vocab, _ = checkpoint.load(args.checkpoint)
+        loaded = checkpoint.load(args.checkpoint)
+        model, vocab = loaded.model, loaded.vocab
     else:
         model, vocab = random_model(args.vocab, args.emb, args.hidden, args.layers)
     load_s = time.perf_counter() - t0

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from poetgen.model import PRESETS, LSTMConfig
-from poetgen.train import TrainConfig, Trainer, use_bf16
+from poetgen.device import use_bf16
+from poetgen.model import PRESETS, ModelConfig
+from poetgen.train import TrainConfig, Trainer
 from poetgen.vocab import SPECIALS, Vocab
 
 
@@ -61,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(batch_size=args.batch, bptt=args.bptt, max_steps=10**9, eval_every=10**9,
                           device=args.device, log_every=10**9, precision=args.precision)
-        trainer = Trainer(LSTMConfig(len(vocab), **shape), cfg, vocab, train, val, Path(out))
+        trainer = Trainer(ModelConfig(len(vocab), **shape), cfg, vocab, train, val, Path(out))
         try:
             trainer.run(on_step=on_step)
         except StopIteration:

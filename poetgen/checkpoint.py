@@ -1,41 +1,122 @@
-"""One-file checkpoints: weights, model config, vocabulary and metadata; atomic save, safe load."""
+"""One self-contained checkpoint file: weights, model config, vocabulary, script, tone table and
+typed metadata; training adds its state for --resume. Atomic save, safe load, export, a card.
+
+Format 2 is written; format 1 files (poetgen 0.1, the first shipped model) are migrated on load.
+`read_header` reads everything but the weights without torch, so `poetgen check` stays fast."""
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .errors import CheckpointError
-from .model import LanguageModel, LSTMConfig
-from .paths import atomic_path
+from .config import ModelConfig, TrainConfig
+from .errors import CheckpointError, UsageError
+from .paths import atomic_path, same_file, shipped_file
 from .vocab import Vocab
 
+if TYPE_CHECKING:  # torch is imported by the functions that need it
+    import torch
+
+    from .model import LanguageModel
+
 FORMAT = "poetgen-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DEFAULT_NAME = "poetgen-default.pt"
+V1_TONES = "tones.json"  # format 1 kept the tone table in a file beside the model
+
+
+@dataclass
+class ModelMeta:
+    """What a checkpoint records about its model's training and figures."""
+
+    script: str | None = None  # simplified | traditional: the script of the corpus it was trained on
+    corpus_hash: str | None = None
+    corpus_source: dict | None = None
+    step: int = 0
+    epoch: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    best_val_loss: float | None = None  # nats/char over whole records, the figure best.pt is chosen by
+    val: dict | None = None  # evaluate.evaluate_stream figures on the val split
+    test: dict | None = None  # the same on the test split (measured by `poetgen export`)
+    train_config: dict | None = None
+    device: str | None = None
+    time: str | None = None
+    exported_from: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelMeta:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk; `model` is built by `load`, not by `read`."""
+
+    path: Path
+    config: ModelConfig
+    vocab: Vocab
+    meta: ModelMeta
+    tones: dict[str, list[int]] | None  # {char: [平 count, 仄 count]} of the training corpus
+    state_dict: dict = field(repr=False)
+    train_state: dict | None = field(default=None, repr=False)
+    version: int = FORMAT_VERSION
+    model: LanguageModel | None = field(default=None, repr=False)
+
+    def require_vocab(self, vocab: Vocab, fix: str) -> None:
+        """UsageError unless this model was trained on `vocab`."""
+        if self.vocab.tokens != vocab.tokens:
+            raise UsageError(f"{self.path} was trained on another vocabulary: {fix}")
+
+    def require_shape(self, config: ModelConfig, fix: str) -> None:
+        """UsageError unless this model's weights have the shape of `config`."""
+        if self.config.shape() != config.shape():
+            raise UsageError(f"{self.path} has another model shape: {fix}")
+
+
+def default_checkpoint() -> Path:
+    """The shipped model (checkpoints/ of a source checkout, else the copy installed with the package)."""
+    path = shipped_file(DEFAULT_NAME)
+    if path is None:
+        raise CheckpointError(f"no shipped model ({DEFAULT_NAME}) is installed: pass --checkpoint FILE, "
+                              "or train one with `poetgen train`")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Save
 
 
 def model_state(model: torch.nn.Module) -> dict:
-    """The state dict of the uncompiled module (torch.compile would prefix `_orig_mod.`)."""
+    """The state dict of the uncompiled module (torch.compile would prefix `_orig_mod.`);
+    a tied output matrix is the embedding, so it is stored once."""
     model = getattr(model, "_orig_mod", model)
     tied = getattr(getattr(model, "config", None), "tie_weights", False)
-    # a tied output matrix is the embedding: store it once
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not (tied and k == "head.weight")}
 
 
 def load_weights(model: torch.nn.Module, weights: dict) -> None:
-    """Load a state dict written by model_state (the tied output matrix comes with the embedding)."""
+    """Load a state dict written by model_state (fp16-stored weights become the model's dtype)."""
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     allowed = {"head.weight"} if model.config.tie_weights else set()
     if unexpected or set(missing) - allowed:
-        raise RuntimeError(f"state dict does not fit the model (missing {missing}, unexpected {unexpected})")
+        raise ValueError(f"state dict does not fit the model (missing {missing}, unexpected {unexpected})")
 
 
-def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: dict, train_state: dict | None = None,
-         half: bool = False) -> None:
-    """Write a checkpoint atomically: a crash during the save leaves the previous file intact.
+def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: ModelMeta,
+         tones: dict | None = None, train_state: dict | None = None, half: bool = False) -> None:
+    """Write a checkpoint atomically (temp file, fsync, rename): a crash leaves the previous file intact.
     `half` stores floating-point weights as fp16 (a shipped model); they load back as fp32."""
+    import torch
+
     weights = model_state(model)
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -45,7 +126,8 @@ def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: dict
         "model_config": model.config.to_dict(),
         "state_dict": weights,
         "vocab": vocab.tokens,
-        "meta": meta,
+        "tones": tones,
+        "meta": asdict(meta),
     }
     if train_state is not None:
         payload["train_state"] = train_state
@@ -53,60 +135,220 @@ def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: dict
         torch.save(payload, tmp)
 
 
-def load_payload(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict, loaded with weights_only; CheckpointError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: pass --checkpoint FILE (a poetgen .pt file)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the unpickler fails on arbitrary bytes in many ways (IndexError, struct.error, ...)
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable poetgen checkpoint ({first}): pass a file that "
-                              "`poetgen train` wrote") from None
+# ---------------------------------------------------------------------------------------------
+# Read
+
+
+def _damaged(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path} is damaged ({what}): train, export or download it again")
+
+
+def _missing(path: Path) -> CheckpointError:
+    if path.is_dir():
+        return CheckpointError(f"--checkpoint {path} is a folder: pass a .pt file (e.g. {path}/best.pt)")
+    return CheckpointError(f"no checkpoint at {path}: pass --checkpoint FILE (a poetgen .pt file)")
+
+
+def _migrate(path: Path, payload: dict) -> dict:
+    """A format-1 payload in format 2: typed meta, figures under "record", the tone table from beside it."""
+    import json
+
+    meta = dict(payload.get("meta") or {})
+    for split in ("val", "test"):
+        figures = meta.get(split)
+        if isinstance(figures, dict) and "nats_per_char" in figures:
+            chars = figures.get("chars")
+            meta[split] = {"record": {k: figures[k] for k in ("nats_per_char", "bits_per_char", "perplexity")},
+                           "chars": chars, "unknown": figures.get("unknown")}
+    tones = None
+    beside = path.parent / V1_TONES
+    if beside.is_file():
+        try:
+            tones = json.loads(beside.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            tones = None
+    return payload | {"format_version": FORMAT_VERSION, "meta": meta, "tones": tones}
+
+
+def _validate_payload(path: Path, payload: Any) -> dict:
+    """The payload migrated to the current format and checked for consistency; CheckpointError otherwise."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a poetgen checkpoint: pass a file that `poetgen train` wrote")
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version < 1:
+        raise _damaged(path, "no format version")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} is from a newer poetgen (format {version}): upgrade poetgen")
     for key in ("model_config", "state_dict", "vocab", "meta"):
         if key not in payload:
-            raise CheckpointError(f"{path} lacks {key!r}: the checkpoint is damaged, train or download it again")
+            raise _damaged(path, f"no {key}")
+    if version == 1:
+        payload = _migrate(path, payload)
+    if not isinstance(payload["model_config"], dict) or not isinstance(payload["meta"], dict):
+        raise _damaged(path, "its config or metadata is not a table")
+    if not isinstance(payload["vocab"], list) or not all(isinstance(t, str) for t in payload["vocab"]):
+        raise _damaged(path, "its vocabulary is not a list of tokens")
+    tones = payload.get("tones")
+    if tones is not None and not (isinstance(tones, dict) and all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) for n in v) for v in tones.values())):
+        raise _damaged(path, "its tone table is malformed")
     return payload
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LanguageModel, Vocab, dict]:
-    """Rebuild (model in eval mode, vocab, meta) from a checkpoint; fp16-stored weights become fp32."""
-    payload = load_payload(path)
+class _HeaderUnpickler(pickle.Unpickler):
+    """Reads a torch checkpoint's pickle without torch: tensors become None, nothing else is built."""
+
+    SAFE = {("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" or module.startswith("torch."):
+            return _placeholder
+        if (module, name) in self.SAFE:
+            import collections
+
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+    def persistent_load(self, pid):
+        return None
+
+
+def _placeholder(*args, **kwargs):
+    return None
+
+
+def read_header(path: str | os.PathLike) -> tuple[ModelConfig, Vocab, ModelMeta, dict | None]:
+    """(config, vocabulary, meta, tone table) of a checkpoint, read without torch (fast)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path)
     try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            payload = _HeaderUnpickler(io.BytesIO(archive.read(name))).load()
+    except (OSError, zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError,
+            TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError):
+        raise CheckpointError(f"{path} is not a readable poetgen checkpoint: pass a file that `poetgen train` "
+                              "wrote") from None
+    payload = _validate_payload(path, payload)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"]).validate()
         vocab = Vocab(payload["vocab"])
-        config = LSTMConfig.from_dict(payload["model_config"])
-        model = LanguageModel(config)
-        weights = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-        load_weights(model, weights)
-    except Exception as e:  # a damaged payload can fail in many ways; all mean the same to the user
-        raise CheckpointError(f"{path} is damaged ({type(e).__name__}): train or download it again") from None
-    model.to(device).eval()
-    return model, vocab, payload["meta"]
+        meta = ModelMeta.from_dict(payload["meta"])
+    except Exception as e:  # noqa: BLE001 - any inconsistency means the same to the user
+        raise _damaged(path, str(e).split(":")[0]) from None
+    return config, vocab, meta, payload.get("tones")
 
 
-DEFAULT_NAME = "poetgen-default.pt"
+def read(path: str | os.PathLike) -> Checkpoint:
+    """A checkpoint's contents, loaded with weights_only and checked for consistency (model not built)."""
+    import torch
 
-
-def default_checkpoint() -> Path:
-    """The shipped model: checkpoints/ of a source checkout, else the copy installed with the package."""
-    from importlib import resources
-
-    from .paths import checkout_root
-
-    root = checkout_root()
-    if root is not None and (root / "checkpoints" / DEFAULT_NAME).is_file():
-        return root / "checkpoints" / DEFAULT_NAME
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path)
     try:
-        installed = resources.files("poetgen.checkpoints") / DEFAULT_NAME
-        if installed.is_file():
-            return Path(str(installed))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    raise CheckpointError(f"no shipped model ({DEFAULT_NAME}) is installed: pass --checkpoint FILE, "
-                          "or train one with `poetgen train`")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - the unpickler fails on foreign bytes in many ways
+        raise CheckpointError(f"{path} is not a readable poetgen checkpoint (not a file `poetgen train` wrote, "
+                              "or cut short): pass a file that `poetgen train` wrote") from None
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    payload = _validate_payload(path, payload)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"]).validate()
+        vocab = Vocab(payload["vocab"])
+        meta = ModelMeta.from_dict(payload["meta"])
+    except Exception as e:  # noqa: BLE001
+        raise _damaged(path, str(e).split(":")[0]) from None
+    if config.vocab_size != len(vocab):
+        raise _damaged(path, f"its vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
+    if not isinstance(payload["state_dict"], dict):
+        raise _damaged(path, "no weights")
+    train_state = payload.get("train_state")
+    if train_state is not None and not isinstance(train_state, dict):
+        raise _damaged(path, "its training state is malformed")
+    return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
+                      version or FORMAT_VERSION)
+
+
+def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu") -> LanguageModel:
+    """The model of a checkpoint in eval mode on `device`."""
+    from .model import LanguageModel
+
+    try:
+        model = LanguageModel(ckpt.config)
+        load_weights(model, ckpt.state_dict)
+    except Exception:  # noqa: BLE001 - shapes or names that do not fit
+        raise _damaged(ckpt.path, "its weights do not fit its config") from None
+    return model.to(device).eval()
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint and build its model (eval mode, fp32) on `device`."""
+    ckpt = read(path)
+    ckpt.model = build_model(ckpt, device)
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and describe
+
+
+def export(source: Path, output: Path, tones: dict | None = None, half: bool = True,
+           measure=None) -> Checkpoint:
+    """Write a shipped model from a trained one: weights only (fp16 by default), with the tone table
+    (`tones`, else the source's own). `measure(path) -> {split: figures}` evaluates the file as written;
+    its figures are recorded in it."""
+    if same_file(source, output):
+        raise UsageError(f"--output {output} is the checkpoint being exported: choose another path")
+    ckpt = load(source)
+    meta = ModelMeta(**{**asdict(ckpt.meta), "exported_from": str(source)})
+    tones = tones if tones is not None else ckpt.tones
+    if tones is None:
+        raise UsageError(f"{source} has no tone table and no prepared corpus gives one: pass --data-dir with "
+                         "the corpus it was trained on")
+    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half)
+    if measure is not None:
+        for split, figures in measure(output).items():
+            setattr(meta, split, figures)
+        save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half)
+    return read(output)
+
+
+def describe(ckpt: Checkpoint) -> dict:
+    """The model card of a checkpoint as a plain dict (what `poetgen info` prints)."""
+    c = ckpt.config
+    m = ckpt.meta
+    params = sum(math.prod(v.shape) for v in ckpt.state_dict.values() if hasattr(v, "shape"))
+    return {
+        "checkpoint": str(ckpt.path),
+        "size_mb": round(ckpt.path.stat().st_size / 1e6, 2),
+        "format_version": ckpt.version,
+        "architecture": f"{c.num_layers}-layer {c.cell.upper()}, hidden {c.hidden_size}, "
+                        f"embedding {c.emb_size}{', tied' if c.tie_weights else ''}",
+        "parameters": params,
+        "model_config": c.to_dict(),
+        "vocab_size": len(ckpt.vocab),
+        "script": m.script,
+        "tone_table": ckpt.tones is not None,
+        "corpus": m.corpus_source,
+        "corpus_hash": m.corpus_hash,
+        "step": m.step,
+        "val": m.val,
+        "test": m.test,
+        "trained": m.time,
+        "device": m.device,
+        "train_config": m.train_config,
+        "resumable": ckpt.train_state is not None,
+    }
+
+
+def train_config_of(ckpt: Checkpoint) -> TrainConfig:
+    """The training configuration a last.pt was written with."""
+    if ckpt.train_state is None:
+        raise UsageError(f"{ckpt.path} holds no training state (a best.pt or shipped model): resume from the "
+                         "last.pt `poetgen train` wrote")
+    try:
+        return TrainConfig.from_dict(ckpt.train_state["train_config"])
+    except (KeyError, TypeError):
+        raise _damaged(ckpt.path, "its training state is malformed") from None

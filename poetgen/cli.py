@@ -1,14 +1,14 @@
-"""The poetgen command line: thin Typer commands over the library.
+"""The poetgen command line: option declarations, progress display, rendering and exit codes.
 
-Heavy modules (torch, numpy, opencc) are imported inside the commands, so `poetgen --help`
-stays fast."""
+The work is done by the library; defaults come from its dataclasses (config.py). Heavy modules
+(torch, numpy, opencc) are imported inside the commands, after the arguments are checked, so
+`poetgen --help`, `check` and argument errors stay fast."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,37 +16,74 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import PoetgenError
+from .config import CELLS, DEFAULT_LR, DEFAULT_PRESET, OPTIMIZERS, PRECISIONS, PRESETS, ModelConfig, SampleOptions
+from .config import TrainConfig as TC
+from .errors import PoetgenError, UsageError
+from .forms import FORMS
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
-    help="poetgen: write and check Tang poems with a character-level LSTM language model.",
+    help="poetgen: write and check Tang poems with a character-level LSTM language model.\n\n"
+         "Start with `poetgen sample` (it uses the shipped model); to train your own, run "
+         "`poetgen corpus prepare` first.",
     context_settings=CONTEXT,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 corpus_app = typer.Typer(
-    help="Fetch and prepare the 全唐诗 corpus (chinese-poetry@2.0.1).",
+    help="Fetch and prepare the 全唐诗 corpus (chinese-poetry@2.0.1): run `prepare` before training.",
     context_settings=CONTEXT,
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(corpus_app, name="corpus")
 
+
+def examples(*lines: str) -> str:
+    """A command's help epilog: real examples, one per line."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
+def flag(name: str, help: str, *alt: str):
+    """A boolean flag: shown without a type, off unless given."""
+    return typer.Option(name, *alt, help=f"{help} [default: off]", metavar="", show_default=False)
+
+
+# -- options shared by several commands, declared once -------------------------------------------
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option("--checkpoint", "-c", help="Model file.", show_default="the shipped model", metavar="FILE"),
+]
 DataDirOpt = Annotated[
     Optional[Path],
-    typer.Option("--data-dir", help="Prepared-corpus folder (default: $POETGEN_DATA, corpus/ in a checkout, "
-                 "else the per-user data folder).", show_default=False),
+    typer.Option("--data-dir", help="Prepared-corpus folder.", metavar="DIR",
+                 show_default="$POETGEN_DATA, corpus/ in a checkout, else the per-user data folder"),
 ]
+QuietOpt = Annotated[bool, flag("--quiet", "No progress on stderr.", "-q")]
+JsonOpt = Annotated[bool, flag("--json", "Print JSON on stdout instead of text.")]
+FormChoices = ["free", *FORMS, *(f.name for f in FORMS.values())]
+
+
+def complete_form(incomplete: str) -> list[str]:
+    return [f for f in FormChoices if f.startswith(incomplete)]
+
+
+# -- errors, consoles, output ---------------------------------------------------------------------
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error on stderr and return the Exit to raise."""
-    typer.echo(f"poetgen: error: {message}", err=True)
+    try:
+        sys.stderr.write(f"poetgen: error: {' '.join(message.split())}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
     return typer.Exit(code)
 
 
 def handle_errors(fn):
-    """Turn domain errors into one stderr line and an exit code; Ctrl-C into exit 130."""
+    """Turn domain errors and OS errors into one stderr line and an exit code; Ctrl-C into 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -55,36 +92,85 @@ def handle_errors(fn):
         except PoetgenError as e:
             raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("poetgen: interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise fail("interrupted", 130) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(0) from None
+        except OSError as e:
+            where = f" {e.filename}" if e.filename else ""
+            raise fail(f"cannot write or read{where}: {e.strerror or e} — free some space, fix the "
+                       "permissions or choose another path", 1) from None
 
     return wrapper
 
 
-def stderr_console():
+def plain_output() -> bool:
+    """No colours, styles or cursor movement: NO_COLOR is set, or stderr is not a terminal."""
+    return "NO_COLOR" in os.environ or not sys.stderr.isatty()
+
+
+def console(stderr: bool = True):
     from rich.console import Console
 
-    return Console(stderr=True)
+    no_style = "NO_COLOR" in os.environ
+    return Console(stderr=stderr, color_system=None if no_style else "auto", no_color=no_style,
+                   highlight=False, emoji=False)
+
+
+def _silence_stdout() -> None:
+    """The reader went away (`| head`): send what is left to /dev/null so Python's exit stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def write_stdout(text: str) -> bool:
+    """Write to stdout; False (quietly) when the reader has gone away or stdout is closed."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return True
+    except BrokenPipeError:
+        _silence_stdout()
+        return False
+    except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno not in (9, None):
+            raise fail(f"cannot write the output: {e.strerror}", 1) from None
+        raise fail("stdout is closed: redirect it to a file or drop `>&-`", 1) from None
+
+
+def emit(text: str, output: Path | None = None, inputs: tuple[Path | None, ...] = ()) -> None:
+    """Send a command's output to --output (safely) or stdout."""
+    if output is None:
+        write_stdout(text)
+        return
+    from .paths import same_file, write_output
+
+    for path in inputs:
+        if path is not None and same_file(path, output):
+            raise UsageError(f"--output {output} is also an input of this command: choose another path")
+    write_output(output, text)
 
 
 class StageProgress:
-    """A rich progress display on stderr fed by the library's progress(stage, done, total) calls."""
+    """Progress on stderr fed by the library's progress(stage, done, total) calls: a live bar in a
+    terminal, a line per finished stage otherwise."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.progress = None
         self.tasks: dict[str, int] = {}
+        self.plain = False
 
     def __enter__(self):
-        console = stderr_console()
-        self.plain = not self.quiet and not console.is_terminal
-        if not self.quiet and console.is_terminal:
+        self.plain = not self.quiet and plain_output()
+        if not self.quiet and not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=False,
-            )
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=console(), transient=False)
             self.progress.__enter__()
         return self
 
@@ -103,6 +189,10 @@ class StageProgress:
         return False
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"poetgen {__version__}")
@@ -111,24 +201,13 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
-    ] = False,
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, metavar="",
+                                          help="Print the version and exit.")] = False,
 ) -> None:
-    """poetgen: write and check Tang poems with a character-level LSTM language model."""
+    """poetgen: write and check Tang poems with a character-level LSTM language model.
 
-
-# ---------------------------------------------------------------------------------------------
-# corpus
-
-FromOpt = Annotated[
-    Optional[Path],
-    typer.Option("--from", help="A local chinese-poetry-2.0.1.tgz or extracted package folder (offline).",
-                 show_default=False),
-]
-ScriptOpt = Annotated[str, typer.Option("--script", help="simplified (OpenCC t2s) or traditional.")]
-MinCountOpt = Annotated[int, typer.Option("--min-count", help="Keep characters seen at least this often in train.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+    Start with `poetgen sample` (it uses the shipped model); to train your own, run
+    `poetgen corpus prepare` first."""
 
 
 def _data_dir(data_dir: Path | None) -> Path:
@@ -137,25 +216,32 @@ def _data_dir(data_dir: Path | None) -> Path:
     return resolve_data_dir(data_dir)
 
 
+# ---------------------------------------------------------------------------------------------
+# corpus
+
+FromOpt = Annotated[
+    Optional[Path],
+    typer.Option("--from", help="A local chinese-poetry-2.0.1.tgz or extracted package folder (offline).",
+                 show_default="download with npm pack", metavar="PATH"),
+]
+ScriptOpt = Annotated[str, typer.Option("--script", help="simplified (OpenCC t2s) or traditional.")]
+MinCountOpt = Annotated[int, typer.Option("--min-count", help="Keep characters seen at least this often in train.")]
+
+
 def _report_build(result, quiet: bool) -> None:
     if quiet:
         return
     meta = result.meta
     p = meta["poems"]
-    typer.echo(
-        f"built {meta['script']} corpus in {result.data_dir}: {p['train']} train / {p['val']} val / "
-        f"{p['test']} test poems, vocabulary {meta['vocab_size']}, dropped {sum(meta['dropped'].values())}",
-        err=True,
-    )
+    typer.echo(f"built {meta['script']} corpus in {result.data_dir}: {p['train']:,} train / {p['val']:,} val / "
+               f"{p['test']:,} test poems, vocabulary {meta['vocab_size']:,}, "
+               f"dropped {_plural(sum(meta['dropped'].values()), 'poem')}", err=True)
 
 
-@corpus_app.command("fetch")
+@corpus_app.command("fetch", epilog=examples("poetgen corpus fetch",
+                                             "poetgen corpus fetch --from ~/Downloads/chinese-poetry-2.0.1.tgz"))
 @handle_errors
-def corpus_fetch(
-    data_dir: DataDirOpt = None,
-    source: FromOpt = None,
-    quiet: QuietOpt = False,
-) -> None:
+def corpus_fetch(data_dir: DataDirOpt = None, source: FromOpt = None, quiet: QuietOpt = False) -> None:
     """Download chinese-poetry@2.0.1 with `npm pack`, verify its sha512 integrity, and cache it."""
     from . import corpus
 
@@ -164,19 +250,6 @@ def corpus_fetch(
         path = corpus.fetch(root, source, progress=progress)
     if not quiet:
         typer.echo(f"corpus package ready: {path}", err=True)
-
-
-@corpus_app.command("build")
-@handle_errors
-def corpus_build(
-    data_dir: DataDirOpt = None,
-    source: FromOpt = None,
-    script: ScriptOpt = "simplified",
-    min_count: MinCountOpt = 2,
-    quiet: QuietOpt = False,
-) -> None:
-    """Clean, convert, split and tokenize the fetched package into the prepared corpus."""
-    _build(data_dir, source, script, min_count, quiet, fetch_first=False)
 
 
 def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_first: bool) -> None:
@@ -190,25 +263,29 @@ def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_fir
     _report_build(result, quiet)
 
 
-@corpus_app.command("prepare")
+@corpus_app.command("build", epilog=examples("poetgen corpus build", "poetgen corpus build --script traditional"))
 @handle_errors
-def corpus_prepare(
-    data_dir: DataDirOpt = None,
-    source: FromOpt = None,
-    script: ScriptOpt = "simplified",
-    min_count: MinCountOpt = 2,
-    quiet: QuietOpt = False,
-) -> None:
+def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
+                 min_count: MinCountOpt = 2, quiet: QuietOpt = False) -> None:
+    """Clean, convert, split and tokenize the fetched package into the prepared corpus."""
+    _build(data_dir, source, script, min_count, quiet, fetch_first=False)
+
+
+@corpus_app.command("prepare", epilog=examples("poetgen corpus prepare",
+                                               "poetgen corpus prepare --data-dir /tmp/tang --script traditional"))
+@handle_errors
+def corpus_prepare(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
+                   min_count: MinCountOpt = 2, quiet: QuietOpt = False) -> None:
     """Fetch and build in one step: the command to run before training."""
     _build(data_dir, source, script, min_count, quiet, fetch_first=True)
 
 
-@corpus_app.command("stats")
+@corpus_app.command("stats", epilog=examples("poetgen corpus stats", "poetgen corpus stats --json --top 100"))
 @handle_errors
 def corpus_stats(
     data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-    top: Annotated[int, typer.Option("--top", help="How many frequent characters to show.")] = 20,
+    as_json: JsonOpt = False,
+    top: Annotated[int, typer.Option("--top", help="How many frequent characters to show.", min=0)] = 20,
 ) -> None:
     """Poems per split, forms, characters, vocabulary size, frequent characters and drop reasons."""
     from . import corpus
@@ -217,14 +294,12 @@ def corpus_stats(
     if as_json:
         keys = ("poems", "tokens", "characters", "vocab_size", "dropped", "source", "script", "forms",
                 "poems_read", "unknown_tokens", "corpus_hash")
-        out = {k: meta[k] for k in keys}
+        out = {k: meta.get(k) for k in keys}
         out["top_chars"] = meta["top_chars"][:top]
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
+        write_stdout(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
     splits = ("train", "val", "test")
     table = Table(title=f"全唐诗 corpus ({meta['script']}, {meta['source']['package']}@{meta['source']['version']})")
     table.add_column("")
@@ -236,185 +311,200 @@ def corpus_stats(
     table.add_row("unknown tokens", *(f"{meta['unknown_tokens'][s]:,}" for s in splits))
     for form in ("五绝", "七绝", "五律", "七律", "other"):
         table.add_row(form, *(f"{meta['forms'][s].get(form, 0):,}" for s in splits))
-    console.print(table)
-    console.print(f"vocabulary: {meta['vocab_size']:,} tokens (min count {meta['min_count']})")
-    console.print("most frequent: " + " ".join(f"{c}{n}" for c, n in meta["top_chars"][:top]))
     drops = Table(title=f"dropped of {meta['poems_read']:,} poems read")
     drops.add_column("reason")
     drops.add_column("poems", justify="right")
     for reason, n in meta["dropped"].items():
         drops.add_row(reason, f"{n:,}")
-    console.print(drops)
+    out = console(stderr=False)
+    with out.capture() as captured:
+        out.print(table)
+        out.print(f"vocabulary: {meta['vocab_size']:,} tokens (min count {meta['min_count']})")
+        out.print("most frequent: " + " ".join(f"{c}{n}" for c, n in meta["top_chars"][:top]))
+        out.print(drops)
+    write_stdout(captured.get())
 
 
 # ---------------------------------------------------------------------------------------------
 # train / eval
 
+_D = TC  # the defaults of a run, shown in --help
+_PRESET_SIZES = ", ".join(f"{k} ({v['num_layers']}x{v['hidden_size']})" for k, v in PRESETS.items())
+_MODEL_FIELDS = {"cell": "cell", "emb_size": "emb_size", "hidden_size": "hidden_size", "num_layers": "num_layers",
+                 "dropout": "dropout", "emb_dropout": "emb_dropout"}
+_TRAIN_FIELDS = ("batch_size", "bptt", "epochs", "max_steps", "max_minutes", "optimizer", "lr", "weight_decay",
+                 "warmup_steps", "min_lr_ratio", "clip", "eval_every", "log_every", "patience", "seed", "device",
+                 "precision", "init_from")
 
-@app.command("train")
+
+@app.command("train", epilog=examples(
+    "poetgen train --preset tiny --max-minutes 10 --out runs/tiny",
+    "poetgen train --out runs/tiny --resume --max-minutes 30",
+    "poetgen train --init-from runs/a/best.pt --lr 5e-4 --dropout 0.4 --out runs/b"))
 @handle_errors
 def train_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl.")] = Path(
-        "runs/default"
-    ),
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl.",
+                                      metavar="DIR")] = Path("runs/default"),
     data_dir: DataDirOpt = None,
-    preset: Annotated[str, typer.Option("--preset", help="Model size: tiny, small, base or large.")] = "small",
-    cell: Annotated[Optional[str], typer.Option("--cell", help="lstm, gru or rnn (tanh). [default: lstm]",
-                                                show_default=False)] = None,
-    emb_size: Annotated[Optional[int], typer.Option("--emb-size", help="Embedding size (overrides the preset).",
-                                                    show_default=False)] = None,
-    hidden_size: Annotated[Optional[int], typer.Option("--hidden-size", help="Hidden size (overrides the preset).",
-                                                       show_default=False)] = None,
-    num_layers: Annotated[Optional[int], typer.Option("--layers", help="Stacked layers (overrides the preset).",
-                                                      show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", help=f"Model size: {_PRESET_SIZES}.",
+        show_default=DEFAULT_PRESET)] = None,
+    cell: Annotated[Optional[str], typer.Option("--cell", help=f"Recurrent cell: {', '.join(CELLS)} (tanh).",
+                                                show_default=ModelConfig.cell)] = None,
+    emb_size: Annotated[Optional[int], typer.Option("--emb-size", help="Embedding size.",
+                                                    show_default="from --preset")] = None,
+    hidden_size: Annotated[Optional[int], typer.Option("--hidden-size", help="Hidden size.",
+                                                       show_default="from --preset")] = None,
+    num_layers: Annotated[Optional[int], typer.Option("--layers", help="Stacked layers.",
+                                                      show_default="from --preset")] = None,
     dropout: Annotated[Optional[float], typer.Option("--dropout", help="Dropout between layers and on the output.",
-                                                     show_default=False)] = None,
+                                                     show_default="from --preset")] = None,
     emb_dropout: Annotated[Optional[float], typer.Option("--emb-dropout", help="Dropout on the embeddings.",
-                                                         show_default=False)] = None,
-    untied: Annotated[bool, typer.Option("--untied", help="Do not tie input and output embeddings.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows B of the (B, T) window.")] = 64,
-    bptt: Annotated[int, typer.Option("--bptt", help="Window length T of truncated BPTT.")] = 64,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the train split. [default: 10]",
-                                                  show_default=False)] = None,
+                                                         show_default="from --preset")] = None,
+    untied: Annotated[bool, flag("--untied", "Do not tie input and output embeddings.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows B of the (B, T) window.")] = _D.batch_size,
+    bptt: Annotated[int, typer.Option("--bptt", help="Window length T of truncated BPTT.")] = _D.bptt,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Passes over the train split.",
+                                                  show_default=f"{_D.epochs}, none with --max-steps alone")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps.",
-                                                     show_default=False)] = None,
-    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop after this much training "
-                                                         "time (the cosine schedule follows it).",
-                                                         show_default=False)] = None,
-    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw (warmup + cosine) or sgd (step decay).")] = (
-        "adamw"
-    ),
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. [default: 2e-3 adamw, 1.0 sgd]",
-                                                show_default=False)] = None,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on matrices.")] = 0.01,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup steps (adamw).")] = 200,
-    clip: Annotated[float, typer.Option("--clip", help="Global gradient-norm clipping threshold.")] = 1.0,
-    eval_every: Annotated[int, typer.Option("--eval-every", help="Validate every N steps.")] = 500,
+                                                     show_default="no limit")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        "--max-minutes", help="Stop after this much time, the final evaluation included (a fresh run's cosine "
+        "schedule follows it).", show_default="no limit")] = None,
+    optimizer: Annotated[str, typer.Option("--optimizer", help=f"{' or '.join(OPTIMIZERS)}: AdamW with warmup "
+                                           "and cosine decay, or SGD with step decay.")] = _D.optimizer,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", show_default=", ".join(
+        f"{v:g} with {k}" for k, v in DEFAULT_LR.items()))] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on matrices.")] = (
+        _D.weight_decay),
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup steps (adamw).")] = (
+        _D.warmup_steps),
+    min_lr_ratio: Annotated[float, typer.Option("--min-lr-ratio", help="The cosine ends at this share of the "
+                                                "peak rate (adamw).")] = _D.min_lr_ratio,
+    clip: Annotated[float, typer.Option("--clip", help="Global gradient-norm clipping threshold.")] = _D.clip,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Validate (and save) every N steps.")] = (
+        _D.eval_every),
+    log_every: Annotated[int, typer.Option("--log-every", help="Log train loss every N steps.")] = _D.log_every,
     patience: Annotated[Optional[int], typer.Option("--patience", help="Stop after N evaluations without "
-                                                    "improvement.", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (CPU runs repeat exactly).")] = 1337,
-    device: Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA, fp32 elsewhere), fp32, or "
-                                           "bf16 (also faster on CPUs with AVX512-BF16 or AMX).")] = "auto",
+                                                    "improvement.", show_default="never")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (CPU runs repeat exactly).")] = _D.seed,
+    device: Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.")] = _D.device,
+    precision: Annotated[str, typer.Option("--precision", help=f"{', '.join(PRECISIONS)}: auto is bf16 on CUDA, "
+                                           "fp32 elsewhere; bf16 is also faster on CPUs with AVX512-BF16 or AMX.")
+                         ] = _D.precision,
     init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from this checkpoint's weights "
-                                                      "(its shape; fresh optimizer and schedule).",
-                                                      show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
+                                                      "(its shape; fresh optimizer and schedule).", metavar="FILE",
+                                                      show_default="fresh weights")] = None,
+    resume: Annotated[bool, flag("--resume", "Continue the run in --out from its last.pt (only the budget "
+                                 "options --epochs, --max-steps, --max-minutes, --eval-every, --log-every, "
+                                 "--patience may change).")] = False,
+    as_json: Annotated[bool, flag("--json", "Print a JSON summary on stdout at the end.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train the language model with truncated backpropagation through time."""
-    from . import corpus
-    from .model import PRESETS, LSTMConfig
-    from .train import TrainConfig, Trainer
+    given = {}
+    for name in (*_MODEL_FIELDS, *_TRAIN_FIELDS):
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+            given[name] = locals()[name]
+    if untied:
+        given["tie_weights"] = False
+    if "init_from" in given:
+        given["init_from"] = str(given["init_from"])
+    if preset is not None and preset not in PRESETS:
+        raise fail(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}", 2)
+    _check_out(out)
+    from . import corpus, train
+    from .data import load_split
     from .vocab import Vocab
 
     root = _data_dir(data_dir)
     meta = corpus.load_meta(root)
     vocab = Vocab.load(root / "vocab.json")
-    last = out / "last.pt"
-    if resume:
-        from . import checkpoint
-
-        if not last.is_file():
-            raise fail(f"nothing to resume in {out}: it has no last.pt; pass the --out of an earlier run, "
-                       "or drop --resume", 2)
-        payload = checkpoint.load_payload(last)
-        if "train_state" not in payload:
-            raise fail(f"{last} holds no training state: resume from a last.pt that `poetgen train` wrote")
-        model_config = LSTMConfig.from_dict(payload["model_config"])
-        train_config = TrainConfig.from_dict(payload["train_state"]["train_config"])
-        for name, value in (("epochs", epochs), ("max_steps", max_steps), ("max_minutes", max_minutes)):
-            if value is not None:
-                setattr(train_config, name, value)
-    else:
-        if last.exists():
-            raise fail(f"{out} already holds a run: pass --resume to continue it, or another --out")
-        if init_from is not None:
-            from . import checkpoint
-
-            if any(v is not None for v in (cell, emb_size, hidden_size, num_layers)) or untied:
-                raise fail("--init-from takes the model's shape from the checkpoint: drop --cell, --emb-size, "
-                           "--hidden-size, --layers and --untied", 2)
-            shape = LSTMConfig.from_dict(checkpoint.load_payload(init_from)["model_config"]).to_dict()
-            shape.pop("vocab_size")
-            untied = not shape.pop("tie_weights")
-        elif preset not in PRESETS:
-            raise fail(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}", 2)
-        else:
-            shape = dict(PRESETS[preset])
-        for name, value in (("cell", cell), ("emb_size", emb_size), ("hidden_size", hidden_size),
-                            ("num_layers", num_layers), ("dropout", dropout), ("emb_dropout", emb_dropout)):
-            if value is not None:
-                shape[name] = value
-        model_config = LSTMConfig(vocab_size=len(vocab), tie_weights=not untied, **shape)
-        train_config = TrainConfig(
-            batch_size=batch_size, bptt=bptt, epochs=10 if epochs is None else epochs, max_steps=max_steps,
-            max_minutes=max_minutes,
-            optimizer=optimizer, lr=lr if lr is not None else (1.0 if optimizer == "sgd" else 2e-3),
-            weight_decay=weight_decay, warmup_steps=warmup_steps, clip=clip, eval_every=eval_every,
-            patience=patience, seed=seed, device=device, precision=precision,
-            init_from=str(init_from) if init_from is not None else None,
-        )
-    train_stream = corpus.load_tokens(root, "train")
-    val_stream = corpus.load_tokens(root, "val")
+    plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
+    train_stream, val_stream = load_split(root, "train"), load_split(root, "val")
     with TrainProgress(quiet) as progress:
-        trainer = Trainer(model_config, train_config, vocab, train_stream, val_stream, out, meta,
-                          on_event=progress.event)
-        if resume:
-            trainer.resume(last)
+        trainer = train.Trainer(plan.model_config, plan.train_config, vocab, train_stream, val_stream, out, meta,
+                                on_event=progress.event, tones=train.corpus_tones(root),
+                                data_dir=data_dir.resolve() if data_dir else None)
+        if plan.resume_from is not None:
+            trainer.resume(plan.resume_from)
         progress.start(trainer)
         summary = trainer.run()
     if not quiet:
         print_train_summary(summary)
     if as_json:
-        typer.echo(json.dumps(summary))
+        write_stdout(json.dumps(summary) + "\n")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder we can write."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder for the run")
+    probe = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
+    if not os.access(probe, os.W_OK):
+        raise UsageError(f"--out {out}: {probe} is not writable: choose another folder")
 
 
 class TrainProgress:
-    """The rich progress bar of `poetgen train`, on stderr."""
+    """The progress of `poetgen train` on stderr: a live bar in a terminal, a line per evaluation otherwise."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.progress = None
         self.task = None
         self.val_ppl = None
+        self.plain = False
 
     def __enter__(self):
-        console = stderr_console()
-        self.plain = not self.quiet and not console.is_terminal
-        if not self.quiet and console.is_terminal:
+        self.plain = not self.quiet and plain_output()
+        if not self.quiet and not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  val ppl {task.fields[ppl]}  {task.fields[tps]} tok/s"),
-                TimeRemainingColumn(), console=console,
+                TextColumn("loss {task.fields[loss]}  val ppl {task.fields[ppl]}  {task.fields[tps]} tok/s "
+                           "{task.fields[note]}"),
+                TimeRemainingColumn(), console=console(), refresh_per_second=4,
             )
             self.progress.__enter__()
         return self
 
     def start(self, trainer) -> None:
+        c = trainer.cfg
+        if not self.quiet:
+            budget = [f"{trainer.total_steps:,} steps" if trainer.stop_steps else None,
+                      f"{c.max_minutes:g} min" if c.max_minutes else None]
+            what = "resuming" if trainer.step else "training"
+            typer.echo(f"{what} {trainer.model_config.num_layers}x{trainer.model_config.hidden_size} "
+                       f"{trainer.model_config.cell} on {trainer.device} from step {trainer.step:,}; budget "
+                       f"{' or '.join(b for b in budget if b)}; validation every {_plural(c.eval_every, 'step')}",
+                       err=True)
         if self.progress is not None:
-            ppl = trainer.last_val["perplexity"] if trainer.last_val else None
+            ppl = trainer.last_val["record"]["perplexity"] if trainer.last_val and "record" in trainer.last_val \
+                else None
             self.task = self.progress.add_task("train", total=trainer.total_steps, completed=trainer.step,
-                                               epoch=trainer.epoch, loss="-", ppl=_fmt(ppl), tps="-")
+                                               epoch=trainer.epoch, loss="-", ppl=_fmt(ppl), tps="-", note="")
 
     def event(self, e: dict) -> None:
         if self.plain and e["event"] == "eval":
             typer.echo(f"step {e['step']} epoch {e['epoch']}: train loss {e['train_loss']:.3f}, val loss "
-                       f"{e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f}, {e['tokens_per_s']:,.0f} tok/s, "
-                       f"{e['elapsed_s']:.0f} s", err=True)
+                       f"{e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f} (body {e['val_body_ppl']:.2f}), "
+                       f"{e['tokens_per_s']:,.0f} tok/s, {e['elapsed_s']:.0f} s", err=True)
         if self.progress is None or self.task is None:
+            return
+        if e["event"] == "evaluating":
+            self.progress.update(self.task, note="(validating)")
             return
         if e["event"] == "eval":
             self.val_ppl = e["val_ppl"]
-        fields = {"epoch": e.get("epoch", 0), "ppl": _fmt(self.val_ppl)}
+        fields = {"epoch": e.get("epoch", 0), "ppl": _fmt(self.val_ppl), "note": ""}
         if e.get("train_loss") is not None:
             fields["loss"] = _fmt(e["train_loss"], 3)
         if e.get("tokens_per_s"):
             fields["tps"] = f"{e['tokens_per_s']:,.0f}"
-        self.progress.update(self.task, completed=e["step"], **fields)
+        total = e.get("total_steps")
+        self.progress.update(self.task, completed=e["step"], **({"total": total} if total else {}), **fields)
 
     def __exit__(self, *exc):
         if self.progress is not None:
@@ -440,319 +530,310 @@ def print_train_summary(summary: dict) -> None:
     table.add_row("best val ppl", _fmt(summary["best_val_ppl"], 2))
     table.add_row("stopped by", summary["stop_reason"])
     table.add_row("best model", str(Path(summary["out"]) / "best.pt"))
-    stderr_console().print(table)
+    console().print(table)
 
 
-@app.command("eval")
+def _figures(r: dict) -> str:
+    rec, body = r["record"], r["body"]
+    return (f"record {rec['nats_per_char']:.4f} nats/char, {rec['bits_per_char']:.4f} bits/char, perplexity "
+            f"{rec['perplexity']:.2f}; body perplexity {body['perplexity']:.2f} ({body['bits_per_char']:.4f} "
+            "bits/char)")
+
+
+@app.command("eval", epilog=examples("poetgen eval --split val",
+                                     "poetgen eval -c runs/tiny/best.pt --split test --json",
+                                     "poetgen eval --file my-poems.txt   # one poem per line, or title<TAB>poem"))
 @handle_errors
 def eval_cmd(
-    checkpoint_path: Annotated[Optional[Path], typer.Option("--checkpoint", help="Model file (default: the shipped "
-                                                            "model).", show_default=False)] = None,
+    checkpoint_path: CheckpointOpt = None,
     split: Annotated[Optional[str], typer.Option("--split", help="val or test of the prepared corpus.",
-                                                 show_default=False)] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", help="UTF-8 text, one poem per line.",
-                                                 show_default=False)] = None,
+                                                 show_default="none: give --split or --file")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="UTF-8 text, one poem per line (a body, or "
+                                                 "title<TAB>body).", metavar="FILE", show_default="none")] = None,
     data_dir: DataDirOpt = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Measure nats/char, bits/char and perplexity on a split or a text file."""
-    from . import evaluate
-
+    """Measure nats/char, bits/char and perplexity, over whole records and over poem text alone."""
     if (split is None) == (file is None):
         raise fail("give exactly one of --split val|test or --file TEXT", 2)
-    result = evaluate.run(checkpoint_path, split=split, file=file, data_dir=_data_dir(data_dir) if split else None,
-                          device=device)
+    if split is not None and split not in ("val", "test", "train"):
+        raise fail(f"unknown split {split!r}: choose val or test", 2)
+    from . import evaluate
+
+    with StageProgress(quiet) as progress:
+        result = evaluate.run(checkpoint_path, split=split, file=file,
+                              data_dir=_data_dir(data_dir) if split else None, device=device,
+                              progress=lambda done, total: progress(f"evaluating {split or file}", done, total))
     if as_json:
-        typer.echo(json.dumps(result))
+        write_stdout(json.dumps(result) + "\n")
         return
-    typer.echo(f"{result['source']}: {result['nats_per_char']:.4f} nats/char, {result['bits_per_char']:.4f} "
-               f"bits/char, perplexity {result['perplexity']:.2f} over {result['chars']:,} characters "
-               f"({result['unknown']:,} unknown)")
+    write_stdout(f"{result['source']}: {_figures(result)} over {_plural(result['chars'], 'character')} "
+                 f"({result['unknown']:,} unknown)\n")
 
 
 # ---------------------------------------------------------------------------------------------
-# sample / info
-
-CheckpointOpt = Annotated[
-    Optional[Path],
-    typer.Option("--checkpoint", "-c", help="Model file (default: the shipped model).", show_default=False),
-]
+# sample / info / export
 
 
-@app.command("sample")
+@app.command("sample", epilog=examples(
+    "poetgen sample --prompt 春 --form qijue --seed 1",
+    "poetgen sample --form 五律 --acrostic 春夏秋冬东南西北",
+    "poetgen sample --form wujue --strict --rhyme 东 | poetgen check"))
 @handle_errors
 def sample_cmd(
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The poem's beginning, kept verbatim.")] = "",
-    title: Annotated[Optional[str], typer.Option("--title", "-t", help="A title to condition on (default: the "
-                                                 "model writes one).", show_default=False)] = None,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The poem's beginning, kept verbatim.",
+                                        show_default="none")] = "",
+    title: Annotated[Optional[str], typer.Option("--title", "-t", help="A title to condition on.",
+                                                 show_default="the model writes one (shown as the first line)")
+                     ] = None,
     form: Annotated[str, typer.Option("--form", "-f", help="free, wujue (五绝), qijue (七绝), wulv (五律) or "
-                                      "qilv (七律).")] = "free",
-    acrostic: Annotated[str, typer.Option("--acrostic", "-a", help="藏头诗: these characters start the lines.")] = "",
-    num: Annotated[int, typer.Option("--num", "-n", help="How many poems (sampled together as one batch).")] = 1,
-    temperature: Annotated[float, typer.Option("--temperature", "-T", help="Sampling temperature; 0 is greedy.")] = 0.8,
+                                      "qilv (七律).", autocompletion=complete_form)] = "free",
+    acrostic: Annotated[str, typer.Option("--acrostic", "-a", help="藏头诗: these characters start the lines.",
+                                          show_default="none")] = "",
+    num: Annotated[int, typer.Option("--num", "-n", help="How many poems (sampled together as one batch).")] = (
+        SampleOptions.num),
+    temperature: Annotated[float, typer.Option("--temperature", "-T", help="Sampling temperature; 0 is greedy.")
+                           ] = SampleOptions.temperature,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k likeliest characters only.",
-                                                 show_default=False)] = None,
+                                                 show_default="all")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the smallest set reaching "
-                                                   "this probability, in (0, 1].", show_default=False)] = None,
+                                                   "this probability, in (0, 1].", show_default="1")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Random seed: the same seed and options give "
-                                                "the same poems.", show_default=False)] = None,
-    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest body in free form.")] = 120,
-    strict: Annotated[bool, typer.Option("--strict", help="Enforce 格律 (平仄 template, one 平水韵 rhyme group, "
-                                         "no repeated rhyme, no 孤平) with --form.")] = False,
+                                                "the same poems.", show_default="random")] = None,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest body in free form.")] = (
+        SampleOptions.max_chars),
+    strict: Annotated[bool, flag("--strict", "Enforce 格律 with --form: 平仄 template, one 平水韵 rhyme group, "
+                                 "no repeated rhyme, no 孤平 or 三平尾.")] = False,
     template: Annotated[Optional[str], typer.Option("--template", help="With --strict: ping-plain, ping-rhymed, "
                                                     "ze-plain or ze-rhymed (平起/仄起 × 首句不入韵/入韵).",
-                                                    show_default=False)] = None,
+                                                    show_default="one that fits, drawn per poem")] = None,
     rhyme: Annotated[Optional[str], typer.Option("--rhyme", help="With --strict: rhyme in the group of this "
-                                                 "character (e.g. 东).", show_default=False)] = None,
-    data_dir: DataDirOpt = None,
+                                                 "character (e.g. 东).", show_default="any group")] = None,
     checkpoint_path: CheckpointOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="text, json or jsonl.")] = "text",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically) "
-                                                   "instead of stdout.", show_default=False)] = None,
+                                                   "instead of stdout.", metavar="FILE", show_default="stdout")
+                      ] = None,
 ) -> None:
-    """Write poems. Poems go to stdout, one line per verse line, a blank line between poems."""
+    """Write poems. Poems go to stdout, one line per verse line, a blank line between poems; when the
+    model writes the title, it comes first, in 《》."""
     import secrets
 
-    from . import checkpoint
     from .forms import get_form
-    from .sample import Generator, SampleOptions
+    from .text import LINE_END
 
     if fmt not in ("text", "json", "jsonl"):
         raise fail(f"unknown format {fmt!r}: choose text, json or jsonl", 2)
-    the_form = get_form(form)
-    path = checkpoint_path or checkpoint.default_checkpoint()
-    model, vocab, meta = checkpoint.load(path)
-    prompt, title, acrostic = (_to_model_script(x, meta) for x in (prompt.strip(), title, acrostic.strip()))
-    title = title.strip() if title is not None else None
-    unknown = vocab.unknown(prompt + (title or "") + acrostic)
-    if unknown:
-        raise fail(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters", 2)
-    opts = SampleOptions(prompt=prompt, title=title, form=the_form, acrostic=acrostic, num=num,
-                         temperature=temperature, top_k=top_k, top_p=top_p,
+    opts = SampleOptions(form=get_form(form), num=num, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars)
-    opts.validate()
-    constraint_for_row = None
-    if strict:
-        from . import prosody
-        from .paths import resolve_data_dir
-        from .sample import ProsodyMasks, strict_factory
+    from .sample import Request
 
-        tones = prosody.load_tone_table(resolve_data_dir(data_dir))
-        rhyme = _to_model_script(rhyme.strip(), meta) if rhyme else None
-        masks = ProsodyMasks(vocab, tones, prosody.load_rhymes(meta.get("script") or "simplified"))
-        constraint_for_row = strict_factory(opts, masks, template, rhyme, opts.seed)
-    elif template or rhyme:
-        raise fail("--template and --rhyme need --strict", 2)
+    request = Request(prompt=prompt, title=title, acrostic=acrostic, strict=strict, template=template, rhyme=rhyme)
+    _precheck(opts, request)
+    from . import checkpoint
+    from .sample import poem_record, prepare
+
+    path = checkpoint_path or checkpoint.default_checkpoint()
+    if output is not None and checkpoint_path is not None:
+        from .paths import same_file
+
+        if same_file(output, checkpoint_path):
+            raise UsageError(f"--output {output} is the checkpoint: choose another path")
+    generator, opts, constraint_for_row = prepare(checkpoint.load(path), opts, request)
+    show_title = title is None
     stream = output is None and fmt == "text" and num == 1 and sys.stdout.isatty()
-    on_char = _streamer() if stream else None
-    poems = Generator(model, vocab).generate(opts, on_char=on_char, constraint_for_row=constraint_for_row)
     if stream:
-        sys.stdout.write("\n" if poems[0].body and poems[0].body[-1] not in "，。？！；：、" else "")
-        sys.stdout.flush()
+        def on_title(row: int, text: str) -> None:
+            if show_title and text:
+                write_stdout(f"《{text}》\n")
+
+        def on_char(row: int, ch: str) -> None:
+            write_stdout(ch + ("\n" if ch in LINE_END else ""))
+
+        poems = generator.generate(opts, on_char=on_char, on_title=on_title, constraint_for_row=constraint_for_row)
+        write_stdout("\n" if poems[0].body and poems[0].body[-1] not in LINE_END else "")
         return
-    text = _render(poems, opts, fmt, path, strict)
-    if output is not None:
-        from .paths import atomic_write_text
-
-        atomic_write_text(output, text)
-    else:
-        _write_stdout(text)
-
-
-def _to_model_script(text: str | None, meta: dict) -> str | None:
-    if not text or meta.get("script") != "simplified":
-        return text
-    from .corpus import make_converter
-
-    return make_converter("simplified")(text)
-
-
-def _streamer():
-    def on_char(row: int, ch: str) -> None:
-        try:
-            sys.stdout.write(ch + ("\n" if ch in "，。？！；：、" else ""))
-            sys.stdout.flush()
-        except BrokenPipeError:
-            _quiet_broken_pipe()
-
-    return on_char
-
-
-def _render(poems, opts, fmt: str, path: Path, strict: bool = False) -> str:
+    poems = generator.generate(opts, constraint_for_row=constraint_for_row)
     if fmt == "text":
-        return "\n".join("\n".join(p.lines) + "\n" for p in poems)
-    records = [
-        {"text": p.body, "lines": p.lines, "title": p.title, "prompt": opts.prompt, "seed": opts.seed,
-         "index": i, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
-         "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p, "logprob": round(p.logprob, 4),
-         "strict": strict,
-         "chars": len(p.body), "checkpoint": str(path)}
-        for i, p in enumerate(poems)
-    ]
-    if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return json.dumps(records, ensure_ascii=False, indent=1) + "\n"
+        text = "\n".join((f"《{p.title}》\n" if show_title and p.title else "") + "\n".join(p.lines) + "\n"
+                         for p in poems)
+    else:
+        records = [poem_record(p, i, opts, strict, path) for i, p in enumerate(poems)]
+        text = ("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records) if fmt == "jsonl"
+                else json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+    emit(text, output, (path,))
 
 
-def _quiet_broken_pipe() -> None:
-    """The reader went away (`| head`): end quietly, as Unix tools do."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    raise typer.Exit(0)
+def _precheck(opts: SampleOptions, request) -> None:
+    """Option errors that need no model, found before torch loads."""
+    check = SampleOptions(**{**opts.__dict__, "prompt": "", "acrostic": "", "title": None})
+    check.validate()
+    if opts.form is None and request.strict:
+        raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
+    if (request.template or request.rhyme) and not request.strict:
+        raise UsageError("--template and --rhyme need --strict")
 
 
-def _write_stdout(text: str) -> None:
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-
-
-@app.command("info")
+@app.command("info", epilog=examples("poetgen info", "poetgen info -c runs/tiny/best.pt --json"))
 @handle_errors
-def info_cmd(
-    checkpoint_path: CheckpointOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
+def info_cmd(checkpoint_path: CheckpointOpt = None, as_json: JsonOpt = False) -> None:
     """Print a model's card: architecture, parameters, corpus, validation and test figures."""
     from . import checkpoint
 
-    path = checkpoint_path or checkpoint.default_checkpoint()
-    payload = checkpoint.load_payload(path)
-    cfg = payload["model_config"]
-    meta = payload["meta"]
-    params = sum(v.numel() for v in payload["state_dict"].values())
-    card = {
-        "checkpoint": str(path),
-        "size_mb": round(path.stat().st_size / 1e6, 2),
-        "architecture": f"{cfg['num_layers']}-layer {cfg['cell'].upper()}, hidden {cfg['hidden_size']}, "
-                        f"embedding {cfg['emb_size']}{', tied' if cfg.get('tie_weights') else ''}",
-        "parameters": params,
-        "model_config": cfg,
-        "vocab_size": len(payload["vocab"]),
-        "script": meta.get("script"),
-        "corpus": meta.get("corpus_source"),
-        "corpus_hash": meta.get("corpus_hash"),
-        "step": meta.get("step"),
-        "val": meta.get("val"),
-        "test": meta.get("test"),
-        "trained": meta.get("time"),
-        "device": meta.get("device"),
-        "train_config": meta.get("train_config"),
-    }
+    card = checkpoint.describe(checkpoint.read(checkpoint_path or checkpoint.default_checkpoint()))
     if as_json:
-        typer.echo(json.dumps(card, ensure_ascii=False, indent=1))
+        write_stdout(json.dumps(card, ensure_ascii=False, indent=1) + "\n")
         return
-    for key in ("checkpoint", "size_mb", "architecture", "parameters", "vocab_size", "script", "corpus",
-                "corpus_hash", "step", "val", "test", "trained", "device"):
+    lines = []
+    for key in ("checkpoint", "size_mb", "format_version", "architecture", "parameters", "vocab_size", "script",
+                "tone_table", "corpus", "corpus_hash", "step", "val", "test", "trained", "device", "resumable"):
         value = card[key]
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
-        typer.echo(f"{key:>12}: {value}")
+        if key in ("val", "test"):
+            value = _figures(value) if value and "record" in value and "body" in value else (
+                f"record perplexity {value['record']['perplexity']:.2f}" if value and "record" in value
+                else "not measured (run poetgen export)")
+        elif key == "corpus" and isinstance(value, dict):
+            value = f"{value.get('package')}@{value.get('version')}"
+        elif key == "parameters":
+            value = f"{value:,}"
+        lines.append(f"{key:>14}: {value}")
+    write_stdout("\n".join(lines) + "\n")
 
 
-@app.command("export")
+@app.command("export", epilog=examples("poetgen export -c runs/small/best.pt -o checkpoints/poetgen-default.pt",
+                                       "poetgen export -c runs/tiny/best.pt -o tiny.pt --no-test --full"))
 @handle_errors
 def export_cmd(
-    checkpoint_path: Annotated[Path, typer.Option("--checkpoint", "-c", help="The trained model (a best.pt).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the shipped model.")],
+    checkpoint_path: Annotated[Path, typer.Option("--checkpoint", "-c", help="The trained model (a best.pt).",
+                                                  metavar="FILE")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the shipped model.",
+                                         metavar="FILE")],
     data_dir: DataDirOpt = None,
     half: Annotated[bool, typer.Option("--half/--full", help="Store weights as fp16 (half the size).")] = True,
     test: Annotated[bool, typer.Option("--test/--no-test", help="Evaluate val and test as shipped and record "
                                        "them in the file.")] = True,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Make a shipped model: weights only (fp16 by default), the corpus's tone table beside it
-    (tones.json, for check and --strict), and val/test figures measured on the file as written."""
-    import shutil
-
+    """Make a shipped model: weights only (fp16 by default) with the corpus's tone table inside, and the
+    val/test figures measured on the file as written."""
     from . import checkpoint, evaluate
-    from .paths import atomic_path
+    from .train import corpus_tones
 
     root = _data_dir(data_dir)
-    model, vocab, meta = checkpoint.load(checkpoint_path)
-    meta = {k: v for k, v in meta.items() if k != "train_config"} | {"train_config": meta.get("train_config"),
-                                                                      "exported_from": str(checkpoint_path)}
-    checkpoint.save(output, model, vocab, meta, half=half)
-    if test:
-        for split in ("val", "test"):
-            result = evaluate.run(output, split=split, data_dir=root)
-            meta[split] = {k: result[k] for k in ("nats_per_char", "bits_per_char", "perplexity", "chars", "unknown")}
-            typer.echo(f"{split}: {result['nats_per_char']:.4f} nats/char, {result['bits_per_char']:.4f} bits/char, "
-                       f"perplexity {result['perplexity']:.2f}", err=True)
-        checkpoint.save(output, model, vocab, meta, half=half)
-    tones = root / "tones.json"
-    if tones.is_file():
-        with atomic_path(output.parent / "tones.json") as tmp:
-            shutil.copyfile(tones, tmp)
-    typer.echo(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB)", err=True)
+    tones = corpus_tones(root)
+
+    def measure(path: Path) -> dict:
+        figures = {}
+        with StageProgress(quiet) as progress:
+            for split in ("val", "test"):
+                r = evaluate.run(path, split=split, data_dir=root,
+                                 progress=lambda d, t, s=split: progress(f"evaluating {s}", d, t))
+                figures[split] = {k: r[k] for k in ("record", "body", "chars", "body_chars", "unknown")}
+                if not quiet:
+                    typer.echo(f"{split}: {_figures(r)}", err=True)
+        return figures
+
+    ckpt = checkpoint.export(checkpoint_path, output, tones=tones, half=half, measure=measure if test else None)
+    if not quiet:
+        typer.echo(f"wrote {ckpt.path} ({ckpt.path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # check
 
 
-@app.command("check")
+@app.command("check", epilog=examples("poetgen check 床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+                                      "poetgen check --file poems.txt --json",
+                                      "poetgen sample --form qilv --strict | poetgen check"))
 @handle_errors
 def check_cmd(
-    poem: Annotated[Optional[str], typer.Argument(help="The poem (default: --file, else stdin).",
-                                                  show_default=False)] = None,
+    poem: Annotated[Optional[str], typer.Argument(help="The poem, quoted.", show_default="--file, else stdin")
+                    ] = None,
+    extra: Annotated[Optional[list[str]], typer.Argument(hidden=True)] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="Read poems from this UTF-8 file, separated by "
-                                                 "blank lines.", show_default=False)] = None,
-    data_dir: DataDirOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per poem.")] = False,
+                                                 "blank lines.", metavar="FILE", show_default="stdin")] = None,
+    checkpoint_path: CheckpointOpt = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="Take the tone table of this prepared corpus instead of the model's.", metavar="DIR",
+        show_default="the model's")] = None,
+    as_json: Annotated[bool, flag("--json", "One JSON object per poem.")] = False,
 ) -> None:
     """Check 格律: form, 平仄 under each line, template, violations, rhyme group, 孤平 and 三平尾.
 
     Exits 0 when every poem passes, 1 when one does not, 2 on bad input."""
     from . import prosody
-    from .paths import resolve_data_dir
+    from .text import is_han, to_script
 
+    if extra:
+        raise fail("the poem is more than one argument: quote it (poetgen check '床前明月光，…') or use --file", 2)
     if poem is not None and file is not None:
         raise fail("give the poem as an argument or --file, not both", 2)
-    if poem is not None:
-        text = poem
-    elif file is not None:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise fail(f"--file {file}: no such file", 2) from None
-        except UnicodeDecodeError:
-            raise fail(f"--file {file} is not UTF-8 text: convert it to UTF-8", 2) from None
-    else:
-        if sys.stdin.isatty():
-            raise fail("no poem given: pass it as an argument, with --file, or on stdin", 2)
-        text = sys.stdin.read()
-    from .corpus import is_han
-
-    blocks = re.split(r"\n[ \t\u3000]*\n", text.replace("\r", ""))
-    poems = [p for p in (prosody.normalize_poem(block) for block in blocks) if p]
-    if not poems:
-        raise fail("no poem given: the input is empty", 2)
-    for i, p in enumerate(poems, 1):
-        if not any(is_han(c) for c in p):
-            hint = " (to read a file, use --file)" if poem is not None else ""
-            raise fail(f"poem {i} has no Chinese characters: give the poem's text{hint}", 2)
-    tones = prosody.load_tone_table(resolve_data_dir(data_dir))
+    tones = prosody.ToneTable.from_counts(_tone_counts(checkpoint_path, data_dir))
     rhymes = prosody.load_rhymes("simplified")
-    convert = _simplifier()
-    results = [prosody.check_poem(convert(p), tones, rhymes) for p in poems]
-    out = []
-    for r in results:
-        if as_json:
-            out.append(json.dumps(r.to_dict(), ensure_ascii=False))
-        else:
-            out.append(_render_check(r))
-    _write_stdout(("\n" if as_json else "\n\n").join(out) + "\n")
-    if not all(r.ok for r in results):
+    ok = True
+    reader_gone = False
+    count = 0
+    for count, text in enumerate(prosody.read_poems(_check_lines(poem, file)), 1):
+        if not any(is_han(c) for c in text):
+            hint = " (to read a file, use --file)" if poem is not None else ""
+            raise fail(f"poem {count} has no Chinese characters: give the poem's text{hint}", 2)
+        r = prosody.check_poem(to_script(text, "simplified"), tones, rhymes)
+        ok = ok and r.ok
+        if not reader_gone:
+            out = json.dumps(r.to_dict(), ensure_ascii=False) + "\n" if as_json else \
+                ("\n" if count > 1 else "") + _render_check(r) + "\n"
+            reader_gone = not write_stdout(out)  # keep checking: the exit code is the verdict
+    if count == 0:
+        raise fail("no poem given: the input is empty", 2)
+    if not ok:
         raise typer.Exit(1)
 
 
-def _simplifier():
-    from .corpus import make_converter
+def _tone_counts(checkpoint_path: Path | None, data_dir: Path | None) -> dict:
+    """The tone counts `check` uses: a prepared corpus's if --data-dir is given, else the model's."""
+    from . import checkpoint, prosody
 
-    return make_converter("simplified")
+    if data_dir is not None:
+        return prosody.load_tone_counts(data_dir / "tones.json")
+    path = checkpoint_path or checkpoint.default_checkpoint()
+    _, _, _, counts = checkpoint.read_header(path)
+    if counts is None:
+        raise UsageError(f"{path} has no tone table: export it with `poetgen export`, or pass --data-dir")
+    return counts
+
+
+def _check_lines(poem: str | None, file: Path | None):
+    """The lines of check's input: the argument, a file or stdin, read lazily, UTF-8 checked."""
+    if poem is not None:
+        yield from poem.splitlines()
+        return
+    if file is not None:
+        from .text import read_text_file
+
+        if file.is_dir() or not file.exists():
+            read_text_file(file)  # raises the right message
+        try:
+            with open(file, encoding="utf-8") as f:
+                yield from f
+        except UnicodeDecodeError:
+            raise UsageError(f"--file {file} is not UTF-8 text: convert it to UTF-8") from None
+        except OSError as e:
+            raise UsageError(f"--file {file} cannot be read ({e.strerror})") from None
+        return
+    if sys.stdin is None or sys.stdin.closed:
+        raise UsageError("no poem given and stdin is closed: pass it as an argument or with --file")
+    if sys.stdin.isatty():
+        raise UsageError("no poem given: pass it as an argument, with --file, or on stdin")
+    import io
+
+    try:
+        yield from io.TextIOWrapper(getattr(sys.stdin, "buffer", sys.stdin), encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("stdin is not UTF-8 text: convert it to UTF-8") from None
+    except OSError as e:
+        raise UsageError(f"stdin cannot be read ({e.strerror})") from None
 
 
 def _render_check(r) -> str:

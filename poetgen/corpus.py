@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +25,9 @@ import numpy as np
 
 from .errors import CorpusError
 from .forms import detect_form
-from .paths import atomic_path, atomic_write_bytes, atomic_write_text
-from .vocab import Vocab
+from .paths import atomic_path
+from .text import ASCII_MARKS, LINE_END, PLACEHOLDERS, converter, is_han
+from .vocab import MAX_TITLE, Vocab
 
 PACKAGE = "chinese-poetry"
 VERSION = "2.0.1"
@@ -38,9 +39,8 @@ TARBALL = f"{PACKAGE}-{VERSION}.tgz"
 POEMS_GLOB = "dist/quantangshi/poet.tang.*.json"
 STRAINS_DIR = "dist/strains/json"
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the prepared corpus (meta.json), not of checkpoints
 MIN_HAN = 10
-MAX_TITLE = 30
 
 Progress = Callable[[str, int, int], None]
 
@@ -206,24 +206,10 @@ def read_package(source: Path) -> tuple[dict[str, list], dict[str, list]]:
 OPENERS = {"（": "）", "(": ")", "〖": "〗", "[": "]", "{": "}", "〔": "〕", "【": "】", "〈": "〉", "<": ">"}
 CLOSERS = {v: k for k, v in OPENERS.items()}
 QUOTES = set("「」『』《》“”‘’\"'")
-HALF_TO_FULL = {",": "，", ".": "。", "?": "？", "!": "！", ";": "；", ":": "："}
-PUNCT = set("，。？！；：、")
-PLACEHOLDERS = set("□■○●〇囗") | {chr(c) for c in range(0x2FF0, 0x2FFC)}
 NUMERALS = set("一二三四五六七八九十○〇")
 SPACES = set(" \u3000\t\r\n")
 UNKNOWN_TONE = "?"
-
-
-def is_han(ch: str) -> bool:
-    """True for a CJK unified or compatibility ideograph (all extensions)."""
-    c = ord(ch)
-    return (
-        0x4E00 <= c <= 0x9FFF
-        or 0x3400 <= c <= 0x4DBF
-        or 0x20000 <= c <= 0x3134F
-        or 0xF900 <= c <= 0xFAFF
-        or 0x2F800 <= c <= 0x2FA1F
-    ) and ch not in PLACEHOLDERS
+PING, ZE = "平", "仄"
 
 
 def _strip_brackets(chars: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
@@ -271,20 +257,20 @@ def clean_body(paragraphs: list[str], strains: list[str] | None) -> tuple[str, s
             line_tones = None
         for j, ch in enumerate(para):
             tone = line_tones[j] if line_tones else UNKNOWN_TONE
-            pairs.append((ch, tone if tone in ("平", "仄") else UNKNOWN_TONE))
+            pairs.append((ch, tone if tone in (PING, ZE) else UNKNOWN_TONE))
     stripped = _strip_brackets(pairs)
     if stripped is None:
         return "", "", "unbalanced_brackets"
     body: list[str] = []
     tones: list[str] = []
     for ch, tone in stripped:
-        ch = HALF_TO_FULL.get(ch, ch)
+        ch = ASCII_MARKS.get(ch, ch)
         if ch in SPACES or ch in QUOTES:
             continue
         if ch in PLACEHOLDERS:
             return "", "", "placeholder"
-        if ch in PUNCT:
-            if not body or body[-1] in PUNCT:
+        if ch in LINE_END:
+            if not body or body[-1] in LINE_END:
                 continue  # leading mark, or a mark left doubled by a removed note
             body.append(ch)
             tones.append(ch)
@@ -295,9 +281,9 @@ def clean_body(paragraphs: list[str], strains: list[str] | None) -> tuple[str, s
             return "", "", "non_han"
     if not body:
         return "", "", "empty"
-    if sum(1 for c in body if c not in PUNCT) < MIN_HAN:
+    if sum(1 for c in body if c not in LINE_END) < MIN_HAN:
         return "", "", "too_short"
-    if body[-1] not in PUNCT:
+    if body[-1] not in LINE_END:
         body.append("。")
         tones.append("。")
     return "".join(body), "".join(tones), None
@@ -336,20 +322,6 @@ def _order_key(poem: Poem) -> str:
     return hashlib.sha1(poem.id.encode("utf-8")).hexdigest()
 
 
-def make_converter(script: str) -> Callable[[str], str]:
-    """A text converter to `script` ('simplified' via OpenCC t2s, or 'traditional' unchanged)."""
-    if script == "traditional":
-        return lambda s: s
-    if script != "simplified":
-        raise CorpusError(f"unknown script {script!r}: use simplified or traditional")
-    try:
-        import opencc
-    except ImportError:
-        raise CorpusError("OpenCC is not installed: pip install opencc, or use --script traditional") from None
-    converter = opencc.OpenCC("t2s")
-    return converter.convert
-
-
 def clean_poems(
     poems: dict[str, list],
     strains: dict[str, list],
@@ -358,7 +330,7 @@ def clean_poems(
 ) -> tuple[list[Poem], Counter]:
     """Clean and convert every poem, deduplicate identical bodies (keeping the smallest id).
     Returns the kept poems in id order and the count of poems dropped for each reason."""
-    convert = make_converter(script)
+    convert = converter(script)
     dropped: Counter = Counter()
     kept: dict[str, Poem] = {}
     files = sorted(poems)
@@ -386,7 +358,7 @@ def clean_poems(
                 continue
             converted = convert(body)
             if len(converted) != len(body):  # tones stay aligned only with a 1:1 conversion
-                tones = "".join(c if c in PUNCT else UNKNOWN_TONE for c in converted)
+                tones = "".join(c if c in LINE_END else UNKNOWN_TONE for c in converted)
             title = record.get("title") if isinstance(record.get("title"), str) else ""
             author = record.get("author") if isinstance(record.get("author"), str) else ""
             poem = Poem(record["id"], convert(clean_title(title)), convert(author.strip()), converted, tones)
@@ -466,12 +438,8 @@ def build(
         tokens[s] = int(arr.size)
         unknown[s] = int((arr == vocab.unk_id).sum())
         outputs[f"poems.{s}.jsonl"] = "".join(p.to_json() + "\n" for p in splits[s]).encode("utf-8")
-    from .prosody import count_tones
-
     tones = count_tones((p.body, p.tones) for s in SPLITS for p in splits[s])
     outputs["tones.json"] = (json.dumps(tones, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-    for name, data in outputs.items():
-        atomic_write_bytes(data_dir / name, data)
 
     forms = {s: dict(sorted(Counter(detect_form(p.body) for p in splits[s]).items())) for s in SPLITS}
     file_hashes = {name: _sha256(data) for name, data in sorted(outputs.items())}
@@ -491,10 +459,47 @@ def build(
         "dropped": dict(sorted(dropped.items())),
         "top_chars": [[c, n] for c, n in counts.most_common(50)],
         "files": file_hashes,
+        "sizes": {name: len(data) for name, data in sorted(outputs.items())},
         "corpus_hash": _sha256("".join(file_hashes.values()).encode()),
     }
-    atomic_write_text(data_dir / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    _install(data_dir, outputs, (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     return BuildResult(data_dir, meta, dropped)
+
+
+def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
+    """{char: [平 count, 仄 count]} from the (body, tones) pairs of cleaned poems."""
+    counts: dict[str, list[int]] = {}
+    for body, tones in pairs:
+        for ch, t in zip(body, tones, strict=False):
+            if t == PING or t == ZE:
+                c = counts.setdefault(ch, [0, 0])
+                c[0 if t == PING else 1] += 1
+    return dict(sorted(counts.items()))
+
+
+def _install(data_dir: Path, outputs: dict[str, bytes], meta: bytes) -> None:
+    """Put a built corpus in place all or nothing: every file is written and fsynced in a staging
+    folder first; meta.json, the manifest readers check, is removed before the first file moves in
+    and written after the last. A reader sees the old corpus, none, or the new one, never a mix."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for stale in data_dir.glob(".build-*"):  # left by a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=data_dir))
+    try:
+        for name, data in [*outputs.items(), ("meta.json", meta)]:
+            with open(staging / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        (data_dir / "meta.json").unlink(missing_ok=True)
+        for name in outputs:
+            os.replace(staging / name, data_dir / name)
+        os.replace(staging / "meta.json", data_dir / "meta.json")
+    except OSError as e:
+        raise CorpusError(f"cannot write the corpus in {data_dir} ({e.strerror or e}): free some space or "
+                          "choose another --data-dir") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,16 +517,15 @@ def load_meta(data_dir: Path) -> dict:
         raise CorpusError(f"{path} is damaged: run `poetgen corpus build`") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise CorpusError(f"{path} is from another poetgen version: run `poetgen corpus build`")
+    for name, size in (meta.get("sizes") or {}).items():
+        try:
+            actual = (data_dir / name).stat().st_size
+        except OSError:
+            actual = None
+        if actual != size:
+            raise CorpusError(f"the corpus in {data_dir} is incomplete or mixed ({name} is not the file meta.json "
+                              "lists): run `poetgen corpus build`")
     return meta
-
-
-def load_tokens(data_dir: Path, split: str) -> np.ndarray:
-    """The uint16 token stream of one split."""
-    load_meta(data_dir)
-    path = data_dir / f"{split}.bin"
-    if not path.is_file():
-        raise CorpusError(f"{path} is missing: run `poetgen corpus build`")
-    return np.fromfile(path, dtype=np.uint16)
 
 
 def iter_poems(data_dir: Path, split: str) -> Iterator[Poem]:

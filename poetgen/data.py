@@ -1,9 +1,67 @@
-"""Token streams cut into truncated-BPTT batches (pytorch word_language_model, torch-rnn)."""
+"""Token streams and truncated-BPTT batches (pytorch word_language_model, torch-rnn).
+
+A stream is the concatenation of records ``<bos> title <sep> body <eos>``: a prepared split read
+from disk, or a text file of poems encoded the same way."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from . import corpus
+from .errors import CorpusError, UsageError
+from .text import to_script
+from .vocab import Vocab
+
+
+def load_split(data_dir: Path, split: str) -> np.ndarray:
+    """The uint16 token stream of one split of a prepared corpus (checked against its manifest)."""
+    if split not in corpus.SPLITS:
+        raise UsageError(f"unknown split {split!r}: choose one of {', '.join(corpus.SPLITS)}")
+    corpus.load_meta(data_dir)
+    path = data_dir / f"{split}.bin"
+    try:
+        return np.fromfile(path, dtype=np.uint16)
+    except FileNotFoundError:
+        raise CorpusError(f"{path} is missing: run `poetgen corpus build`") from None
+
+
+def file_records(text: str) -> list[tuple[str, str]]:
+    """(title, body) per non-empty line of `text`: `title<TAB>body`, or a body alone (empty title).
+    Spaces inside a line are dropped."""
+    records = []
+    for line in text.splitlines():
+        title, _, body = line.rpartition("\t")
+        title, body = "".join(title.split()), "".join(body.split())
+        if body:
+            records.append((title, body))
+    return records
+
+
+def encode_records(records: list[tuple[str, str]], vocab: Vocab, script: str | None) -> tuple[np.ndarray, int]:
+    """The token stream of (title, body) records converted to `script`, and its count of unknown characters."""
+    ids: list[int] = []
+    unknown = 0
+    for title, body in records:
+        title, body = to_script(title, script), to_script(body, script)
+        ids.extend(vocab.encode_record(title, body))
+        unknown += sum(1 for c in title + body if c not in vocab)
+    return np.asarray(ids, dtype=np.int64), unknown
+
+
+def body_targets(stream: np.ndarray, vocab: Vocab) -> np.ndarray:
+    """A boolean per token of `stream`: True where the token belongs to a poem's body or is its <eos>,
+    i.e. where the last record marker (<bos>, <sep>, <eos>) before it is <sep>."""
+    stream = np.asarray(stream)
+    is_marker = np.isin(stream, (vocab.bos_id, vocab.sep_id, vocab.eos_id))
+    # the position of the marker most recently seen at or before each position (forward fill)
+    idx = np.where(is_marker, np.arange(len(stream)), -1)
+    np.maximum.accumulate(idx, out=idx)
+    before = np.full(stream.shape, -1, dtype=np.int64)
+    before[1:] = np.where(idx[:-1] >= 0, stream[np.maximum(idx[:-1], 0)], -1)
+    return before == vocab.sep_id
 
 
 def batchify(stream: np.ndarray | torch.Tensor, rows: int) -> torch.Tensor:

@@ -1,64 +1,93 @@
-"""`poetgen eval`: loss of a checkpoint on a corpus split or on a text file of poems."""
+"""One validation protocol, used to pick best.pt during training and by `poetgen eval`.
+
+The protocol: the split's records form one stream; the model reads it as a single row in windows
+of EVAL_BPTT tokens, its state carried across windows and records, so every token after the first
+is predicted with everything before it as context (the same number whatever the training batch
+shape). Two figures come out of the one pass: over whole records (title, <sep>, body, <eos>), and
+over poem text alone (body and <eos>, given the title), the figure the literature reports."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from . import checkpoint, corpus
+from . import checkpoint
+from .data import batchify, body_targets, encode_records, file_records, get_batch, load_split, num_windows
+from .device import autocast, pick_device
 from .errors import CorpusError, UsageError
-from .train import evaluate_stream, metrics_from_loss, pick_device
+from .model import LanguageModel
+from .text import read_text_file
 from .vocab import Vocab
 
+EVAL_BPTT = 256
+LN2 = math.log(2)
 
-def file_stream(path: Path, vocab, script: str | None) -> tuple[np.ndarray, int]:
-    """Token stream of a UTF-8 file, one poem body per line, each as the record <bos> <sep> body <eos>,
-    converted to the model's script. Returns the stream and the count of unknown characters."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"--file {path}: no such file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--file {path} is not UTF-8 text: convert it to UTF-8") from None
-    lines = [line.strip().replace(" ", "") for line in text.splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
-        raise UsageError(f"--file {path} holds no poem: write one poem per line")
-    if script == "simplified":
-        convert = corpus.make_converter("simplified")
-        lines = [convert(line) for line in lines]
-    ids: list[int] = []
-    unknown = 0
-    for line in lines:
-        ids.extend(vocab.encode_record("", line))
-        unknown += sum(1 for c in line if c not in vocab)
-    return np.asarray(ids, dtype=np.int64), unknown
+
+def metrics_from_loss(nats: float) -> dict:
+    """nats/char → {nats_per_char, bits_per_char, perplexity}."""
+    return {"nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(min(nats, 50.0))}
+
+
+@torch.inference_mode()
+def evaluate_stream(model: LanguageModel, stream: np.ndarray, vocab: Vocab, device: torch.device | None = None,
+                    precision: str = "auto", progress: Callable[[int, int], None] | None = None) -> dict:
+    """Record and body losses of `model` on a token stream under the protocol above.
+
+    Returns {"record": metrics, "body": metrics, "chars": predicted tokens, "body_chars": ...}."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    body = torch.as_tensor(body_targets(stream, vocab))
+    batched = batchify(stream, 1).to(device)
+    body = body[: batched.size(1)].view(1, -1).to(device)
+    total, body_total, count, body_count, state = 0.0, 0.0, 0, 0, None
+    windows = num_windows(batched, EVAL_BPTT)
+    for i in range(windows):
+        x, y = get_batch(batched, i, EVAL_BPTT)
+        _, in_body = get_batch(body, i, EVAL_BPTT)
+        with autocast(device, precision):
+            logits, state = model(x, state)
+        losses = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                                   reduction="none")
+        total += float(losses.sum())
+        body_total += float(losses[in_body.reshape(-1)].sum())
+        count += y.numel()
+        body_count += int(in_body.sum())
+        if progress:
+            progress(i + 1, windows)
+    model.train(was_training)
+    return {"record": metrics_from_loss(total / count), "body": metrics_from_loss(body_total / max(body_count, 1)),
+            "chars": count, "body_chars": body_count}
 
 
 def run(checkpoint_path: Path | None, split: str | None = None, file: Path | None = None,
-        data_dir: Path | None = None, device: str = "cpu", rows: int = 1, bptt: int = 256) -> dict:
-    """Evaluate; returns nats_per_char, bits_per_char, perplexity, chars (predicted tokens), unknown.
-    With rows=1 every token after the first is predicted, the state carried across the whole stream."""
+        data_dir: Path | None = None, device: str = "cpu",
+        progress: Callable[[int, int], None] | None = None) -> dict:
+    """Evaluate a checkpoint on a split of the prepared corpus or on a text file of poems (one per line,
+    `title<TAB>body` or a body). Returns the figures of evaluate_stream plus source, unknown, checkpoint."""
+    if (split is None) == (file is None):
+        raise UsageError("give exactly one of --split val|test or --file TEXT")
+    if file is not None:
+        records = file_records(read_text_file(file))
+        if not records:
+            raise UsageError(f"--file {file} holds no poem: write one poem per line")
     path = checkpoint_path or checkpoint.default_checkpoint()
-    model, vocab, meta = checkpoint.load(path, pick_device(device))
+    loaded = checkpoint.load(path, pick_device(device))
+    vocab = loaded.vocab
     if split is not None:
-        if split not in ("val", "test", "train"):
-            raise UsageError(f"unknown split {split!r}: choose val or test")
-        corpus.load_meta(data_dir)
+        stream = load_split(data_dir, split).astype(np.int64)
         if vocab.tokens != Vocab.load(data_dir / "vocab.json").tokens:
             raise CorpusError(f"{path} was trained on another vocabulary than the corpus in {data_dir}: "
                               "evaluate with --file, or prepare the corpus it was trained on")
-        stream = corpus.load_tokens(data_dir, split).astype(np.int64)
         unknown = int((stream == vocab.unk_id).sum())
         source = f"{split} split"
     else:
-        stream, unknown = file_stream(file, vocab, meta.get("script"))
+        stream, unknown = encode_records(records, vocab, loaded.meta.script)
         source = str(file)
-    if len(stream) < 2:
-        raise UsageError("nothing to evaluate: the text is empty")
-    total, count = evaluate_stream(model, stream, model.embed.weight.device, rows=min(rows, len(stream) // 2),
-                                   bptt=bptt)
-    result = metrics_from_loss(total / count)
-    result.update(chars=count, unknown=unknown, source=source, checkpoint=str(path))
+    result = evaluate_stream(loaded.model, stream, vocab, progress=progress)
+    result.update(source=source, unknown=unknown, checkpoint=str(path))
     return result

@@ -6,10 +6,8 @@ import re
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .text import COMMA, LINE_END, STOPS
 
-COMMA = "，"
-STOPS = "。？！"
-LINE_END = COMMA + STOPS + "；：、"
 _LINE_RE = re.compile(f"[^{LINE_END}]+[{LINE_END}]?")
 
 
@@ -49,26 +47,28 @@ def split_lines(body: str) -> list[str]:
     return [m.group(0) for m in _LINE_RE.finditer(body)]
 
 
-def detect_form(body: str) -> str:
-    """The Chinese name of the body's form (五绝/七绝/五律/七律), or 'other'.
+def detect(body: str) -> Form | None:
+    """The regulated form of a body, or None.
 
     A regulated form needs 4 or 8 lines of 5 or 7 characters, commas after odd lines and
     full stops (。？！) after even lines."""
     lines = split_lines(body)
-    if len(lines) not in (4, 8):
-        return "other"
-    lengths = {len(line) - 1 for line in lines}
-    if len(lengths) != 1 or lengths.pop() not in (5, 7):
-        return "other"
+    if len(lines) not in (4, 8) or len({len(line) for line in lines}) != 1:
+        return None
     for i, line in enumerate(lines):
         mark = line[-1]
         if (i % 2 == 0 and mark != COMMA) or (i % 2 == 1 and mark not in STOPS):
-            return "other"
-    chars = len(lines[0]) - 1
+            return None
     for form in FORMS.values():
-        if form.chars == chars and form.lines == len(lines):
-            return form.name
-    return "other"
+        if form.chars == len(lines[0]) - 1 and form.lines == len(lines):
+            return form
+    return None
+
+
+def detect_form(body: str) -> str:
+    """The Chinese name of the body's form (五绝/七绝/五律/七律), or 'other'."""
+    form = detect(body)
+    return form.name if form else "other"
 
 
 # ---------------------------------------------------------------------------------------------

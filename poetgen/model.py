@@ -3,66 +3,13 @@ dropout only on the non-recurrent connections (embeddings, between layers, outpu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UsageError
+from .config import PRESETS, ModelConfig
 
-CELLS = ("lstm", "gru", "rnn")
-
-
-@dataclass
-class LSTMConfig:
-    """The shape of the model; stored in every checkpoint and used to rebuild it."""
-
-    vocab_size: int
-    emb_size: int = 256
-    hidden_size: int = 512
-    num_layers: int = 2
-    cell: str = "lstm"
-    emb_dropout: float = 0.1  # on the embedding output (the first non-recurrent connection)
-    dropout: float = 0.3  # between stacked layers and on the last layer's output
-    tie_weights: bool = True
-
-    def validate(self) -> LSTMConfig:
-        """Raise UsageError for sizes or rates no model can have."""
-        if self.cell not in CELLS:
-            raise UsageError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
-        for name in ("vocab_size", "emb_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
-        for name in ("emb_dropout", "dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise UsageError(f"{name.replace('_', '-')} must be in [0, 1), got {value}")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def shape(self) -> dict:
-        """What the weights depend on (everything but the dropout rates)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("emb_dropout", "dropout")}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LSTMConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-PRESETS: dict[str, dict] = {
-    # trains usefully on a laptop CPU in minutes
-    "tiny": dict(emb_size=128, hidden_size=256, num_layers=2, emb_dropout=0.05, dropout=0.1),
-    # the CPU default: 2 x 512
-    "small": dict(emb_size=256, hidden_size=512, num_layers=2, emb_dropout=0.1, dropout=0.3),
-    # the GPU reference: 2 x 1024, tied through a projection to 512
-    "base": dict(emb_size=512, hidden_size=1024, num_layers=2, emb_dropout=0.1, dropout=0.5),
-    "large": dict(emb_size=512, hidden_size=1536, num_layers=2, emb_dropout=0.15, dropout=0.6),
-}
+__all__ = ["PRESETS", "LanguageModel", "ModelConfig", "State", "Stepper", "detach_state"]
 
 State = tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None
 
@@ -70,7 +17,7 @@ State = tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None
 class LanguageModel(nn.Module):
     """Embedding → stacked LSTM/GRU/tanh-RNN → (projection) → tied output layer."""
 
-    def __init__(self, config: LSTMConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config.validate()
         c = config
@@ -97,7 +44,7 @@ class LanguageModel(nn.Module):
         for name, p in self.rnn.named_parameters():
             if name.startswith("bias"):
                 nn.init.zeros_(p)
-                if self.config.cell == "lstm":  # forget-gate bias 1: remember by default
+                if self.config.cell == "lstm":  # forget gate: 0.5 in each of bias_ih and bias_hh, 1 in all
                     h = self.config.hidden_size
                     with torch.no_grad():
                         p[h : 2 * h].fill_(0.5)
@@ -135,3 +82,70 @@ def detach_state(state: State) -> State:
     if isinstance(state, tuple):
         return tuple(s.detach() for s in state)
     return state.detach()
+
+
+class Stepper:
+    """Token-at-a-time inference without per-call module overhead.
+
+    For an LSTM, the first layer's input gates of every token are precomputed into a table (an
+    embedding lookup replaces a matrix product) and each step is a few fused addmm calls; other
+    cells fall back to the module."""
+
+    def __init__(self, model: LanguageModel):
+        self.model = model.eval()
+        cfg = model.config
+        self.fast = cfg.cell == "lstm"
+        if not self.fast:
+            return
+        rnn = model.rnn
+        with torch.no_grad():
+            emb = model.embed.weight
+            self.table0 = (emb @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0).contiguous()  # (V, 4H)
+            self.w_hh0 = rnn.weight_hh_l0.T.contiguous()  # (H, 4H)
+            self.w_cat, self.b_cat = [], []
+            for layer in range(1, cfg.num_layers):
+                w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], dim=1)
+                self.w_cat.append(w.T.contiguous())  # (2H, 4H)
+                self.b_cat.append(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+            self.proj = (model.proj.weight.T.contiguous(), model.proj.bias) if model.proj is not None else None
+            self.head_w = model.head.weight.T.contiguous()  # (E, V)
+            self.head_b = model.head.bias
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """Run a (B, T) prefix through the model: logits of the last position (B, V) and the state."""
+        logits, state = self.model(ids)
+        if self.fast:
+            h, c = state
+            state = [(h[i], c[i]) for i in range(h.size(0))]
+        return logits[:, -1], state
+
+    def expand(self, state, rows: int):
+        """Repeat a batch-1 state for `rows` rows."""
+        if self.fast:
+            return [(h.expand(rows, -1).contiguous(), c.expand(rows, -1).contiguous()) for h, c in state]
+        if isinstance(state, tuple):
+            return tuple(s.expand(-1, rows, -1).contiguous() for s in state)
+        return state.expand(-1, rows, -1).contiguous()
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """One token per row, ids (B,): next-token logits (B, V) and the new state."""
+        if not self.fast:
+            logits, state = self.model(ids[:, None], state)
+            return logits[:, 0], state
+        new_state = []
+        h, c = state[0]
+        gates = torch.addmm(self.table0[ids], h, self.w_hh0)
+        x = None
+        for layer in range(len(state)):
+            if layer > 0:
+                h, c = state[layer]
+                gates = torch.addmm(self.b_cat[layer - 1], torch.cat([x, h], dim=1), self.w_cat[layer - 1])
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            x = torch.sigmoid(o) * torch.tanh(c)
+            new_state.append((x, c))
+        if self.proj is not None:
+            x = torch.addmm(self.proj[1], x, self.proj[0])
+        return torch.addmm(self.head_b, x, self.head_w), new_state

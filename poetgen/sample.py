@@ -1,57 +1,26 @@
-"""Decoding: temperature, top-k and top-p sampling under the constraints of forms and acrostics.
+"""Decoding: temperature, top-k and top-p sampling under the constraints of forms and acrostics,
+and the records poems are written as.
 
 The model's distribution is masked and renormalized at every step, so every poem is well formed
 by construction; nothing is patched afterwards."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
-from .forms import LINE_END, RULES, STOPS, BodyConstraint, Form, Rule, check_heads, check_prompt, split_lines
-from .model import LanguageModel
-from .vocab import SPECIALS, Vocab
+from .config import SampleOptions
+from .forms import RULES, BodyConstraint, Rule, split_lines
+from .masks import rule_masks
+from .model import LanguageModel, Stepper
+from .text import to_script
+from .vocab import MAX_TITLE, Vocab
 
-MAX_TITLE = 20
-
-
-@dataclass
-class SampleOptions:
-    prompt: str = ""
-    title: str | None = None
-    form: Form | None = None
-    acrostic: str = ""
-    num: int = 1
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
-    max_chars: int = 200
-
-    def validate(self) -> SampleOptions:
-        if self.temperature < 0 or math.isnan(self.temperature):
-            raise UsageError(f"--temperature must be 0 (greedy) or positive, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.num < 1:
-            raise UsageError(f"--num must be at least 1, got {self.num}")
-        if self.max_chars < 2:
-            raise UsageError(f"--max-chars must be at least 2, got {self.max_chars}")
-        if self.acrostic:
-            check_heads(self.acrostic, self.form)
-        check_prompt(self.prompt, self.constraint)
-        return self
-
-    def constraint(self) -> BodyConstraint:
-        # the budget never cuts the prompt short
-        return BodyConstraint(self.form, self.acrostic, max(self.max_chars, len(self.prompt) + 1))
+__all__ = ["GeneratedPoem", "Generator", "SampleOptions", "draw", "filter_logits", "poem_record", "prepare"]
 
 
 @dataclass
@@ -60,106 +29,6 @@ class GeneratedPoem:
     body: str
     logprob: float  # under the unconstrained model at temperature 1, body and end token
     lines: list[str] = field(default_factory=list)
-
-
-class Stepper:
-    """Token-at-a-time inference without per-call module overhead.
-
-    For an LSTM, the first layer's input gates of every token are precomputed into a table (an
-    embedding lookup replaces a matrix product) and each step is a few fused addmm calls; other
-    cells fall back to the module."""
-
-    def __init__(self, model: LanguageModel):
-        self.model = model.eval()
-        cfg = model.config
-        self.fast = cfg.cell == "lstm"
-        if not self.fast:
-            return
-        rnn = model.rnn
-        with torch.no_grad():
-            emb = model.embed.weight
-            self.table0 = (emb @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0).contiguous()  # (V, 4H)
-            self.w_hh0 = rnn.weight_hh_l0.T.contiguous()  # (H, 4H)
-            self.w_cat, self.b_cat = [], []
-            for layer in range(1, cfg.num_layers):
-                w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], dim=1)
-                self.w_cat.append(w.T.contiguous())  # (2H, 4H)
-                self.b_cat.append(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
-            self.proj = (model.proj.weight.T.contiguous(), model.proj.bias) if model.proj is not None else None
-            self.head_w = model.head.weight.T.contiguous()  # (E, V)
-            self.head_b = model.head.bias
-
-    @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, object]:
-        """Run a (B, T) prefix through the model: logits of the last position (B, V) and the state."""
-        logits, state = self.model(ids)
-        if self.fast:
-            h, c = state
-            state = [(h[i], c[i]) for i in range(h.size(0))]
-        return logits[:, -1], state
-
-    def expand(self, state, rows: int):
-        """Repeat a batch-1 state for `rows` rows."""
-        if self.fast:
-            return [(h.expand(rows, -1).contiguous(), c.expand(rows, -1).contiguous()) for h, c in state]
-        if isinstance(state, tuple):
-            return tuple(s.expand(-1, rows, -1).contiguous() for s in state)
-        return state.expand(-1, rows, -1).contiguous()
-
-    @torch.inference_mode()
-    def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
-        """One token per row, ids (B,): next-token logits (B, V) and the new state."""
-        if not self.fast:
-            logits, state = self.model(ids[:, None], state)
-            return logits[:, 0], state
-        new_state = []
-        h, c = state[0]
-        gates = torch.addmm(self.table0[ids], h, self.w_hh0)
-        x = None
-        for layer in range(len(state)):
-            if layer > 0:
-                h, c = state[layer]
-                gates = torch.addmm(self.b_cat[layer - 1], torch.cat([x, h], dim=1), self.w_cat[layer - 1])
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            x = torch.sigmoid(o) * torch.tanh(c)
-            new_state.append((x, c))
-        if self.proj is not None:
-            x = torch.addmm(self.proj[1], x, self.proj[0])
-        return torch.addmm(self.head_b, x, self.head_w), new_state
-
-
-def rule_masks(vocab: Vocab) -> tuple[torch.Tensor, dict[str, int], torch.Tensor]:
-    """Boolean masks (len(RULES)+2, V) of the tokens each rule allows, their row index, and
-    the title masks (title start: characters; title: characters or <sep>)."""
-    V = len(vocab)
-    is_mark = torch.zeros(V, dtype=torch.bool)
-    is_stop = torch.zeros(V, dtype=torch.bool)
-    is_han = torch.zeros(V, dtype=torch.bool)
-    for i, t in enumerate(vocab.tokens):
-        if t in SPECIALS:
-            continue
-        if t in LINE_END:
-            is_mark[i] = True
-            is_stop[i] = t in STOPS
-        else:
-            is_han[i] = True
-    comma = torch.zeros(V, dtype=torch.bool)
-    if "，" in vocab:
-        comma[vocab.stoi["，"]] = True
-    eos = torch.zeros(V, dtype=torch.bool)
-    eos[vocab.eos_id] = True
-    by_rule = {
-        Rule.HAN: is_han, Rule.HAN_OR_MARK: is_han | is_mark, Rule.HAN_OR_STOP: is_han | is_stop,
-        Rule.HAN_OR_EOS: is_han | eos, Rule.COMMA: comma, Rule.STOP: is_stop, Rule.EOS: eos,
-    }
-    for rule, mask in by_rule.items():
-        if not mask.any():
-            raise UsageError(f"the model's vocabulary has no token for rule {rule}: use another checkpoint")
-    sep = torch.zeros(V, dtype=torch.bool)
-    sep[vocab.sep_id] = True
-    masks = torch.stack([by_rule[r] for r in RULES] + [is_han, is_han | sep])
-    return masks, {r: i for i, r in enumerate(RULES)}, masks[-2:]
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -194,14 +63,16 @@ class Generator:
         self.model = model
         self.vocab = vocab
         self.stepper = Stepper(model)
-        self.masks, self.rule_index, _ = rule_masks(vocab)
+        self.masks, self.rule_index = rule_masks(vocab)
         self.title_start_row = len(RULES)
         self.title_row = len(RULES) + 1
 
     def generate(self, opts: SampleOptions, on_char: Callable[[int, str], None] | None = None,
-                 constraint_for_row: Callable[[int], BodyConstraint] | None = None) -> list[GeneratedPoem]:
-        """Sample opts.num poems as one batch. `on_char(row, ch)` sees each body character as it comes;
-        `constraint_for_row` replaces the plain form constraint (--strict)."""
+                 constraint_for_row: Callable[[int], BodyConstraint] | None = None,
+                 on_title: Callable[[int, str], None] | None = None) -> list[GeneratedPoem]:
+        """Sample opts.num poems as one batch. `on_title(row, title)` sees each generated title once it
+        is complete, `on_char(row, ch)` each body character as it comes; `constraint_for_row` replaces
+        the plain form constraint (--strict)."""
         opts.validate()
         vocab = self.vocab
         gen = torch.Generator().manual_seed(opts.seed)
@@ -214,14 +85,14 @@ class Generator:
         logits = logits.expand(B, -1)
         state = self.stepper.expand(state, B)
 
-        constraints = [constraint_for_row(r) if constraint_for_row else opts.constraint() for r in range(B)]
+        constraints = [constraint_for_row(r) if constraint_for_row else opts.body_constraint() for r in range(B)]
         in_title = [not have_title] * B
         titles = [[] for _ in range(B)]
         bodies = [[] for _ in range(B)]
         forced_prompt = [list(opts.prompt) for _ in range(B)]
         logprob = torch.zeros(B, dtype=torch.float64)
         finished = torch.zeros(B, dtype=torch.bool)
-        step_limit = MAX_TITLE + opts.max_chars + 64
+        step_limit = MAX_TITLE + max(opts.max_chars, len(opts.prompt)) + 64  # a bound no poem reaches
         for _ in range(step_limit):
             mask_rows = []
             forced = torch.full((B,), -1, dtype=torch.long)
@@ -248,10 +119,12 @@ class Generator:
                     if extra is not None and bool((allowed[r] & extra).any()):
                         allowed[r] &= extra
             model_logp = F.log_softmax(logits.float(), dim=-1)
+            masked = logits.float().masked_fill(~allowed, float("-inf"))
             if opts.temperature == 0:
-                choice = logits.float().masked_fill(~allowed, float("-inf")).argmax(-1)
+                choice = masked.argmax(-1)
             else:
-                scaled = (logits.float() / opts.temperature).masked_fill(~allowed, float("-inf"))
+                # shift the best allowed logit to 0 before dividing: no overflow at any temperature
+                scaled = (masked - masked.max(-1, keepdim=True).values) / opts.temperature
                 scaled = filter_logits(scaled, opts.top_k, opts.top_p)
                 choice = draw(scaled.softmax(-1), gen)
             choice = torch.where(forced >= 0, forced, choice)
@@ -263,6 +136,8 @@ class Generator:
                 if in_title[r]:
                     if tok == vocab.sep_id:
                         in_title[r] = False
+                        if on_title:
+                            on_title(r, "".join(titles[r]))
                     else:
                         titles[r].append(vocab.tokens[tok])
                 elif tok == vocab.eos_id:
@@ -286,128 +161,60 @@ class Generator:
 
 
 # ---------------------------------------------------------------------------------------------
-# --strict: 格律 enforced during decoding
+# A request from the user's words to a generator
 
 
-class ProsodyMasks:
-    """Vocabulary masks for tones and rhyme groups (known tones only, so every pick is certain)."""
+@dataclass
+class Request:
+    """What `poetgen sample` asks for, in the user's words (any script, ASCII marks allowed)."""
 
-    def __init__(self, vocab: Vocab, tones, rhymes):
-        from .prosody import BOTH, PING, ZE
-
-        V = len(vocab)
-        self.vocab = vocab
-        self.tones = tones
-        self.rhymes = rhymes
-        self.ping = torch.zeros(V, dtype=torch.bool)
-        self.ze = torch.zeros(V, dtype=torch.bool)
-        self.ze_only = torch.zeros(V, dtype=torch.bool)  # line ends that must not read as a rhyme
-        for i, t in enumerate(vocab.tokens):
-            tone = tones.tone(t) if t not in SPECIALS and t not in LINE_END else None
-            self.ping[i] = tone in (PING, BOTH)
-            self.ze[i] = tone in (ZE, BOTH)
-            self.ze_only[i] = tone == ZE
-        self.group_masks: dict[str, torch.Tensor] = {}
-        for group, members in rhymes.groups.items():
-            m = torch.zeros(V, dtype=torch.bool)
-            ids = [vocab.stoi[c] for c in members if c in vocab.stoi]
-            if ids:
-                m[ids] = True
-            self.group_masks[group] = m & self.ping
-
-    def tone(self, want: str) -> torch.Tensor:
-        return self.ping if want == "平" else self.ze
+    prompt: str = ""
+    title: str | None = None
+    acrostic: str = ""
+    strict: bool = False
+    template: str | None = None
+    rhyme: str | None = None
 
 
-class StrictConstraint(BodyConstraint):
-    """A fixed form under one template: tones at the strict positions (2nd, 4th, 6th, line end, and
-    the positions that would make 孤平 or 三平尾), one 平声 rhyme group, no repeated rhyme character."""
+def prepare(ckpt, opts: SampleOptions, request: Request) -> tuple[Generator, SampleOptions, Callable | None]:
+    """Turn a request into (generator, options in the model's script, constraint maker or None):
+    text converted to the model's script, checked against its vocabulary, --strict set up from the
+    checkpoint's tone table. Raises UsageError naming what does not fit."""
+    from .errors import UsageError
+    from .text import full_width_marks
 
-    def __init__(self, form: Form, template, masks: ProsodyMasks, heads: str = "", groups: set[str] | None = None):
-        super().__init__(form, heads)
-        self.template = template
-        self.masks = masks
-        self.patterns = template.patterns()
-        self.rhyme_lines = set(template.rhyme_lines())
-        self.groups = set(groups) if groups else set(masks.group_masks)
-        self.used: list[str] = []
-        self.kinds = template.kinds
+    script = ckpt.meta.script
+    prompt = to_script(full_width_marks(request.prompt.strip()), script)
+    title = to_script("".join(request.title.split()), script) if request.title is not None else None
+    acrostic = to_script(request.acrostic.strip(), script)
+    if title is not None and len(title) > MAX_TITLE:
+        raise UsageError(f"--title has {len(title)} characters; titles have at most {MAX_TITLE}: shorten it")
+    unknown = ckpt.vocab.unknown(prompt + (title or "") + acrostic)
+    if unknown:
+        raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")
+    opts.prompt, opts.title, opts.acrostic = prompt, title, acrostic
+    opts.validate()
+    constraint_for_row = None
+    if request.strict:
+        from . import prosody
+        from .masks import ProsodyMasks, strict_factory
 
-    def strict_positions(self, line: int) -> set[int]:
-        chars = self.form.chars
-        positions = set(self.template.strict_positions())
-        kind = self.kinds[line]
-        if kind == "B":  # 平平仄仄平: a 仄 first syllable leaves its 平 alone (孤平)
-            positions.add(chars - 5)
-        if kind == "D":  # 仄仄仄平平: a 平 third syllable ends in three 平 (三平尾)
-            positions.add(chars - 3)
-        return positions
-
-    def extra_mask(self) -> torch.Tensor | None:
-        """The tokens the template allows at the next position, or None when it is free."""
-        if self.done or self.line >= self.form.lines or self.col >= self.form.chars:
-            return None
-        if self.col == self.form.chars - 1 and self.line in self.rhyme_lines:
-            mask = torch.zeros_like(self.masks.ping)
-            for g in self.groups:
-                mask |= self.masks.group_masks[g]
-            for ch in self.used:
-                mask[self.masks.vocab.stoi[ch]] = False
-            return mask
-        if self.col == self.form.chars - 1:  # an unrhymed line end: plainly 仄, never a possible rhyme
-            return self.masks.ze_only
-        if self.col in self.strict_positions(self.line):
-            return self.masks.tone(self.patterns[self.line][self.col])
-        return None
-
-    def advance(self, ch: str) -> None:
-        if (ch and self.line < self.form.lines and self.col == self.form.chars - 1
-                and self.line in self.rhyme_lines):
-            self.groups &= self.masks.rhymes.of_char.get(ch, set())
-            self.used.append(ch)
-        super().advance(ch)
+        if ckpt.tones is None:
+            raise UsageError(f"{ckpt.path} has no tone table, which --strict needs: export it again with "
+                             "`poetgen export`")
+        tones = prosody.ToneTable.from_counts(ckpt.tones)
+        rhyme = to_script(request.rhyme.strip(), script) if request.rhyme else None
+        masks = ProsodyMasks(ckpt.vocab, tones, prosody.load_rhymes(script or "simplified"))
+        constraint_for_row = strict_factory(opts, masks, request.template, rhyme, opts.seed)
+    elif request.template or request.rhyme:
+        raise UsageError("--template and --rhyme need --strict")
+    return Generator(ckpt.model, ckpt.vocab), opts, constraint_for_row
 
 
-def strict_factory(opts: SampleOptions, masks: ProsodyMasks, template_key: str | None, rhyme: str | None,
-                   seed: int) -> Callable[[int], StrictConstraint]:
-    """A maker of per-row strict constraints: the template given, or one drawn per row among those
-    the prompt and heads allow. Raises UsageError when the given characters fit no template."""
-    import random
-
-    from .prosody import find_group, get_template, templates
-
-    if opts.form is None:
-        raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
-    groups = {find_group(masks.rhymes, rhyme)} if rhyme else None
-    choices = [get_template(opts.form, template_key)] if template_key else templates(opts.form)
-
-    def fits(template) -> str | None:
-        c = StrictConstraint(opts.form, template, masks, opts.acrostic, groups)
-        forced = list(opts.prompt)
-        while not c.done and c.line < opts.form.lines:
-            rule, head = c.rule()
-            ch = forced.pop(0) if forced else head
-            if ch is None:  # a free position: move on without choosing a rhyme
-                BodyConstraint.advance(c, "，" if rule == Rule.COMMA else "。" if rule == Rule.STOP else "?")
-                continue
-            extra = c.extra_mask()
-            if ch in masks.vocab.stoi and extra is not None and not bool(extra[masks.vocab.stoi[ch]]):
-                return f"{ch!r} at line {c.line + 1}, character {c.col + 1}"
-            c.advance(ch)
-        return None
-
-    problems = {t.key: fits(t) for t in choices}
-    usable = [t for t in choices if problems[t.key] is None]
-    if not usable:
-        which = choices[0].name if template_key else "any template"
-        raise UsageError(f"the given characters make {which} impossible ({problems[choices[0].key]} breaks the "
-                         "平仄 or rhyme): change --prompt/--acrostic or the template")
-    rng = random.Random(seed)
-    picks: dict[int, object] = {}
-
-    def make(row: int) -> StrictConstraint:
-        if row not in picks:
-            picks[row] = rng.choice(usable)
-        return StrictConstraint(opts.form, picks[row], masks, opts.acrostic, groups)
-
-    return make
+def poem_record(poem: GeneratedPoem, index: int, opts: SampleOptions, strict: bool, checkpoint: Path) -> dict:
+    """The JSON record of one poem (`--format json|jsonl`)."""
+    return {"text": poem.body, "lines": poem.lines, "title": poem.title, "prompt": opts.prompt, "seed": opts.seed,
+            "index": index, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
+            "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
+            "logprob": round(poem.logprob, 4), "strict": strict, "chars": len(poem.body),
+            "checkpoint": str(checkpoint)}

@@ -1,148 +1,118 @@
 """The training loop: stateful truncated BPTT, global-norm clipping, AdamW with warmup and cosine
 decay (or Zaremba-style SGD with step decay), periodic validation, best/last checkpoints and an
-exact resume."""
+exact resume; and the planning of a run from what the user asked for."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import shlex
+import signal
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint
+from .checkpoint import ModelMeta
+from .config import PRESETS, ModelConfig, TrainConfig
 from .data import batchify, get_batch, num_windows
+from .device import autocast, pick_device, use_bf16
 from .errors import PoetgenError, UsageError
-from .model import LanguageModel, LSTMConfig, State, detach_state
+from .evaluate import evaluate_stream
+from .model import LanguageModel, State, detach_state
 from .vocab import Vocab
 
-LN2 = math.log(2)
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, schedulers, a closed terminal
 
 
 class TrainingInterrupted(PoetgenError):
-    """Ctrl-C during training: last.pt was saved; the message tells how to resume."""
+    """A stop signal during training: last.pt was saved; the message tells how to resume."""
 
     exit_code = 130
 
 
+class TrainingDiverged(PoetgenError):
+    """The loss became NaN or infinite: the run stops before saving garbage."""
+
+
+class RunLocked(PoetgenError):
+    """Another process trains into the same folder."""
+
+    exit_code = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning a run
+
+
 @dataclass
-class TrainConfig:
-    """Everything about a run but the model's shape; stored in last.pt for --resume."""
+class RunPlan:
+    """What `poetgen train` will do: a fresh run, a warm start, or a resume."""
 
-    batch_size: int = 64
-    bptt: int = 64
-    epochs: int = 10
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    lr_decay: float = 0.5  # sgd: multiply the rate by this every epoch after decay_after
-    decay_after: int = 4
-    clip: float = 1.0
-    eval_every: int = 500
-    eval_batch_size: int = 16
-    patience: int | None = None
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
-    init_from: str | None = None  # warm start: weights from this checkpoint, fresh optimizer and schedule
-    log_every: int = 50
-
-    def validate(self) -> TrainConfig:
-        for name in ("batch_size", "bptt", "epochs", "eval_every", "eval_batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise UsageError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise UsageError(f"unknown optimizer {self.optimizer!r}: choose adamw or sgd")
-        if self.lr <= 0 or self.clip <= 0:
-            raise UsageError("--lr and --clip must be positive")
-        if self.patience is not None and self.patience < 1:
-            raise UsageError("--patience must be at least 1")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    model_config: ModelConfig
+    train_config: TrainConfig
+    resume_from: Path | None = None
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda > mps > cpu unless `name` forces one."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA GPU is available: use --device cpu")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps but MPS is not available: use --device cpu")
-    return device
+SHAPE_OPTIONS = ("cell", "emb_size", "hidden_size", "num_layers", "tie_weights")
+DROPOUT_OPTIONS = ("dropout", "emb_dropout")
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset: str | None = None) -> RunPlan:
+    """Plan a run from the options the user gave (`given`: name → value, only those given).
+
+    Model options are ModelConfig fields, the rest TrainConfig fields. A fresh run takes the preset's
+    shape with the given overrides; --init-from takes the checkpoint's shape; --resume takes everything
+    from last.pt and applies only the budget options (TrainConfig.RESUMABLE), refusing any other change."""
+    last = out / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise UsageError(f"nothing to resume in {out}: it has no last.pt; pass the --out of an earlier run, "
+                             "or drop --resume")
+        ckpt = checkpoint.read(last)
+        train_config = checkpoint.train_config_of(ckpt)
+        stored = {**asdict(train_config), **ckpt.config.to_dict()}
+        if preset is not None:
+            raise UsageError("--preset cannot change on --resume (the run keeps its shape): drop it")
+        for name, value in given.items():
+            if name in TrainConfig.RESUMABLE:
+                setattr(train_config, name, value)
+            elif stored.get(name, value) != value:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} cannot change on --resume (the run was started with {stored[name]}): "
+                                 f"drop it, or start a new run from this one with --init-from {last}")
+        return RunPlan(ckpt.config, train_config.validate(), last)
+    if last.exists():
+        raise UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    model_given = {k: v for k, v in given.items() if k in SHAPE_OPTIONS + DROPOUT_OPTIONS}
+    train_given = {k: v for k, v in given.items() if k not in model_given}
+    init_from = train_given.get("init_from")
+    if init_from is not None:
+        shape_flags = [k for k in model_given if k in SHAPE_OPTIONS]
+        if shape_flags or preset is not None:
+            raise UsageError("--init-from takes the model's shape from the checkpoint: drop --preset, --cell, "
+                             "--emb-size, --hidden-size, --layers and --untied")
+        base = checkpoint.read(init_from).config.to_dict()
+        train_given["init_from"] = str(init_from)
+    else:
+        preset = preset or "small"
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        base = dict(PRESETS[preset])
+    model_config = ModelConfig.from_dict({**base, **model_given, "vocab_size": len(vocab)})
+    if "max_steps" in train_given and "epochs" not in train_given:
+        train_given["epochs"] = None  # --max-steps alone sets the length of the run
+    return RunPlan(model_config.validate(), TrainConfig(**train_given).validate())
 
 
-def use_bf16(device: torch.device, precision: str = "auto") -> bool:
-    """Whether to run matrix work in bf16 (weights and optimizer stay fp32). `auto` means CUDA only;
-    `bf16` on a CPU pays off where it has bf16 instructions (AVX512-BF16, AMX)."""
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        if device.type not in ("cuda", "cpu"):
-            raise UsageError(f"--precision bf16 is not supported on {device.type}: use --precision fp32")
-        return True
-    return device.type == "cuda"
-
-
-def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast when use_bf16 says so, a no-op otherwise."""
-    return torch.autocast(device.type if device.type in ("cuda", "cpu") else "cpu", dtype=torch.bfloat16,
-                          enabled=use_bf16(device, precision))
-
-
-@torch.inference_mode()
-def evaluate_stream(model: LanguageModel, stream: np.ndarray | torch.Tensor, device: torch.device,
-                    rows: int = 16, bptt: int = 128, precision: str = "auto") -> tuple[float, int]:
-    """Total next-token loss in nats and the number of predicted tokens over a token stream,
-    carrying the state across windows as training does."""
-    was_training = model.training
-    model.eval()
-    rows = max(1, min(rows, (len(stream) - 1) // 2))
-    batched = batchify(stream, rows).to(device)
-    total, count, state = 0.0, 0, None
-    for i in range(num_windows(batched, bptt)):
-        x, y = get_batch(batched, i, bptt)
-        with autocast(device, precision):
-            logits, state = model(x, state)
-        total += torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"
-        ).item()
-        count += y.numel()
-    model.train(was_training)
-    return total, count
-
-
-def metrics_from_loss(nats: float) -> dict:
-    return {"nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(min(nats, 50.0))}
+# ---------------------------------------------------------------------------------------------
+# Helpers
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -158,17 +128,73 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """Hold an exclusive lock on `out` for the whole run; RunLocked when another process holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")  # noqa: SIM115 - held open for the lock's life
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows
+            import msvcrt
+
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise RunLocked(f"another `poetgen train` is writing into {out}: wait for it, or choose another "
+                            "--out") from None
+        yield
+    finally:
+        f.close()
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop checks between steps, so the state saved is
+    always that of a finished step. A second signal stops at once (last.pt keeps the last save)."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+
+
 class Trainer:
     """One training run writing into `out`: best.pt, last.pt and metrics.jsonl."""
 
-    def __init__(self, model_config: LSTMConfig, train_config: TrainConfig, vocab: Vocab,
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, vocab: Vocab,
                  train_stream: np.ndarray, val_stream: np.ndarray, out: Path, corpus_meta: dict | None = None,
-                 on_event: Callable[[dict], None] | None = None):
+                 on_event: Callable[[dict], None] | None = None, tones: dict | None = None,
+                 data_dir: Path | None = None):
         self.cfg = train_config.validate()
         self.model_config = model_config.validate()
         if model_config.vocab_size != len(vocab):
             raise UsageError(f"model vocabulary {model_config.vocab_size} differs from the corpus's {len(vocab)}")
         self.vocab = vocab
+        self.tones = tones
+        self.data_dir = data_dir  # named in the resume command
         self.out = Path(out)
         self.corpus_meta = corpus_meta or {}
         self.on_event = on_event
@@ -185,18 +211,20 @@ class Trainer:
         if len(val_stream) < 4:
             raise UsageError("validation split is empty: prepare a larger corpus")
         self.train_data = batchify(train_stream, self.cfg.batch_size).to(self.device)
-        self.val_stream = val_stream
+        self.val_stream = np.asarray(val_stream, dtype=np.int64)
         self.windows_per_epoch = num_windows(self.train_data, self.cfg.bptt)
-        self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.windows_per_epoch
+        # the schedule is fixed here; on --resume it comes from last.pt
+        self.schedule_steps = self._schedule_steps()
+        self.schedule_minutes = self.cfg.max_minutes
         decay, no_decay = [], []
         for p in self.model.parameters():
             (decay if p.dim() >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if self.cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.99),
+            self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.peak_lr, betas=(0.9, 0.99),
                                                fused=self.device.type == "cuda")
         else:
-            self.optimizer = torch.optim.SGD(groups, lr=self.cfg.lr)
+            self.optimizer = torch.optim.SGD(groups, lr=self.cfg.peak_lr)
         # position and history
         self.step = 0
         self.epoch = 0
@@ -207,47 +235,62 @@ class Trainer:
         self.elapsed = 0.0
         self.tokens_seen = 0
         self.last_val: dict | None = None
+        self.eval_seconds = 0.0  # how long the last validation took
+
+    def _schedule_steps(self) -> int | None:
+        """Steps the learning-rate schedule spans (None: it follows max_minutes alone)."""
+        by_epochs = self.cfg.epochs * self.windows_per_epoch if self.cfg.epochs else None
+        options = [n for n in (self.cfg.max_steps, by_epochs) if n]
+        return min(options) if options else None
+
+    @property
+    def stop_steps(self) -> int | None:
+        """The step the run stops at, by its current budget (None: time alone)."""
+        return self._schedule_steps()
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run as far as known (for progress displays)."""
+        return self.stop_steps or self.schedule_steps or max(self.step, 1)
 
     def _warm_start(self, path: Path) -> None:
         """Start from another run's weights (fine-tuning, a second schedule): same shape and vocabulary."""
-        payload = checkpoint.load_payload(path)
-        theirs = LSTMConfig.from_dict(payload["model_config"])
-        if theirs.shape() != self.model_config.shape():
-            raise UsageError(f"{path} has another model shape: drop the size options to take its shape")
-        if payload["vocab"] != self.vocab.tokens:
-            raise UsageError(f"{path} was trained on another vocabulary: prepare the corpus it was trained on")
-        weights = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-        checkpoint.load_weights(self.model, weights)
+        ckpt = checkpoint.read(path)
+        ckpt.require_shape(self.model_config, "drop the size options to take its shape")
+        ckpt.require_vocab(self.vocab, "prepare the corpus it was trained on")
+        checkpoint.load_weights(self.model, ckpt.state_dict)
 
     # -- schedule ------------------------------------------------------------------------------
     def lr_at(self, step: int, elapsed: float) -> float:
         c = self.cfg
         if c.optimizer == "sgd":
-            return c.lr * c.lr_decay ** max(0, self.epoch - c.decay_after + 1)
+            return c.peak_lr * c.lr_decay ** max(0, self.epoch - c.decay_after + 1)
         if step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
-        progress = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
-        if c.max_minutes:
-            progress = max(progress, elapsed / (60 * c.max_minutes))
+            return c.peak_lr * (step + 1) / c.warmup_steps
+        progress = 0.0
+        if self.schedule_steps:
+            progress = (step - c.warmup_steps) / max(1, self.schedule_steps - c.warmup_steps)
+        if self.schedule_minutes:
+            progress = max(progress, elapsed / (60 * self.schedule_minutes))
         progress = min(1.0, progress)
-        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return c.peak_lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def meta(self) -> dict:
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "tokens_seen": self.tokens_seen,
-            "elapsed_s": round(self.elapsed, 1),
-            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-            "val": self.last_val,
-            "corpus_hash": self.corpus_meta.get("corpus_hash"),
-            "corpus_source": self.corpus_meta.get("source"),
-            "script": self.corpus_meta.get("script"),
-            "train_config": asdict(self.cfg),
-            "device": str(self.device),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+    def meta(self) -> ModelMeta:
+        return ModelMeta(
+            script=self.corpus_meta.get("script"),
+            corpus_hash=self.corpus_meta.get("corpus_hash"),
+            corpus_source=self.corpus_meta.get("source"),
+            step=self.step,
+            epoch=self.epoch,
+            tokens_seen=self.tokens_seen,
+            elapsed_s=round(self.elapsed, 1),
+            best_val_loss=None if math.isinf(self.best_val) else self.best_val,
+            val=self.last_val,
+            train_config=asdict(self.cfg),
+            device=str(self.device),
+            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
 
     def train_state(self) -> dict:
         state = None
@@ -265,119 +308,164 @@ class Trainer:
             "elapsed": self.elapsed,
             "tokens_seen": self.tokens_seen,
             "train_config": asdict(self.cfg),
+            "schedule_steps": self.schedule_steps,
+            "schedule_minutes": self.schedule_minutes,
         }
 
     def save_last(self) -> Path:
         path = self.out / "last.pt"
-        checkpoint.save(path, self.model, self.vocab, self.meta(), self.train_state())
+        checkpoint.save(path, self.model, self.vocab, self.meta(), tones=self.tones, train_state=self.train_state())
         return path
 
     def resume(self, path: Path) -> None:
         """Restore everything from last.pt so training continues as if never stopped."""
-        payload = checkpoint.load_payload(path)
-        ts = payload.get("train_state")
-        if ts is None:
-            raise UsageError(f"{path} holds no training state (a best.pt or shipped model): resume from last.pt")
-        if LSTMConfig.from_dict(payload["model_config"]) != self.model_config:
+        ckpt = checkpoint.read(path)
+        checkpoint.train_config_of(ckpt)
+        if ckpt.config != self.model_config:
             raise UsageError(f"{path} was trained with another model shape: drop the size options or --resume")
-        if payload["vocab"] != self.vocab.tokens:
-            raise UsageError(f"{path} was trained on another vocabulary: rebuild that corpus or start afresh")
-        checkpoint.load_weights(self.model, payload["state_dict"])
-        self.optimizer.load_state_dict(ts["optimizer"])
-        _set_rng_state(ts["rng"], self.device)
-        self.step, self.epoch, self.window = ts["step"], ts["epoch"], ts["window"]
-        hidden = ts["hidden"]
-        if hidden is None:
-            self.state = None
-        elif self.model_config.cell == "lstm":
-            self.state = tuple(h.to(self.device) for h in hidden)
-        else:
-            self.state = hidden[0].to(self.device)
-        self.best_val = ts["best_val"]
-        self.evals_since_best = ts["evals_since_best"]
-        self.elapsed = ts["elapsed"]
-        self.tokens_seen = ts["tokens_seen"]
-        self.last_val = payload["meta"].get("val")
+        ckpt.require_vocab(self.vocab, "rebuild that corpus or start afresh")
+        ts = ckpt.train_state
+        try:
+            checkpoint.load_weights(self.model, ckpt.state_dict)
+            self.optimizer.load_state_dict(ts["optimizer"])
+            _set_rng_state(ts["rng"], self.device)
+            self.step, self.epoch, self.window = ts["step"], ts["epoch"], ts["window"]
+            hidden = ts["hidden"]
+            if hidden is None:
+                self.state = None
+            elif self.model_config.cell == "lstm":
+                self.state = tuple(h.to(self.device) for h in hidden)
+            else:
+                self.state = hidden[0].to(self.device)
+            self.best_val = ts["best_val"]
+            self.evals_since_best = ts["evals_since_best"]
+            self.elapsed = ts["elapsed"]
+            self.tokens_seen = ts["tokens_seen"]
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
+            raise PoetgenError(f"{path} has a damaged training state: resume from another copy, or start "
+                               f"a new run with --init-from {path}") from None
+        if "schedule_steps" in ts:  # the schedule the run started with (poetgen 0.1 refitted it)
+            self.schedule_steps = ts["schedule_steps"]
+            self.schedule_minutes = ts["schedule_minutes"]
+        self.last_val = ckpt.meta.val
+
+    def resume_command(self) -> str:
+        """The command that continues this run."""
+        parts = ["poetgen", "train", "--out", str(self.out), "--resume"]
+        if self.data_dir is not None:
+            parts += ["--data-dir", str(self.data_dir)]
+        return " ".join(shlex.quote(p) for p in parts)
 
     # -- loop ----------------------------------------------------------------------------------
-    def _emit(self, event: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(event) + "\n")
+    def _emit(self, event: dict, log: bool = True) -> None:
+        if log:
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(event) + "\n")
         if self.on_event:
             self.on_event(event)
 
     def validate(self) -> dict:
-        total, count = evaluate_stream(self.model, self.val_stream, self.device, self.cfg.eval_batch_size,
-                                       self.cfg.bptt, self.cfg.precision)
-        return metrics_from_loss(total / count)
+        """Record and body figures on the val split (evaluate.py's protocol)."""
+        return evaluate_stream(self.model, self.val_stream, self.vocab, self.device, self.cfg.precision)
 
     def _evaluate_and_save(self, train_loss: float, tokens_per_s: float) -> bool:
-        """Validate, save best.pt/last.pt, log; True when early stopping says stop."""
+        """Validate, save best.pt then last.pt, log; True when early stopping says stop."""
+        self._emit({"event": "evaluating", "step": self.step}, log=False)
+        t0 = time.perf_counter()
         val = self.validate()
+        self.eval_seconds = time.perf_counter() - t0
         self.last_val = val
-        improved = val["nats_per_char"] < self.best_val
+        nats = val["record"]["nats_per_char"]
+        improved = nats < self.best_val
         if improved:
-            self.best_val = val["nats_per_char"]
+            self.best_val = nats
             self.evals_since_best = 0
+            checkpoint.save(self.out / "best.pt", self.model, self.vocab, self.meta(), tones=self.tones)
         else:
             self.evals_since_best += 1
-        if improved:
-            checkpoint.save(self.out / "best.pt", self.model, self.vocab, self.meta())
         self.save_last()
         self._emit({"event": "eval", "step": self.step, "epoch": self.epoch, "train_loss": train_loss,
-                    "val_loss": val["nats_per_char"], "val_bpc": val["bits_per_char"],
-                    "val_ppl": val["perplexity"], "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed,
-                    "best": improved})
+                    "val_loss": nats, "val_bpc": val["record"]["bits_per_char"],
+                    "val_ppl": val["record"]["perplexity"], "val_body_ppl": val["body"]["perplexity"],
+                    "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed, "best": improved,
+                    "cell": self.model_config.cell, "hidden_size": self.model_config.hidden_size,
+                    "num_layers": self.model_config.num_layers})
         return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
 
+    def _out_of_budget(self) -> str | None:
+        c = self.cfg
+        if self.stop_steps is not None and self.step >= self.stop_steps:
+            return "budget"
+        if c.epochs is not None and self.epoch >= c.epochs:
+            return "budget"
+        if c.max_minutes and self.elapsed + self.eval_seconds >= 60 * c.max_minutes:
+            return "time"  # the final evaluation is counted in the budget
+        return None
+
     def run(self, on_step: Callable[[Trainer], None] | None = None) -> dict:
-        """Train until the budget is spent or early stopping; return the summary.
-        Raises TrainingInterrupted after saving last.pt when interrupted (Ctrl-C)."""
+        """Train until the budget is spent or early stopping; return the summary. A stop signal
+        (SIGINT, SIGTERM, SIGHUP) saves last.pt after the current step and raises TrainingInterrupted."""
         self.out.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.out), _StopRequest() as stop:
+            return self._run(on_step, stop)
+
+    def _run(self, on_step, stop: _StopRequest) -> dict:
         c = self.cfg
         self.model.train()
         t_start = time.perf_counter() - self.elapsed
         t_window, tokens_window, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+        last_tick = 0.0
         train_loss = math.nan
         tokens_per_s = 0.0
-        stop_reason = "budget"
+        stop_reason = None
         try:
-            while self.step < self.total_steps:
+            while True:
                 if self.window >= self.windows_per_epoch:
                     self.epoch += 1
                     self.window = 0
                     self.state = None  # reset at the epoch boundary
-                if self.epoch >= c.epochs:
+                stop_reason = self._out_of_budget()
+                if stop_reason:
                     break
-                if c.max_minutes and self.elapsed >= 60 * c.max_minutes:
-                    stop_reason = "time"
-                    break
+                if stop.signal_name:
+                    raise KeyboardInterrupt
                 lr = self.lr_at(self.step, self.elapsed)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 x, y = get_batch(self.train_data, self.window, c.bptt)
                 with autocast(self.device, c.precision):
                     loss, state = self.model.loss(x, y, self.state)
-                self.state = detach_state(state)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"the loss became {loss_value} at step {self.step + 1}: lower --lr (now {c.peak_lr:g}) "
+                        "or --clip; last.pt and best.pt keep the last good state")
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
                 self.optimizer.step()
+                self.state = detach_state(state)
                 self.step += 1
                 self.window += 1
                 self.tokens_seen += x.numel()
                 tokens_window += x.numel()
-                loss_sum += loss.item()
+                loss_sum += loss_value
                 loss_n += 1
-                self.elapsed = time.perf_counter() - t_start
-                if self.step % c.log_every == 0 or self.step % c.eval_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
+                now = time.perf_counter()
+                self.elapsed = now - t_start
+                if self.step % c.log_every == 0 or self.step % c.eval_every == 0:
                     tokens_per_s = tokens_window / max(now - t_window, 1e-9)
                     train_loss = loss_sum / loss_n
                     t_window, tokens_window, loss_sum, loss_n = now, 0, 0.0, 0
                     self._emit({"event": "log", "step": self.step, "epoch": self.epoch, "train_loss": train_loss,
                                 "lr": lr, "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed,
                                 "total_steps": self.total_steps})
+                elif now - last_tick >= 0.5:  # signs of life between log lines
+                    last_tick = now
+                    rate = tokens_window / max(now - t_window, 1e-9)
+                    self._emit({"event": "tick", "step": self.step, "epoch": self.epoch,
+                                "train_loss": loss_sum / loss_n, "tokens_per_s": rate, "elapsed_s": self.elapsed,
+                                "total_steps": self.total_steps}, log=False)
                 if self.step % c.eval_every == 0 and self._evaluate_and_save(train_loss, tokens_per_s):
                     stop_reason = "early_stopping"
                     break
@@ -387,11 +475,12 @@ class Trainer:
                 if loss_n:
                     train_loss = loss_sum / loss_n
                 self._evaluate_and_save(train_loss, tokens_per_s)
+                self.elapsed = time.perf_counter() - t_start
         except KeyboardInterrupt:
             path = self.save_last()
-            raise TrainingInterrupted(
-                f"interrupted at step {self.step}; saved {path}. Resume with: poetgen train --out {self.out} --resume"
-            ) from None
+            why = f"stopped by {stop.signal_name}" if stop.signal_name else "interrupted"
+            raise TrainingInterrupted(f"{why} at step {self.step}; saved {path}. Resume with: "
+                                      f"{self.resume_command()}") from None
         summary = {
             "steps": self.step,
             "epochs": round(self.tokens_seen / max(1, self.train_data.numel()), 3),
@@ -401,9 +490,21 @@ class Trainer:
             "best_val_loss": self.best_val,
             "best_val_ppl": math.exp(self.best_val),
             "last_val": self.last_val,
-            "stop_reason": stop_reason,
+            "stop_reason": stop_reason or "budget",
             "parameters": self.model.num_parameters(),
             "out": str(self.out),
         }
         self._emit({"event": "end", "step": self.step, "train_loss": train_loss, **summary})
         return summary
+
+
+def corpus_tones(data_dir: Path) -> dict | None:
+    """The prepared corpus's tone counts, stored in every checkpoint of a run (None if absent)."""
+    from .prosody import load_tone_counts
+
+    path = data_dir / "tones.json"
+    return load_tone_counts(path) if path.is_file() else None
+
+
+__all__ = ["RunPlan", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "corpus_tones",
+           "plan_run"]

@@ -15,6 +15,7 @@ from .paths import atomic_write_text
 
 UNK, BOS, SEP, EOS = "<unk>", "<bos>", "<sep>", "<eos>"
 SPECIALS = (UNK, BOS, SEP, EOS)
+MAX_TITLE = 30  # characters of a title: longer ones are cut at corpus build, refused from --title
 
 
 class Vocab:

@@ -293,6 +293,7 @@ def test_bad_gzip_member_raises_clean_error(tmp_path):
         corpus.build(tmp_path / "o", path, integrity=corpus.sri_sha512(path))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("npm") is None, reason="needs the npm client")
 def test_real_package_end_to_end(tmp_path):
     """The real chinese-poetry@2.0.1 through `npm pack`, integrity check and the full build."""

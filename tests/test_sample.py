@@ -12,9 +12,10 @@ from synth import ALPHABET
 from typer.testing import CliRunner
 
 from poetgen import checkpoint
+from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
 from poetgen.forms import FORMS, STOPS, detect_form, split_lines
-from poetgen.model import LanguageModel, LSTMConfig
+from poetgen.model import LanguageModel, ModelConfig
 from poetgen.sample import Generator, SampleOptions, Stepper, filter_logits
 from poetgen.vocab import SPECIALS, Vocab
 
@@ -25,13 +26,13 @@ VOCAB = Vocab([*SPECIALS, *CHARS, *"，。？！；：、"])
 
 def tiny_model(seed: int, cell: str = "lstm", layers: int = 2) -> LanguageModel:
     torch.manual_seed(seed)
-    return LanguageModel(LSTMConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=layers, cell=cell)).eval()
+    return LanguageModel(ModelConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=layers, cell=cell)).eval()
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    checkpoint.save(path, tiny_model(0), VOCAB, {"script": "simplified", "step": 0})
+    checkpoint.save(path, tiny_model(0), VOCAB, ModelMeta(script="simplified"))
     return path
 
 
@@ -96,8 +97,18 @@ def test_prompt_and_title_condition_the_poem():
     prompt = CHARS[5] + CHARS[6] + CHARS[7] + CHARS[8] + CHARS[9] + "，" + CHARS[1]
     poem = gen.generate(SampleOptions(prompt=prompt, form=FORMS["wujue"], seed=2))[0]
     assert poem.body.startswith(prompt) and detect_form(poem.body) == "五绝"
-    titled = gen.generate(SampleOptions(title=CHARS[2] * 3, seed=2))[0]
-    assert titled.title == CHARS[2] * 3
+    title = CHARS[2] * 3
+    titled = gen.generate(SampleOptions(title=title, seed=2, form=FORMS["qilv"]))[0]
+    assert titled.title == title
+    # the poem's log-probability is the model's score of the body given this title, computed here directly
+    ids = torch.tensor([VOCAB.encode_record(title, titled.body)])
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_model(3)(ids[:, :-1])[0], -1)[0]
+    start = len(title) + 2  # the first body token's index in the record
+    direct = sum(float(logp[t - 1, ids[0, t]]) for t in range(start, ids.size(1)))
+    assert titled.logprob == pytest.approx(direct, abs=1e-3)
+    other = gen.generate(SampleOptions(title=CHARS[9] * 3, seed=2, form=FORMS["qilv"]))[0]
+    assert other.logprob != titled.logprob  # the title is read by the model, not just echoed
 
 
 def test_fast_lstm_step_matches_the_module():
@@ -128,8 +139,14 @@ def test_cli_text_json_jsonl_and_output(ckpt, tmp_path):
     text = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "七绝", "--num", "3", "--seed", "5"])
     assert text.exit_code == 0, text.stderr
     poems = text.stdout.strip("\n").split("\n\n")
-    assert len(poems) == 3 and all(len(p.split("\n")) == 4 for p in poems)
+    assert len(poems) == 3 and all(len(p.split("\n")) == 5 for p in poems)  # the model's title, then 4 lines
     assert text.stderr == ""
+    same = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "七绝", "--num", "3", "--seed", "5",
+                               "--format", "jsonl"])
+    titles = [json.loads(line)["title"] for line in same.stdout.splitlines()]
+    assert [p.split("\n")[0] for p in poems] == [f"《{t}》" for t in titles]
+    given = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "七绝", "--seed", "5", "--title", "汉"])
+    assert len(given.stdout.strip().split("\n")) == 4  # a title the user gave is not repeated
     js = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "wujue", "--num", "2", "--seed", "5",
                              "--format", "json"])
     records = json.loads(js.stdout)
@@ -151,7 +168,7 @@ def test_cli_same_seed_same_output_and_traditional_input(ckpt):
     a = runner.invoke(app, ["sample", "-c", str(ckpt), "--prompt", "漢", "--seed", "9"])
     b = runner.invoke(app, ["sample", "-c", str(ckpt), "--prompt", "汉", "--seed", "9"])
     assert a.exit_code == 0, a.stderr
-    assert a.stdout == b.stdout and a.stdout.startswith("汉")
+    assert a.stdout == b.stdout and a.stdout.split("\n")[1].startswith("汉")
 
 
 @pytest.mark.parametrize("args, needle", [

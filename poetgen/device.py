@@ -1,0 +1,49 @@
+"""Where the model runs and in which precision: device choice, bf16 autocast."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import PRECISIONS
+from .errors import UsageError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda > mps > cpu unless `name` forces one."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA GPU is available: use --device cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps but MPS is not available: use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+    return device
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether to run matrix work in bf16 (weights and optimizer stay fp32). `auto` means CUDA only;
+    `bf16` on a CPU pays off where it has bf16 instructions (AVX512-BF16, AMX)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return False
+    if precision == "bf16":
+        if device.type not in ("cuda", "cpu"):
+            raise UsageError(f"--precision bf16 is not supported on {device.type}: use --precision fp32")
+        return True
+    return device.type == "cuda"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast when use_bf16 says so, a no-op otherwise."""
+    return torch.autocast(device.type if device.type in ("cuda", "cpu") else "cpu", dtype=torch.bfloat16,
+                          enabled=use_bf16(device, precision))

@@ -1,0 +1,78 @@
+"""Text shared by every stage: the Han test, punctuation, script conversion, and reading text files.
+
+No torch, no numpy: `poetgen check` and argument validation import only this."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import CorpusError, UsageError
+
+SCRIPTS = ("simplified", "traditional")
+
+# Punctuation of a cleaned poem body. A verse line ends in one of LINE_END; in the regulated forms
+# odd lines end in COMMA and even lines in one of STOPS.
+COMMA = "，"
+STOPS = "。？！"
+LINE_END = COMMA + STOPS + "；：、"
+ASCII_MARKS = {",": "，", ".": "。", "?": "？", "!": "！", ";": "；", ":": "："}  # what users type for them
+PLACEHOLDERS = set("□■○●〇囗") | {chr(c) for c in range(0x2FF0, 0x2FFC)}  # lost characters in the source
+
+
+def is_han(ch: str) -> bool:
+    """True for a CJK unified or compatibility ideograph (all extensions), placeholders excluded."""
+    c = ord(ch)
+    return (
+        0x4E00 <= c <= 0x9FFF
+        or 0x3400 <= c <= 0x4DBF
+        or 0x20000 <= c <= 0x3134F
+        or 0xF900 <= c <= 0xFAFF
+        or 0x2F800 <= c <= 0x2FA1F
+    ) and ch not in PLACEHOLDERS
+
+
+def full_width_marks(text: str) -> str:
+    """ASCII , . ? ! ; : replaced by the full-width marks of a poem body."""
+    return text.translate(str.maketrans(ASCII_MARKS))
+
+
+@functools.cache
+def converter(script: str) -> Callable[[str], str]:
+    """A converter of text to `script` ('simplified' via OpenCC t2s, or 'traditional' unchanged),
+    built once per process."""
+    if script == "traditional":
+        return lambda s: s
+    if script != "simplified":
+        raise CorpusError(f"unknown script {script!r}: use simplified or traditional")
+    try:
+        import opencc
+    except ImportError:
+        raise CorpusError("OpenCC is not installed: pip install opencc, or use --script traditional") from None
+    return opencc.OpenCC("t2s").convert
+
+
+def to_script(text: str, script: str | None) -> str:
+    """`text` in `script` (text a user gives is converted to the model's script; None leaves it)."""
+    if not text or script is None:
+        return text
+    return converter(script)(text)
+
+
+def read_text_file(path: str | os.PathLike, option: str = "--file") -> str:
+    """A UTF-8 text file's contents; UsageError naming `option` when it is missing, a folder, or not UTF-8."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{option} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{option} {path} is a folder: give a text file") from None
+    except PermissionError:
+        raise UsageError(f"{option} {path}: permission denied") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{option} {path} is not UTF-8 text: convert it to UTF-8") from None
+    except OSError as e:
+        raise UsageError(f"{option} {path} cannot be read ({e.strerror})") from None
