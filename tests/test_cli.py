@@ -36,3 +36,35 @@ def test_every_command_has_short_help():
 def test_unknown_option_is_a_usage_error_without_traceback():
     result = runner.invoke(app, ["sample", "--no-such-option"])
     assert result.exit_code == 2 and "Traceback" not in result.stderr + result.stdout
+
+
+COMMANDS = [["train"], ["eval"], ["sample"], ["check"], ["info"], ["export"], ["corpus", "fetch"],
+            ["corpus", "build"], ["corpus", "prepare"], ["corpus", "stats"]]
+
+
+def test_every_command_help_teaches():
+    """Each command's help ends with real examples, shows every option's default, and shows flags as flags."""
+    for args in COMMANDS:
+        result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, args
+        text = result.stdout
+        assert "Examples:" in text and f"poetgen {' '.join(args)}" in text.split("Examples:")[1], args
+        assert "<bool>" not in text, args
+        options: list[str] = []  # one entry per option, its wrapped help lines joined
+        for line in text.split("Options:")[1].split("Examples:")[0].splitlines():
+            if line.startswith("  -"):
+                options.append(line)
+            elif options and line.strip():
+                options[-1] += " " + line.strip()
+        options = [o for o in options if "--help" not in o]
+        assert options, args
+        for option in options:
+            assert "[default:" in option or "[required]" in option, (args, option)
+
+
+def test_top_level_help_says_what_each_command_is_for():
+    text = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
+    assert "poetgen sample" in text and "corpus prepare" in text
+    for name in ("train", "eval", "sample", "info", "export", "check", "corpus"):
+        line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
+        assert not line.rstrip().endswith("..."), line  # a whole sentence, not a cut one
