@@ -434,7 +434,7 @@ def train_cmd(
                                 data_dir=data_dir.resolve() if data_dir else None)
         if plan.resume_from is not None:
             trainer.resume(plan.resume_from)
-        progress.start(trainer)
+        progress.trainer = trainer
         summary = trainer.run()
     if not quiet:
         print_train_summary(summary)
@@ -460,6 +460,7 @@ class TrainProgress:
         self.task = None
         self.val_ppl = None
         self.plain = False
+        self.trainer = None
 
     def __enter__(self):
         self.plain = not self.quiet and plain_output()
@@ -492,6 +493,9 @@ class TrainProgress:
                                                epoch=trainer.epoch, loss="-", ppl=_fmt(ppl), tps="-", note="")
 
     def event(self, e: dict) -> None:
+        if e["event"] == "start":
+            self.start(self.trainer)
+            return
         if self.plain and e["event"] == "eval":
             typer.echo(f"step {e['step']} epoch {e['epoch']}: train loss {e['train_loss']:.3f}, val loss "
                        f"{e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f} (body {e['val_body_ppl']:.2f}), "
@@ -635,7 +639,7 @@ def sample_cmd(
         raise fail(f"unknown format {fmt!r}: choose text, json or jsonl", 2)
     opts = SampleOptions(form=get_form(form), num=num, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars)
-    from .sample import Request
+    from .config import Request
 
     request = Request(prompt=prompt, title=title, acrostic=acrostic, strict=strict, template=template, rhyme=rhyme)
     _precheck(opts, request)
@@ -863,8 +867,27 @@ def _render_check(r) -> str:
     return "\n".join(lines)
 
 
+class _ClosedStream:
+    """Stands in for a standard stream the shell closed (`>&-`): any write is an error we report."""
+
+    closed = True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        raise ValueError("I/O operation on closed file")
+
+    def flush(self) -> None:
+        pass
+
+
 def main() -> None:
     """Entry point of the `poetgen` console script."""
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream()
+    if sys.stderr is None:
+        sys.stderr = _ClosedStream()
     app(prog_name="poetgen")
 
 

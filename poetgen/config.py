@@ -194,3 +194,15 @@ class SampleOptions:
     def body_constraint(self) -> BodyConstraint:
         """The grammar of one body under these options (the budget never cuts the prompt short)."""
         return BodyConstraint(self.form, self.acrostic, max(self.max_chars, len(self.prompt) + 1))
+
+
+@dataclass
+class Request:
+    """What `poetgen sample` asks for, in the user's words (any script, ASCII marks allowed)."""
+
+    prompt: str = ""
+    title: str | None = None
+    acrostic: str = ""
+    strict: bool = False
+    template: str | None = None
+    rhyme: str | None = None

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import SampleOptions
+from .config import Request, SampleOptions
 from .forms import RULES, BodyConstraint, Rule, split_lines
 from .masks import rule_masks
 from .model import LanguageModel, Stepper
 from .text import to_script
 from .vocab import MAX_TITLE, Vocab
 
-__all__ = ["GeneratedPoem", "Generator", "SampleOptions", "draw", "filter_logits", "poem_record", "prepare"]
+__all__ = ["GeneratedPoem", "Generator", "Request", "SampleOptions", "draw", "filter_logits", "poem_record", "prepare"]
 
 
 @dataclass
@@ -40,6 +40,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop[:, 0] = False  # and always the likeliest (a tiny top_p rounds to 0 in float32)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
@@ -162,18 +163,6 @@ class Generator:
 
 # ---------------------------------------------------------------------------------------------
 # A request from the user's words to a generator
-
-
-@dataclass
-class Request:
-    """What `poetgen sample` asks for, in the user's words (any script, ASCII marks allowed)."""
-
-    prompt: str = ""
-    title: str | None = None
-    acrostic: str = ""
-    strict: bool = False
-    template: str | None = None
-    rhyme: str | None = None
 
 
 def prepare(ckpt, opts: SampleOptions, request: Request) -> tuple[Generator, SampleOptions, Callable | None]:

@@ -407,6 +407,7 @@ class Trainer:
         (SIGINT, SIGTERM, SIGHUP) saves last.pt after the current step and raises TrainingInterrupted."""
         self.out.mkdir(parents=True, exist_ok=True)
         with run_lock(self.out), _StopRequest() as stop:
+            self._emit({"event": "start", "step": self.step}, log=False)
             return self._run(on_step, stop)
 
     def _run(self, on_step, stop: _StopRequest) -> dict:
@@ -441,7 +442,7 @@ class Trainer:
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
                         f"the loss became {loss_value} at step {self.step + 1}: lower --lr (now {c.peak_lr:g}) "
-                        "or --clip; last.pt and best.pt keep the last good state")
+                        "or --clip; the run's checkpoints keep their last good state")
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
                 self.optimizer.step()
                 self.state = detach_state(state)

@@ -15,6 +15,8 @@ def test_help_does_not_import_torch():
     code = ("import sys; from typer.testing import CliRunner; from poetgen.cli import app; "
             "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
             "r = CliRunner().invoke(app, ['sample', '--help']); assert r.exit_code == 0; "
+            "r = CliRunner().invoke(app, ['sample', '--top-p', '7']); assert r.exit_code == 2, r.stderr; "
+            "r = CliRunner().invoke(app, ['sample', '--form', 'x']); assert r.exit_code == 2, r.stderr; "
             "print('torch' in sys.modules, 'numpy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
