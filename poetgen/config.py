@@ -153,6 +153,7 @@ class TrainConfig:
 
 
 MAX_NUM = 10_000  # poems per sample command; larger requests are refused
+MAX_TEMPERATURE = 100.0  # beyond this every allowed character is equally likely anyway
 
 
 @dataclass
@@ -173,8 +174,8 @@ class SampleOptions:
     def validate(self) -> SampleOptions:
         """Raise UsageError for values no sampler can use, or a prompt the form cannot hold."""
         t = self.temperature
-        if not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
-            raise UsageError(f"--temperature must be 0 (greedy) or a positive number, got {t}")
+        if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t <= MAX_TEMPERATURE):
+            raise UsageError(f"--temperature must be between 0 (greedy) and {MAX_TEMPERATURE:g}, got {t}")
         if self.top_p is not None and not (0 < self.top_p <= 1):
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:

@@ -39,7 +39,7 @@ TARBALL = f"{PACKAGE}-{VERSION}.tgz"
 POEMS_GLOB = "dist/quantangshi/poet.tang.*.json"
 STRAINS_DIR = "dist/strains/json"
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1  # of the prepared corpus (meta.json), not of checkpoints
+CORPUS_FORMAT = 1  # of the prepared corpus (meta.json); checkpoints have their own
 MIN_HAN = 10
 
 Progress = Callable[[str, int, int], None]
@@ -444,7 +444,7 @@ def build(
     forms = {s: dict(sorted(Counter(detect_form(p.body) for p in splits[s]).items())) for s in SPLITS}
     file_hashes = {name: _sha256(data) for name, data in sorted(outputs.items())}
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": CORPUS_FORMAT,
         "source": {"package": PACKAGE, "version": VERSION, "integrity": verified},
         "script": script,
         "min_count": min_count,
@@ -515,7 +515,7 @@ def load_meta(data_dir: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CorpusError(f"{path} is damaged: run `poetgen corpus build`") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format_version") != CORPUS_FORMAT:
         raise CorpusError(f"{path} is from another poetgen version: run `poetgen corpus build`")
     for name, size in (meta.get("sizes") or {}).items():
         try:

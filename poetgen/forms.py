@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .text import COMMA, LINE_END, STOPS
+from .text import COMMA, LINE_END, STOPS, plural
 
 _LINE_RE = re.compile(f"[^{LINE_END}]+[{LINE_END}]?")
 
@@ -170,7 +170,7 @@ def check_heads(heads: str, form: Form | None) -> None:
     if bad:
         raise UsageError(f"--acrostic takes characters only, not {''.join(dict.fromkeys(bad))!r}")
     if form is not None and len(heads) != form.lines:
-        raise UsageError(f"--acrostic has {len(heads)} heads but a {form.name} has {form.lines} lines: "
+        raise UsageError(f"--acrostic has {plural(len(heads), 'head')} but a {form.name} has {form.lines} lines: "
                          f"give {form.lines} characters")
 
 
@@ -180,7 +180,7 @@ def check_prompt(prompt: str, constraint_factory) -> None:
     for i, ch in enumerate(prompt):
         rule, forced = c.rule()
         if rule == Rule.EOS:
-            raise UsageError(f"--prompt is longer than the poem ({i} characters fit): shorten it")
+            raise UsageError(f"--prompt is longer than the poem ({plural(i, 'character')} fit): shorten it")
         if not c.allows(ch):
             want = f"the acrostic head {forced!r}" if forced else {
                 Rule.HAN: "a character", Rule.COMMA: "'，'", Rule.STOP: "'。', '？' or '！'",

@@ -128,6 +128,9 @@ class Generator:
                 scaled = (masked - masked.max(-1, keepdim=True).values) / opts.temperature
                 scaled = filter_logits(scaled, opts.top_k, opts.top_p)
                 choice = draw(scaled.softmax(-1), gen)
+            outside = ~allowed.gather(1, choice[:, None]).squeeze(1)  # only if the arithmetic failed
+            if bool(outside.any()):
+                choice[outside] = masked[outside].argmax(-1)
             choice = torch.where(forced >= 0, forced, choice)
             logprob += torch.where(in_body, model_logp.gather(1, choice[:, None]).squeeze(1).double(), 0.0)
             for r in range(B):

@@ -5,8 +5,10 @@ No torch, no numpy: `poetgen check` and argument validation import only this."""
 from __future__ import annotations
 
 import functools
+import io
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import CorpusError, UsageError
@@ -76,3 +78,33 @@ def read_text_file(path: str | os.PathLike, option: str = "--file") -> str:
         raise UsageError(f"{option} {path} is not UTF-8 text: convert it to UTF-8") from None
     except OSError as e:
         raise UsageError(f"{option} {path} cannot be read ({e.strerror})") from None
+
+
+def iter_lines(path: str | os.PathLike | None = None, option: str = "--file") -> Iterator[str]:
+    """The lines of a UTF-8 file, or of stdin when `path` is None, read lazily (bounded memory);
+    UsageError for a missing file, a folder, bytes that are not UTF-8, or a closed or interactive stdin."""
+    if path is not None:
+        if not Path(path).is_file():
+            read_text_file(path, option)  # raises the message for what it is instead
+        source = f"{option} {path}"
+        opener = lambda: open(path, encoding="utf-8")  # noqa: E731, SIM115
+    else:
+        stdin = sys.stdin
+        if stdin is None or getattr(stdin, "closed", False):
+            raise UsageError("no input and stdin is closed: give the text as an argument or with --file")
+        if stdin.isatty():
+            raise UsageError("no input given: pass it as an argument, with --file, or on stdin")
+        source = "stdin"
+        opener = lambda: io.TextIOWrapper(getattr(stdin, "buffer", stdin), encoding="utf-8")  # noqa: E731
+    try:
+        with opener() as f:
+            yield from f
+    except UnicodeDecodeError:
+        raise UsageError(f"{source} is not UTF-8 text: convert it to UTF-8") from None
+    except OSError as e:
+        raise UsageError(f"{source} cannot be read ({e.strerror})") from None
+
+
+def plural(n: int, word: str) -> str:
+    """'1 line', '2 lines', '1,000 lines'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -173,6 +173,8 @@ def test_cli_same_seed_same_output_and_traditional_input(ckpt):
 
 @pytest.mark.parametrize("args, needle", [
     (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "3.4028235677973366e+38"], "--temperature"),  # overflows float32 to inf
+    (["--seed", str(2**64)], "--seed"),
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.5"], "--top-p"),
     (["--top-k", "0"], "--top-k"),
