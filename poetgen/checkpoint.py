@@ -131,8 +131,13 @@ def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: Mode
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (RuntimeError, OSError) as e:  # torch reports a full disk as a RuntimeError from its zip writer
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the disk is full or not writable"
+        raise CheckpointError(f"cannot write {path} ({reason}; the previous file, if any, is intact): free some "
+                              "space or choose another --out") from None
 
 
 # ---------------------------------------------------------------------------------------------

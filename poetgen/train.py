@@ -77,7 +77,7 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
                              "or drop --resume")
         ckpt = checkpoint.read(last)
         train_config = checkpoint.train_config_of(ckpt)
-        stored = {**asdict(train_config), **ckpt.config.to_dict()}
+        stored = {**asdict(train_config), **ckpt.config.to_dict(), "lr": train_config.peak_lr}
         if preset is not None:
             raise UsageError("--preset cannot change on --resume (the run keeps its shape): drop it")
         for name, value in given.items():
