@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -73,6 +74,8 @@ def atomic_path(target: str | os.PathLike):
     error remove it. Readers never see a half-written file; a crash leaves the previous file intact.
     A symlink is followed: its target is replaced and the link stays."""
     target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_file():  # never replace a device, FIFO or folder with a file
+        raise OSError(errno.EINVAL, "not a regular file", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

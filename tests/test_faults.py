@@ -76,6 +76,12 @@ def test_an_output_that_is_an_input_is_refused(model_file, tmp_path):
     assert copy.read_bytes() == model_file.read_bytes()
 
 
+def test_a_checkpoint_never_replaces_a_device(model_file):
+    proc = poetgen("export", "-c", str(model_file), "-o", os.devnull, "--no-test")
+    assert proc.returncode == 1 and one_line_error(proc) and b"not a regular file" in proc.stderr
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
 def test_full_disk_on_output_is_one_line(model_file):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
