@@ -21,7 +21,7 @@ from independent_checker import independent_check  # noqa: E402
 
 from poetgen import checkpoint, prosody  # noqa: E402
 from poetgen.forms import FORMS  # noqa: E402
-from poetgen.masks import ProsodyMasks, strict_factory  # noqa: E402
+from poetgen.masks import ProsodyMasks, verse_rules  # noqa: E402
 from poetgen.sample import Generator, SampleOptions  # noqa: E402
 
 
@@ -42,10 +42,11 @@ def main() -> None:
     gen = Generator(model, vocab)
     for key, form in FORMS.items():
         for strict in (False, True):
-            opts = SampleOptions(form=form, num=args.poems, seed=args.seed, temperature=args.temperature)
-            factory = strict_factory(opts, masks, None, None, args.seed) if strict else None
+            opts = SampleOptions(form=form, num=args.poems, seed=args.seed, temperature=args.temperature,
+                                 best_of=1)
+            rules = verse_rules(opts, masks, strict=True) if strict else None
             t = time.perf_counter()
-            poems = gen.generate(opts, constraint_for_row=factory)
+            poems = gen.generate(opts, verse=rules)
             seconds = time.perf_counter() - t
             passed = sum(prosody.check_poem(p.body, tones, rhymes).ok for p in poems)
             independent = sum(independent_check(p.body, tones, rhymes) for p in poems)

@@ -63,13 +63,13 @@ def main() -> None:
     best_cps = 0.0
     for r in range(args.repeats):
         t = time.perf_counter()
-        poem = gen.generate(SampleOptions(seed=r, max_chars=400, title=""))[0]
+        poem = gen.generate(SampleOptions(seed=r, max_chars=400, title="", best_of=1))[0]
         best_cps = max(best_cps, (len(poem.body) + 1) / (time.perf_counter() - t))  # +1: the end token
 
     best_batch = float("inf")
     for r in range(args.repeats):
         t = time.perf_counter()
-        poems = gen.generate(SampleOptions(seed=r, num=100, form=FORMS["qilv"]))
+        poems = gen.generate(SampleOptions(seed=r, num=100, form=FORMS["qilv"], best_of=1))
         best_batch = min(best_batch, time.perf_counter() - t)
     assert len(poems) == 100
 

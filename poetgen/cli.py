@@ -621,8 +621,13 @@ def sample_cmd(
     template: Annotated[Optional[str], typer.Option("--template", help="With --strict: ping-plain, ping-rhymed, "
                                                     "ze-plain or ze-rhymed (平起/仄起 × 首句不入韵/入韵).",
                                                     show_default="one that fits, drawn per poem")] = None,
-    rhyme: Annotated[Optional[str], typer.Option("--rhyme", help="With --strict: rhyme in the group of this "
+    rhyme: Annotated[Optional[str], typer.Option("--rhyme", help="Fixed forms: rhyme in the 平水韵 group of this "
                                                  "character (e.g. 东).", show_default="any group")] = None,
+    no_rhyme: Annotated[bool, flag("--no-rhyme", "Fixed forms without rhyme or the 重字 rule (the plain model).")
+                        ] = False,
+    best_of: Annotated[int, typer.Option("--best-of", "-N", help="Draw N candidates per poem in one batch and keep "
+                                         "the likeliest (mean log-probability per character); 1 is plain sampling.")
+                       ] = SampleOptions.best_of,
     checkpoint_path: CheckpointOpt = None,
     fmt: Annotated[str, typer.Option("--format", help="text, json or jsonl.")] = "text",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically) "
@@ -639,10 +644,12 @@ def sample_cmd(
     if fmt not in ("text", "json", "jsonl"):
         raise fail(f"unknown format {fmt!r}: choose text, json or jsonl", 2)
     opts = SampleOptions(form=get_form(form), num=num, temperature=temperature, top_k=top_k, top_p=top_p,
-                         seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars)
+                         seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
+                         best_of=best_of)
     from .config import Request
 
-    request = Request(prompt=prompt, title=title, acrostic=acrostic, strict=strict, template=template, rhyme=rhyme)
+    request = Request(prompt=prompt, title=title, acrostic=acrostic, strict=strict, template=template, rhyme=rhyme,
+                      no_rhyme=no_rhyme)
     _precheck(opts, request)
     from . import checkpoint
     from .sample import poem_record, prepare
@@ -653,9 +660,10 @@ def sample_cmd(
 
         if same_file(output, checkpoint_path):
             raise UsageError(f"--output {output} is the checkpoint: choose another path")
-    generator, opts, constraint_for_row = prepare(checkpoint.load(path), opts, request)
+    generator, opts, rules = prepare(checkpoint.load(path), opts, request)
     show_title = title is None
-    stream = output is None and fmt == "text" and num == 1 and sys.stdout.isatty()
+    candidates = opts.best_of if opts.temperature > 0 else 1
+    stream = output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty()
     if stream:
         def on_title(row: int, text: str) -> None:
             if show_title and text:
@@ -664,28 +672,47 @@ def sample_cmd(
         def on_char(row: int, ch: str) -> None:
             write_stdout(ch + ("\n" if ch in LINE_END else ""))
 
-        poems = generator.generate(opts, on_char=on_char, on_title=on_title, constraint_for_row=constraint_for_row)
+        poems = generator.generate(opts, on_char=on_char, on_title=on_title, verse=rules)
         write_stdout("\n" if poems[0].body and poems[0].body[-1] not in LINE_END else "")
         return
-    poems = generator.generate(opts, constraint_for_row=constraint_for_row)
-    if fmt == "text":
-        text = "\n".join((f"《{p.title}》\n" if show_title and p.title else "") + "\n".join(p.lines) + "\n"
-                         for p in poems)
-    else:
-        records = [poem_record(p, i, opts, strict, path) for i, p in enumerate(poems)]
-        text = ("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records) if fmt == "jsonl"
-                else json.dumps(records, ensure_ascii=False, indent=1) + "\n")
-    emit(text, output, (path,))
+
+    def render(batch, start: int) -> str:
+        if fmt == "text":
+            return "".join(("\n" if start + i else "") + (f"《{p.title}》\n" if show_title and p.title else "")
+                           + "\n".join(p.lines) + "\n" for i, p in enumerate(batch))
+        records = [poem_record(p, start + i, opts, strict, path) for i, p in enumerate(batch)]
+        if fmt == "jsonl":
+            return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return ",\n".join(json.dumps(r, ensure_ascii=False, indent=1) for r in records)
+
+    parts, done = [], 0
+    with StageProgress(quiet=not (sys.stderr.isatty() and candidates * num > 64)) as progress:
+        for batch in generator.iter_generate(opts, verse=rules):
+            text = render(batch, done)
+            done += len(batch)
+            progress(f"drawing {plural(candidates, 'candidate')} per poem", done, num)
+            if output is None and fmt != "json":
+                if not write_stdout(text):
+                    return
+            else:
+                parts.append(text)
+    if fmt == "json":
+        parts = ["[\n" + ",\n".join(p for p in parts if p) + "\n]\n"]
+    if parts:
+        emit("".join(parts), output, (path,))
 
 
 def _precheck(opts: SampleOptions, request) -> None:
     """Option errors that need no model, found before torch loads."""
     check = SampleOptions(**{**opts.__dict__, "prompt": "", "acrostic": "", "title": None})
     check.validate()
-    if opts.form is None and request.strict:
-        raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
-    if (request.template or request.rhyme) and not request.strict:
-        raise UsageError("--template and --rhyme need --strict")
+    if opts.form is None and (request.strict or request.rhyme):
+        flag_name = "--strict" if request.strict else "--rhyme"
+        raise UsageError(f"{flag_name} needs a regulated form: --form wujue, qijue, wulv or qilv")
+    if request.template and not request.strict:
+        raise UsageError("--template needs --strict")
+    if request.rhyme and request.no_rhyme:
+        raise UsageError("--rhyme and --no-rhyme contradict each other: drop one")
 
 
 @app.command("info", short_help="A model's card: shape, corpus, val and test figures.",

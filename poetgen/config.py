@@ -170,6 +170,7 @@ class SampleOptions:
     top_p: float | None = None
     seed: int = 0
     max_chars: int = 120
+    best_of: int = 8  # candidates per poem, the best kept by sample.score; 1 is plain sampling
 
     def validate(self) -> SampleOptions:
         """Raise UsageError for values no sampler can use, or a prompt the form cannot hold."""
@@ -183,6 +184,11 @@ class SampleOptions:
         if not 1 <= self.num <= MAX_NUM:
             raise UsageError(f"--num must be between 1 and {MAX_NUM:,}, got {self.num}: run the command again "
                              "for more")
+        if not 1 <= self.best_of <= 64:
+            raise UsageError(f"--best-of must be between 1 and 64, got {self.best_of}")
+        if self.num * self.best_of > MAX_NUM * 8:
+            raise UsageError(f"--num × --best-of is {self.num * self.best_of:,}; at most {MAX_NUM * 8:,} rows are "
+                             "drawn at once: lower one of them")
         if not 2 <= self.max_chars <= 1000:
             raise UsageError(f"--max-chars must be between 2 and 1000, got {self.max_chars}")
         if not 0 <= self.seed < 2**63:
@@ -207,3 +213,4 @@ class Request:
     strict: bool = False
     template: str | None = None
     rhyme: str | None = None
+    no_rhyme: bool = False

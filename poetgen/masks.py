@@ -1,17 +1,23 @@
-"""Vocabulary masks for constrained decoding: the rules of forms and acrostics, and 格律 under --strict
-(tones at the strict positions, one 平水韵 rhyme group, no repeated rhyme character)."""
+"""Vocabulary masks for constrained decoding: the rules of forms and acrostics, and the rules of
+verse in the fixed forms: one 平水韵 rhyme group at the rhyme positions with no rhyme character twice,
+no character a third time (not twice under --strict) save 叠字, and under --strict the tonal
+template with every strict position filled by a character whose usual reading is the tone required.
+
+The verse rules are vectorized over the rows of a batch: in a fixed form every row stands at the
+same line and column, so one step's masks are a few (rows, vocabulary) tensor operations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from dataclasses import dataclass
 
 import torch
 
 from .config import SampleOptions
 from .errors import UsageError
-from .forms import RULES, BodyConstraint, Form, Rule
-from .prosody import BOTH, PING, ZE, find_group, get_template, templates
-from .text import COMMA, LINE_END, STOPS
+from .forms import RULES, Form, Rule
+from .prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
+from .text import LINE_END, STOPS
 from .vocab import SPECIALS, Vocab
 
 
@@ -49,128 +55,197 @@ def rule_masks(vocab: Vocab) -> tuple[torch.Tensor, dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# --strict
+# The rules of verse
 
 
 class ProsodyMasks:
-    """Vocabulary masks for tones and rhyme groups (known tones only, so every pick is certain)."""
+    """Vocabulary masks from a tone table and 平水韵: characters whose usual reading is 平 or 仄, and
+    a (groups, V) matrix of the 平声 groups' members that usually read 平."""
 
-    def __init__(self, vocab: Vocab, tones, rhymes):
+    def __init__(self, vocab: Vocab, tones: ToneTable, rhymes: RhymeTable):
         V = len(vocab)
         self.vocab = vocab
         self.rhymes = rhymes
         self.ping = torch.zeros(V, dtype=torch.bool)
         self.ze = torch.zeros(V, dtype=torch.bool)
-        self.ze_only = torch.zeros(V, dtype=torch.bool)  # line ends that must not read as a rhyme
         for i, t in enumerate(vocab.tokens):
-            tone = tones.tone(t) if t not in SPECIALS and t not in LINE_END else None
-            self.ping[i] = tone in (PING, BOTH)
-            self.ze[i] = tone in (ZE, BOTH)
-            self.ze_only[i] = tone == ZE
-        self.group_masks: dict[str, torch.Tensor] = {}
-        for group, members in rhymes.groups.items():
-            m = torch.zeros(V, dtype=torch.bool)
-            ids = [vocab.stoi[c] for c in members if c in vocab.stoi]
+            if t in SPECIALS or t in LINE_END:
+                continue
+            usual = tones.usual(t)
+            self.ping[i] = usual == PING
+            self.ze[i] = usual == ZE
+        self.group_names = sorted(rhymes.groups)
+        self.groups = torch.zeros(len(self.group_names), V, dtype=torch.bool)
+        for g, name in enumerate(self.group_names):
+            ids = [vocab.stoi[c] for c in rhymes.groups[name] if c in vocab.stoi]
             if ids:
-                m[ids] = True
-            self.group_masks[group] = m & self.ping
+                self.groups[g, ids] = True
+        if tones.usual_tones:  # rhyme with the characters whose usual reading is 平 (with no table: any member)
+            self.groups &= self.ping
 
-    def tone(self, want: str) -> torch.Tensor:
-        return self.ping if want == "平" else self.ze
-
-
-class StrictConstraint(BodyConstraint):
-    """A fixed form under one template: tones at the strict positions (2nd, 4th, 6th, line end, and
-    the positions that would make 孤平 or 三平尾), one 平声 rhyme group, no repeated rhyme character."""
-
-    def __init__(self, form: Form, template, masks: ProsodyMasks, heads: str = "", groups: set[str] | None = None):
-        super().__init__(form, heads)
-        self.template = template
-        self.masks = masks
-        self.patterns = template.patterns()
-        self.rhyme_lines = set(template.rhyme_lines())
-        self.groups = set(groups) if groups else set(masks.group_masks)
-        self.used: list[str] = []
-        self.kinds = template.kinds
-
-    def strict_positions(self, line: int) -> set[int]:
-        chars = self.form.chars
-        positions = set(self.template.strict_positions())
-        kind = self.kinds[line]
-        if kind == "B":  # 平平仄仄平: a 仄 first syllable leaves its 平 alone (孤平)
-            positions.add(chars - 5)
-        if kind == "D":  # 仄仄仄平平: a 平 third syllable ends in three 平 (三平尾)
-            positions.add(chars - 3)
-        return positions
-
-    def extra_mask(self) -> torch.Tensor | None:
-        """The tokens the template allows at the next position, or None when it is free."""
-        if self.done or self.line >= self.form.lines or self.col >= self.form.chars:
-            return None
-        if self.col == self.form.chars - 1 and self.line in self.rhyme_lines:
-            mask = torch.zeros_like(self.masks.ping)
-            for g in self.groups:
-                mask |= self.masks.group_masks[g]
-            for ch in self.used:
-                mask[self.masks.vocab.stoi[ch]] = False
-            return mask
-        if self.col == self.form.chars - 1:  # an unrhymed line end: plainly 仄, never a possible rhyme
-            return self.masks.ze_only
-        if self.col in self.strict_positions(self.line):
-            return self.masks.tone(self.patterns[self.line][self.col])
-        return None
-
-    def skip(self) -> None:
-        """Move past the next position without choosing its character (a dry run of the template)."""
-        rule, _ = self.rule()
-        super().advance(COMMA if rule == Rule.COMMA else STOPS[0] if rule == Rule.STOP else "?")
-
-    def advance(self, ch: str) -> None:
-        if (ch and self.line < self.form.lines and self.col == self.form.chars - 1
-                and self.line in self.rhyme_lines):
-            self.groups &= self.masks.rhymes.of_char.get(ch, set())
-            self.used.append(ch)
-        super().advance(ch)
+    def group_index(self, name: str) -> int:
+        return self.group_names.index(name)
 
 
-def strict_factory(opts: SampleOptions, masks: ProsodyMasks, template_key: str | None, rhyme: str | None,
-                   seed: int) -> Callable[[int], StrictConstraint]:
-    """A maker of per-row strict constraints: the template given, or one drawn per row among those
-    the prompt and heads allow. Raises UsageError when the given characters fit no template."""
-    import random
+@dataclass
+class VerseRules:
+    """The rules a fixed-form poem is decoded under (see the module docstring)."""
 
+    masks: ProsodyMasks
+    rhyme: bool = True  # rhyme positions take one 平声 group, no rhyme character twice
+    group: str | None = None  # the 平声 group to rhyme in (--rhyme CHAR), or any
+    max_uses: int | None = 2  # a character at most this often (叠字 pairs count once); None: no limit
+    strict_templates: list[Template] | None = None  # --strict: one of these per row, drawn by the seed
+
+    def rows(self, form: Form, rows: int, seed: int) -> Verse:
+        """The per-row state of these rules for `rows` rows."""
+        picks = None
+        if self.strict_templates:
+            rng = random.Random(seed)
+            picks = [rng.choice(self.strict_templates) for _ in range(rows)]
+        return Verse(self, form, rows, picks)
+
+
+def strict_kinds_positions(template: Template, line: int) -> set[int]:
+    """The strict positions of one line: 2nd, 4th, 6th, the end, and those that would make 孤平
+    (平平仄仄平 must keep its first 平) or 三平尾 (仄仄仄平平 must keep its third 仄)."""
+    chars = template.form.chars
+    positions = set(template.strict_positions())
+    kind = template.kinds[line]
+    if kind == "B":
+        positions.add(chars - 5)
+    if kind == "D":
+        positions.add(chars - 3)
+    return positions
+
+
+class Verse:
+    """The verse rules' state over a batch of rows that stand at the same position."""
+
+    FREE, WANT_PING, WANT_ZE = 0, 1, 2
+
+    def __init__(self, rules: VerseRules, form: Form, rows: int, templates_per_row: list[Template] | None):
+        m = rules.masks
+        V = len(m.vocab)
+        self.rules, self.form, self.m = rules, form, m
+        self.uses = torch.zeros(rows, V, dtype=torch.int16)
+        self.prev = torch.full((rows,), -1, dtype=torch.long)  # the previous character in the line
+        self.prev_doubled = torch.zeros(rows, dtype=torch.bool)  # it was itself the second of a 叠字 pair
+        self.rhymed = torch.zeros(rows, V, dtype=torch.bool)  # rhyme characters used
+        groups = torch.ones(rows, len(m.group_names), dtype=torch.bool)
+        if rules.group is not None:
+            groups[:] = False
+            groups[:, m.group_index(rules.group)] = True
+        self.groups_open = groups
+        L, C = form.lines, form.chars
+        self.rhyme_line = torch.zeros(rows, L, dtype=torch.bool)
+        self.want = torch.zeros(rows, L, C, dtype=torch.uint8)
+        if templates_per_row is None:
+            if rules.rhyme:
+                self.rhyme_line[:, 1::2] = True  # even lines; the first line's end is free
+        else:
+            for r, t in enumerate(templates_per_row):
+                patterns = t.patterns()
+                for line in range(L):
+                    self.rhyme_line[r, line] = line in t.rhyme_lines()
+                    for p in strict_kinds_positions(t, line):
+                        self.want[r, line, p] = self.WANT_PING if patterns[line][p] == PING else self.WANT_ZE
+        self.strict = templates_per_row is not None
+        self.tone_masks = torch.stack([torch.ones(V, dtype=torch.bool), m.ping, m.ze])
+
+    def masks(self, line: int, col: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(hard, soft) masks (rows, V) for the character at (line, col): hard for rhyme and tones,
+        soft for repetition (dropped for a row only if nothing else is left)."""
+        if line >= self.form.lines or col >= self.form.chars:
+            return None, None
+        hard = None
+        if col == self.form.chars - 1:
+            rhyming = self.rhyme_line[:, line]
+            if bool(rhyming.any()):
+                in_group = (self.groups_open.float() @ self.m.groups.float()) > 0  # (rows, V)
+                hard = torch.where(rhyming[:, None], in_group & ~self.rhymed, True)
+            if self.strict:  # an unrhymed line end is plainly 仄, so no reader takes it for a rhyme
+                plain = torch.where(rhyming[:, None], True, self.m.ze)
+                hard = plain if hard is None else hard & plain
+        elif self.strict:
+            hard = self.tone_masks[self.want[:, line, col].long()]
+        soft = None
+        if self.rules.max_uses is not None:
+            soft = self.uses < self.rules.max_uses
+            if col > 0:  # 叠字: the previous character may come again, once
+                rows = torch.nonzero((self.prev >= 0) & ~self.prev_doubled).squeeze(1)
+                soft[rows, self.prev[rows]] = True
+        return hard, soft
+
+    def advance(self, line: int, col: int, tokens: torch.Tensor) -> None:
+        """Record the characters (rows,) just placed at (line, col)."""
+        if line >= self.form.lines or col >= self.form.chars:
+            self.prev[:] = -1
+            self.prev_doubled[:] = False
+            return
+        rows = torch.arange(tokens.size(0))
+        doubled = (tokens == self.prev) & ~self.prev_doubled & (col > 0)
+        self.uses[rows[~doubled], tokens[~doubled]] += 1
+        self.prev_doubled = doubled
+        self.prev = tokens.clone()
+        if col == self.form.chars - 1:
+            rhyming = self.rhyme_line[:, line]
+            r = rows[rhyming]
+            self.rhymed[r, tokens[r]] = True
+            self.groups_open[r] &= self.m.groups[:, tokens[r]].T
+
+
+def strict_templates(opts: SampleOptions, masks: ProsodyMasks, template_key: str | None,
+                     group: str | None) -> list[Template]:
+    """The templates the given characters (prompt, acrostic heads) allow under --strict; UsageError
+    naming the first character that breaks them when none does."""
     if opts.form is None:
         raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
-    groups = {find_group(masks.rhymes, rhyme)} if rhyme else None
     choices = [get_template(opts.form, template_key)] if template_key else templates(opts.form)
-
-    def fits(template) -> str | None:
-        c = StrictConstraint(opts.form, template, masks, opts.acrostic, groups)
-        forced = list(opts.prompt)
-        while not c.done and c.line < opts.form.lines:
-            rule, head = c.rule()
-            ch = forced.pop(0) if forced else head
-            if ch is None:  # a free position: move on without choosing a rhyme
-                c.skip()
-                continue
-            extra = c.extra_mask()
-            if ch in masks.vocab.stoi and extra is not None and not bool(extra[masks.vocab.stoi[ch]]):
-                return f"{ch!r} at line {c.line + 1}, character {c.col + 1}"
-            c.advance(ch)
-        return None
-
-    problems = {t.key: fits(t) for t in choices}
+    problems = {t.key: _first_conflict(t, opts, masks, group) for t in choices}
     usable = [t for t in choices if problems[t.key] is None]
     if not usable:
         which = choices[0].name if template_key else "any template"
         raise UsageError(f"the given characters make {which} impossible ({problems[choices[0].key]} breaks the "
                          "平仄 or rhyme): change --prompt/--acrostic or the template")
-    rng = random.Random(seed)
-    picks: dict[int, object] = {}
+    return usable
 
-    def make(row: int) -> StrictConstraint:
-        if row not in picks:
-            picks[row] = rng.choice(usable)
-        return StrictConstraint(opts.form, picks[row], masks, opts.acrostic, groups)
 
-    return make
+def _first_conflict(template: Template, opts: SampleOptions, masks: ProsodyMasks, group: str | None) -> str | None:
+    """Where the prompt or heads break `template`, or None: a dry run of one row with the given characters."""
+    verse = VerseRules(masks, group=group, max_uses=None, strict_templates=[template]).rows(opts.form, 1, 0)
+    c = opts.body_constraint()
+    forced = list(opts.prompt)
+    stoi = masks.vocab.stoi
+    while not c.done and c.line < opts.form.lines:
+        rule, head = c.rule()
+        ch = forced.pop(0) if forced else head
+        if ch is None:  # a free position: move on without choosing
+            c.advance("，" if rule == Rule.COMMA else STOPS[0] if rule == Rule.STOP else "?")
+            continue
+        line, col = c.line, c.col
+        hard, _ = verse.masks(line, col)
+        if ch in stoi and hard is not None and not bool(hard[0, stoi[ch]]):
+            return f"{ch!r} at line {line + 1}, character {col + 1}"
+        if ch in stoi:
+            verse.advance(line, col, torch.tensor([stoi[ch]]))
+        c.advance(ch)
+    return None
+
+
+def verse_rules(opts: SampleOptions, masks: ProsodyMasks, rhyme: bool = True, strict: bool = False,
+                template_key: str | None = None, rhyme_char: str | None = None) -> VerseRules | None:
+    """The rules for a request: None for free form or with neither rhyme nor --strict."""
+    if opts.form is None:
+        if strict:
+            raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
+        if rhyme_char:
+            raise UsageError("--rhyme needs a regulated form: --form wujue, qijue, wulv or qilv")
+        return None
+    group = find_group(masks.rhymes, rhyme_char) if rhyme_char else None
+    if group is not None and not bool(masks.groups[masks.group_index(group)].any()):
+        raise UsageError(f"--rhyme {rhyme_char!r}: no character of its group is in the model's vocabulary")
+    if strict:
+        return VerseRules(masks, rhyme=True, group=group, max_uses=1,
+                          strict_templates=strict_templates(opts, masks, template_key, group))
+    return VerseRules(masks, rhyme=rhyme, group=group if rhyme else None, max_uses=2)

@@ -128,6 +128,25 @@ class Stepper:
             return tuple(s.expand(-1, rows, -1).contiguous() for s in state)
         return state.expand(-1, rows, -1).contiguous()
 
+    def select(self, state, rows: torch.Tensor):
+        """The state of the given rows (a LongTensor of row indexes, repeats allowed)."""
+        if self.fast:
+            return [(h[rows], c[rows]) for h, c in state]
+        if isinstance(state, tuple):
+            return tuple(s[:, rows] for s in state)
+        return state[:, rows]
+
+    def keep(self, frozen: torch.Tensor, old, new):
+        """`new`, except the rows where `frozen` (B,) is True, which keep `old`."""
+        if self.fast:
+            f = frozen[:, None]
+            return [(torch.where(f, ho, hn), torch.where(f, co, cn))
+                    for (ho, co), (hn, cn) in zip(old, new, strict=True)]
+        f = frozen[None, :, None]
+        if isinstance(new, tuple):
+            return tuple(torch.where(f, o, n) for o, n in zip(old, new, strict=True))
+        return torch.where(f, old, new)
+
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         """One token per row, ids (B,): next-token logits (B, V) and the new state."""

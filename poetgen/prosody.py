@@ -10,7 +10,7 @@ import functools
 import importlib.util
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CorpusError, UsageError
@@ -19,37 +19,54 @@ from .text import COMMA, LINE_END, STOPS, converter, full_width_marks, is_han
 
 PING, ZE, BOTH = "平", "仄", "*"
 MIN_SHARE = 0.1  # a tone seen in at least this share of a character's uses counts as one of its readings
+SURE_SHARE = 0.8  # a tone seen in at least this share is the character's usual reading
 
 # ---------------------------------------------------------------------------------------------
 # Tones
 
 
 class ToneTable:
-    """Tone class per character: 平, 仄, or * (both: 多音字, or used in both tones)."""
+    """Tone class per character: 平, 仄, or * (both: 多音字, or used in both tones); and its usual
+    reading, the tone of at least SURE_SHARE of its uses in the corpus (none when neither is)."""
 
-    def __init__(self, classes: dict[str, str]):
+    def __init__(self, classes: dict[str, str], usual: dict[str, str] | None = None):
         self.classes = classes
+        self.usual_tones = usual if usual is not None else {c: t for c, t in classes.items() if t in (PING, ZE)}
 
     @classmethod
-    def from_counts(cls, counts: dict[str, list[int]], min_share: float = MIN_SHARE) -> ToneTable:
+    def from_counts(cls, counts: dict[str, list[int]], min_share: float = MIN_SHARE,
+                    sure_share: float = SURE_SHARE) -> ToneTable:
         """From {char: [平 count, 仄 count]}."""
-        classes = {}
+        classes, usual = {}, {}
         for ch, (ping, ze) in counts.items():
             total = ping + ze
             if total == 0:
                 continue
             p, z = ping / total >= min_share, ze / total >= min_share
             classes[ch] = BOTH if p and z else PING if p else ZE
-        return cls(classes)
+            if ping / total >= sure_share:
+                usual[ch] = PING
+            elif ze / total >= sure_share:
+                usual[ch] = ZE
+        return cls(classes, usual)
 
     def tone(self, ch: str) -> str | None:
         """平, 仄, * or None when the character was never seen with a tone."""
         return self.classes.get(ch)
 
+    def usual(self, ch: str) -> str | None:
+        """The character's usual reading (平 or 仄), or None when it has no sure one."""
+        return self.usual_tones.get(ch)
+
     def fits(self, ch: str, want: str) -> bool:
         """Whether `ch` can be read in tone `want` (unknown characters pass)."""
         t = self.classes.get(ch)
         return t is None or t == BOTH or t == want
+
+    def may_be_ping(self, ch: str) -> bool:
+        """平 by its usual reading, or possibly 平 when it has none (for 孤平, which counts the 平)."""
+        u = self.usual(ch)
+        return u == PING or (u is None and self.tone(ch) in (PING, BOTH, None))
 
 
 def load_tone_counts(path: Path) -> dict[str, list[int]]:
@@ -199,6 +216,7 @@ class CheckResult:
     lines: list[str]
     tones: list[str]
     reason: str | None = None  # why the text is not one of the four forms
+    rare_reading: list[dict] = field(default_factory=list)  # strict positions met only by a rare reading
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -220,15 +238,27 @@ def _violations(lines: list[str], template: Template, tones: ToneTable) -> list[
 
 
 def lone_ping(line: str, tones: ToneTable) -> bool:
-    """孤平: in a 平-ending line, the only 平 besides the rhyme stands apart from it."""
+    """孤平: in a 平-ending line, the only 平 besides the rhyme (by usual readings) stands apart from it."""
     body = line[:-1]
-    ping = [i for i, c in enumerate(body) if tones.tone(c) in (PING, BOTH, None)]
+    ping = [i for i, c in enumerate(body) if tones.may_be_ping(c)]
     return len(ping) == 1 and ping[0] != len(body) - 1
 
 
 def triple_ping_tail(line: str, tones: ToneTable) -> bool:
-    """三平尾: the last three characters all 平 (and none of them unknown or of two readings)."""
-    return all(tones.tone(c) == PING for c in line[-3:])
+    """三平尾: the last three characters all 平 by their usual readings (黄鹤楼's 空悠悠)."""
+    return all(tones.usual(c) == PING for c in line[-3:])
+
+
+def rare_readings(lines: list[str], template: Template, tones: ToneTable) -> list[dict]:
+    """Strict positions whose character fits the template only by a reading it rarely takes."""
+    out = []
+    for i, (line, pattern) in enumerate(zip(lines, template.patterns(), strict=True)):
+        for p in template.strict_positions():
+            c, want = line[p], pattern[p]
+            usual = tones.usual(c)
+            if tones.tone(c) is not None and tones.fits(c, want) and usual != want:
+                out.append({"line": i + 1, "position": p + 1, "char": c, "expected": want, "usual": usual})
+    return out
 
 
 def normalize_poem(block: str) -> str:
@@ -308,9 +338,14 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     unknown = sorted({c for line in lines for c in line if tones.tone(c) is None})
     if unknown:
         warnings.append(f"tone unknown for: {''.join(unknown)}")
+    rare = rare_readings(lines, best, tones)
+    for r in rare:
+        usually = f"usually {r['usual']}" if r["usual"] else "no usual reading"
+        warnings.append(f"rare reading: line {r['line']} character {r['position']} {r['char']} read as "
+                        f"{r['expected']} ({usually})")
     ok = not violations and rhyme_group is not None
     return CheckResult(form.name, ok, best.name, violations, rhymes.short(rhyme_group) if rhyme_group else None,
-                       rhyme_info, warnings, raw_lines, tone_lines)
+                       rhyme_info, warnings, raw_lines, tone_lines, rare_reading=rare)
 
 
 def _shared_group(lines: list[str], template: Template, rhymes: RhymeTable) -> str | None:

@@ -14,7 +14,7 @@ from poetgen import checkpoint, prosody
 from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
 from poetgen.forms import FORMS
-from poetgen.masks import ProsodyMasks, strict_factory
+from poetgen.masks import ProsodyMasks, verse_rules
 from poetgen.model import LanguageModel, ModelConfig
 from poetgen.prosody import RhymeTable, ToneTable, check_poem, normalize_poem, templates
 from poetgen.sample import Generator, SampleOptions
@@ -170,10 +170,10 @@ def test_strict_sampling_always_passes_both_checkers(model_seed, seed, form, tem
     heads = "".join(ALPHABET[(model_seed + 3 * i) % 60] for i in range(f.lines)) if acrostic else ""
     opts = SampleOptions(form=f, seed=seed, temperature=temperature, num=3, acrostic=heads)
     try:
-        factory = strict_factory(opts, MASKS, None, None, seed)
+        rules = verse_rules(opts, MASKS, strict=True)
     except prosody.UsageError:
         assume(False)  # these heads fit no template (the documented refusal); hypothesis counts and limits these
-    for poem in Generator(tiny(model_seed), VOCAB).generate(opts, constraint_for_row=factory):
+    for poem in Generator(tiny(model_seed), VOCAB).generate(opts, verse=rules):
         result = check_poem(poem.body, TONES, RHYMES)
         assert result.ok, (poem.body, result.violations, result.rhyme_group)
         assert not any(w.startswith(("孤平", "三平尾", "rhyme character")) for w in result.warnings)
@@ -185,8 +185,8 @@ def test_strict_sampling_always_passes_both_checkers(model_seed, seed, form, tem
 def test_strict_template_and_rhyme_are_obeyed():
     f = FORMS["qilv"]
     opts = SampleOptions(form=f, seed=1, num=4)
-    factory = strict_factory(opts, MASKS, "ping-rhymed", PING_B[3], 1)
-    for poem in Generator(tiny(1), VOCAB).generate(opts, constraint_for_row=factory):
+    rules = verse_rules(opts, MASKS, strict=True, template_key="ping-rhymed", rhyme_char=PING_B[3])
+    for poem in Generator(tiny(1), VOCAB).generate(opts, verse=rules):
         result = check_poem(poem.body, TONES, RHYMES)
         assert result.ok and result.template == "平起首句入韵" and result.rhyme_group == "二乙"
 
@@ -196,8 +196,31 @@ def test_impossible_prompt_is_rejected():
     # the 2nd character of a ze-start template must be 仄: a 平 there rules the template out
     opts = SampleOptions(form=f, prompt=ZE[0] + PING_A[0], seed=0)
     with pytest.raises(prosody.UsageError, match="impossible"):
-        strict_factory(opts, MASKS, "ze-plain", None, 0)
-    strict_factory(opts, MASKS, None, None, 0)  # a 平起 template still fits
+        verse_rules(opts, MASKS, strict=True, template_key="ze-plain")
+    verse_rules(opts, MASKS, strict=True)  # a 平起 template still fits
+
+
+def test_rare_readings_are_reported_and_never_placed_under_strict():
+    mostly_ping = ZE[0]  # 90% 平 in this table: it can be read 仄, but rarely is
+    counts = {**{c: [9, 0] for c in PING_A + PING_B}, **{c: [0, 9] for c in ZE}, mostly_ping: [90, 10]}
+    tones = ToneTable.from_counts(counts)
+    assert tones.tone(mostly_ping) == "*" and tones.usual(mostly_ping) == "平"
+    template = templates(FORMS["wujue"])[0]
+    poem = compose(template)
+    pattern = template.patterns()[0]
+    ze_at = next(p for p in template.strict_positions() if pattern[p] == "仄" and p < 4)
+    placed = poem[:ze_at] + mostly_ping + poem[ze_at + 1:]
+    result = check_poem(placed, tones, RHYMES)
+    assert result.ok  # a possible reading: no violation
+    assert result.rare_reading == [{"line": 1, "position": ze_at + 1, "char": mostly_ping, "expected": "仄",
+                                    "usual": "平"}]
+    assert any(w.startswith("rare reading") for w in result.warnings)
+    assert check_poem(poem, tones, RHYMES).rare_reading == []
+    masks = ProsodyMasks(VOCAB, tones, RHYMES)
+    for seed in range(6):
+        opts = SampleOptions(form=FORMS["wujue"], seed=seed, num=4, temperature=1.5)
+        for p in Generator(tiny(seed), VOCAB).generate(opts, verse=verse_rules(opts, masks, strict=True)):
+            assert check_poem(p.body, tones, RHYMES).rare_reading == [], p.body
 
 
 def test_check_cli(tmp_path, prepared):
@@ -270,9 +293,13 @@ def test_sample_strict_cli_refusals(tmp_path):
     bad = runner.invoke(app, ["sample", "-c", str(path), "--strict"])
     assert bad.exit_code == 2 and "--strict needs a regulated form" in bad.stderr
     nostrict = runner.invoke(app, ["sample", "-c", str(path), "--template", "ze-plain", "--form", "wujue"])
-    assert nostrict.exit_code == 2 and "need --strict" in nostrict.stderr
+    assert nostrict.exit_code == 2 and "--template needs --strict" in nostrict.stderr
     notones = runner.invoke(app, ["sample", "-c", str(path), "--strict", "--form", "wujue"])
     assert notones.exit_code == 2 and "no tone table" in notones.stderr
+    unrhymed = runner.invoke(app, ["sample", "-c", str(path), "--form", "wujue", "--no-rhyme", "--seed", "1"])
+    assert unrhymed.exit_code == 0, unrhymed.stderr  # the plain model needs no tone table
+    both = runner.invoke(app, ["sample", "-c", str(path), "--form", "wujue", "--no-rhyme", "--rhyme", "东"])
+    assert both.exit_code == 2 and "contradict" in both.stderr
     path, _ = real_rhyme_model(tmp_path / "r.pt")
     badt = runner.invoke(app, ["sample", "-c", str(path), "--strict", "--form", "wujue", "--template", "x"])
     assert badt.exit_code == 2 and "unknown template" in badt.stderr

@@ -208,3 +208,20 @@ def test_piping_into_head_ends_quietly(ckpt):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert len(proc.stdout.splitlines()) == 1
+
+
+def test_cli_best_of_and_no_rhyme(ckpt):
+    from poetgen.sample import Generator
+
+    loaded = checkpoint.load(ckpt)
+    plain = Generator(loaded.model, loaded.vocab).generate(
+        SampleOptions(form=FORMS["qijue"], seed=4, num=2, best_of=3))
+    result = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "qijue", "--seed", "4", "--num", "2",
+                                 "--best-of", "3", "--no-rhyme", "--format", "jsonl"])
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in records] == [p.body for p in plain]  # --no-rhyme: the plain model's poems
+    assert all(r["best_of"] == 3 and r["score"] == pytest.approx(p.score, abs=1e-4)
+               for r, p in zip(records, plain, strict=True))
+    bad = runner.invoke(app, ["sample", "-c", str(ckpt), "--best-of", "0"])
+    assert bad.exit_code == 2 and "--best-of" in bad.stderr

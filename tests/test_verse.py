@@ -1,0 +1,120 @@
+"""The rules of verse in the fixed forms (rhyme, no 重字) and best-of-N reranking, on tiny random models."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from synth import ALPHABET
+
+from poetgen import prosody
+from poetgen.config import SampleOptions
+from poetgen.forms import FORMS, detect_form
+from poetgen.masks import ProsodyMasks, verse_rules
+from poetgen.model import LanguageModel, ModelConfig
+from poetgen.sample import Generator
+from poetgen.vocab import SPECIALS, Vocab
+
+RHYMES = prosody.load_rhymes("simplified")
+DONG = sorted(RHYMES.groups["上平声一东"])[:16]  # 平, one group
+YANG = sorted(RHYMES.groups["下平声七阳"])[:16]  # 平, another group
+OTHER = [c for c in ALPHABET if c not in DONG + YANG and c not in RHYMES.of_char][:50]  # 仄 here
+VOCAB = Vocab([*SPECIALS, *DONG, *YANG, *OTHER, *"，。？！"])
+TONES = prosody.ToneTable.from_counts({**{c: [9, 0] for c in DONG + YANG}, **{c: [0, 9] for c in OTHER}})
+MASKS = ProsodyMasks(VOCAB, TONES, RHYMES)
+PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def tiny(seed: int) -> LanguageModel:
+    torch.manual_seed(seed)
+    return LanguageModel(ModelConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=2)).eval()
+
+
+def uses(body: str) -> Counter:
+    """Uses per character, the second of a 叠字 pair (萧萧) not counted, marks left out."""
+    out: Counter = Counter()
+    for line in body.replace("，", "|").replace("。", "|").replace("？", "|").replace("！", "|").split("|"):
+        for i, c in enumerate(line):
+            if not (i > 0 and line[i - 1] == c and not (i > 1 and line[i - 2] == c)):
+                out[c] += 1
+    return out
+
+
+def rhymes_in_one_group(poem) -> bool:
+    ends = [line[-2] for line in poem.lines[1::2]]
+    shared = set.intersection(*(RHYMES.of_char.get(c, set()) for c in ends))
+    return bool(shared) and len(set(ends)) == len(ends)
+
+
+@PROPERTY
+@given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=st.sampled_from(sorted(FORMS)),
+       temperature=st.sampled_from([0.5, 1.0, 2.0]), acrostic=st.booleans(), best_of=st.sampled_from([1, 3]))
+def test_fixed_forms_rhyme_and_use_no_character_a_third_time(model_seed, seed, form, temperature, acrostic,
+                                                             best_of):
+    f = FORMS[form]
+    heads = "".join(OTHER[(model_seed + i) % len(OTHER)] for i in range(f.lines)) if acrostic else ""
+    opts = SampleOptions(form=f, seed=seed, temperature=temperature, num=3, acrostic=heads, best_of=best_of)
+    for poem in Generator(tiny(model_seed), VOCAB).generate(opts, verse=verse_rules(opts, MASKS)):
+        assert detect_form(poem.body) == f.name
+        assert rhymes_in_one_group(poem), poem.body
+        counted = uses(poem.body)
+        for h in heads:  # the user's heads are exempt
+            counted[h] -= 1
+        assert max(counted.values()) <= 2, poem.body
+        if heads:
+            assert [line[0] for line in poem.lines] == list(heads)
+
+
+@PROPERTY
+@given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=st.sampled_from(["wujue", "qijue"]),
+       temperature=st.sampled_from([0.7, 1.5]))
+def test_strict_uses_no_character_twice(model_seed, seed, form, temperature):
+    opts = SampleOptions(form=FORMS[form], seed=seed, temperature=temperature, num=3, best_of=2)
+    for poem in Generator(tiny(model_seed), VOCAB).generate(opts, verse=verse_rules(opts, MASKS, strict=True)):
+        assert max(uses(poem.body).values()) == 1, poem.body
+        assert prosody.check_poem(poem.body, TONES, RHYMES).ok
+
+
+def test_prompt_is_kept_and_rhyme_group_can_be_chosen():
+    prompt = "".join(OTHER[:4]) + YANG[0] + "，"
+    opts = SampleOptions(form=FORMS["wulv"], seed=3, num=4, prompt=prompt)
+    for poem in Generator(tiny(3), VOCAB).generate(opts, verse=verse_rules(opts, MASKS, rhyme_char=DONG[2])):
+        assert poem.body.startswith(prompt)
+        assert all(line[-2] in DONG for line in poem.lines[1::2]), poem.body
+
+
+@pytest.mark.parametrize("form", ["wujue", "qilv", None])
+def test_best_of_n_keeps_the_candidate_with_the_best_score(form):
+    model = tiny(5)
+    gen = Generator(model, VOCAB)
+    opts = SampleOptions(form=FORMS[form] if form else None, seed=11, num=2, best_of=5, temperature=1.2,
+                         title=DONG[0] + OTHER[0])
+    rules = verse_rules(opts, MASKS) if form else None
+    candidates = gen.candidates(opts, 5, verse=rules)
+    assert len(candidates) == 10
+
+    def direct_score(body: str) -> float:  # the mean log-probability per character, computed here
+        ids = torch.tensor([VOCAB.encode_record(opts.title, body)])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1])[0], -1)[0]
+        start = len(opts.title) + 2
+        return sum(float(logp[t - 1, ids[0, t]]) for t in range(start, ids.size(1))) / (len(body) + 1)
+
+    kept = gen.generate(opts, verse=rules)
+    for p in range(2):
+        group = candidates[p * 5:(p + 1) * 5]
+        scores = [direct_score(c.body) for c in group]
+        for c, s in zip(group, scores, strict=True):
+            assert c.score == pytest.approx(s, abs=1e-4)
+        assert kept[p].body == group[scores.index(max(scores))].body
+        assert kept[p].candidates == 5
+    assert [p.body for p in gen.generate(opts, verse=rules)] == [p.body for p in kept]  # reproducible
+
+
+def test_many_poems_come_in_bounded_batches():
+    opts = SampleOptions(form=FORMS["wujue"], seed=2, num=30, best_of=64)
+    batches = list(Generator(tiny(2), VOCAB).iter_generate(opts, verse=verse_rules(opts, MASKS)))
+    assert [len(b) for b in batches] == [12, 12, 6]  # 800 rows at most: 12 poems of 64 candidates
