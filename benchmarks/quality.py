@@ -9,8 +9,8 @@ line per row, then a table.
 
 Measures: rhyme (the even lines' ends share one 平水韵 平声 group, no rhyme character twice); a
 character used 3+ times (the second of a 叠字 pair not counted); any character used twice;
-`poetgen check` passes; rare_reading warnings; mean log-probability per character of the poems kept;
-seconds."""
+`poetgen check` passes; rare_reading warnings; two lines opening with the same two characters; mean
+log-probability per character of the poems kept; seconds."""
 
 from __future__ import annotations
 
@@ -53,6 +53,13 @@ def rhymes(body: str, rhyme_table) -> bool:
     return bool(set.intersection(*groups)) and len(set(ends)) == len(ends)
 
 
+def repeats_an_opening(body: str) -> bool:
+    """Two lines start with the same two characters."""
+    lines = [x for x in body.replace("？", "。").replace("！", "。").replace("。", "，").split("，") if x]
+    openings = [line[:2] for line in lines]
+    return len(set(openings)) < len(openings)
+
+
 def measure(bodies: list[str], tones, rhyme_table) -> dict:
     n = len(bodies)
     checks = [prosody.check_poem(b, tones, rhyme_table) for b in bodies]
@@ -63,6 +70,7 @@ def measure(bodies: list[str], tones, rhyme_table) -> dict:
         "char_twice": round(sum(max(uses(b).values()) >= 2 for b in bodies) / n, 3),
         "check_pass": round(sum(r.ok for r in checks) / n, 3),
         "rare_reading": round(sum(bool(r.rare_reading) for r in checks) / n, 3),
+        "opening_repeat": round(sum(repeats_an_opening(b) for b in bodies) / n, 3),
     }
 
 
@@ -116,7 +124,7 @@ def main() -> None:
         gen.generate(opts, verse=rules)
         print(json.dumps({"timing": f"{n} 七律, default settings (best of {args.best_of})",
                           "seconds": round(time.perf_counter() - t, 2)}, ensure_ascii=False), flush=True)
-    keys = ("rhyme", "char_3plus", "char_twice", "check_pass", "rare_reading", "logprob_per_char")
+    keys = ("rhyme", "char_3plus", "char_twice", "check_pass", "rare_reading", "opening_repeat", "logprob_per_char")
     print("\n| form | setting | poems | " + " | ".join(keys) + " |")
     print("|---|---|---|" + "---|" * len(keys))
     for r in rows:
