@@ -421,3 +421,41 @@ def test_readers_going_away_end_quietly(model_file, prepared):
         proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} {cmd} | head -c 1 > /dev/null"],
                               capture_output=True, timeout=120)
         assert proc.returncode == 0 and proc.stderr == b"", (cmd, proc.stderr)
+
+
+def test_a_signal_at_a_random_moment_resumes_exactly(prepared, tmp_path):
+    run = ["--data-dir", str(prepared), "--max-steps", "600", "--hidden-size", "48", "--emb-size", "16",
+           "--batch-size", "8", "--bptt", "16", "--eval-every", "250", "--log-every", "1", "--quiet"]
+    straight = poetgen("train", "--out", str(tmp_path / "a"), *run)
+    assert straight.returncode == 0, straight.stderr
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "train", "--out", str(out), *run],
+                            stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.02)
+    time.sleep(0.3)  # somewhere in the middle of a step
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run ended before the signal arrived")
+    assert proc.returncode == 130
+    stopped_at = checkpoint.read(out / "last.pt").train_state["step"]
+    assert 0 < stopped_at < 600
+    resumed = poetgen("train", "--out", str(out), "--resume", "--data-dir", str(prepared), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = checkpoint.read(tmp_path / "a" / "last.pt"), checkpoint.read(out / "last.pt")
+    assert a.meta.step == b.meta.step == 600
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
+
+
+def test_checkpoints_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(len(VOCAB), emb_size=8, hidden_size=8))
+    checkpoint.save(tmp_path / "m.pt", model, VOCAB, ModelMeta())
+    assert events == ["fsync", "replace"]
