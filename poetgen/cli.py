@@ -886,12 +886,27 @@ class _ClosedStream:
 
 
 def main() -> None:
-    """Entry point of the `poetgen` console script."""
+    """Entry point of the `poetgen` console script: usage errors too end in one line on stderr."""
     if sys.stdout is None:
         sys.stdout = _ClosedStream()
     if sys.stderr is None:
         sys.stderr = _ClosedStream()
-    app(prog_name="poetgen")
+    try:
+        code = app(prog_name="poetgen", standalone_mode=False)
+    except KeyboardInterrupt:
+        code = 130
+        fail("interrupted")
+    except Exception as e:  # noqa: BLE001 - Click's usage errors (no such option, bad value, missing option)
+        if not hasattr(e, "format_message"):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # `poetgen` alone, or a group alone: its help
+            write_stdout(e.format_message() + "\n")
+            sys.exit(0)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "poetgen"
+        code = getattr(e, "exit_code", 2)
+        fail(f"{e.format_message()} (see `{where} -h`)", code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

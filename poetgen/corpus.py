@@ -423,6 +423,7 @@ def build(
     records with aligned tones) and meta.json, each atomically; meta.json last."""
     if min_count < 1:
         raise CorpusError("--min-count must be at least 1")
+    converter(script)  # an unknown script, or no OpenCC, is said before any work
     with corpus_lock(Path(data_dir)):
         return _build(Path(data_dir), source, script, min_count, integrity, progress)
 

@@ -1,0 +1,126 @@
+"""Run many bad commands against the real CLI and count what a careful operator would object to:
+a Python traceback, more than one line on stderr for an error, an exit code of 0 for bad input.
+
+    python benchmarks/fault_sweep.py               # uses the shipped model and a tiny synthetic corpus
+    python benchmarks/fault_sweep.py --verbose     # every command with its exit code
+
+Prints one JSON line per problem found and a summary line. Needs no prepared corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+
+from synth import make_corpus  # noqa: E402
+
+
+def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]]:
+    """(arguments, stdin text or None). Every one of them is bad input or a fault."""
+    folder = str(tmp)
+    bad_utf8 = tmp / "bad.txt"
+    bad_utf8.write_bytes(b"\xff\xfe\x00bad")
+    text = tmp / "text.pt"
+    text.write_text("hello")
+    empty = tmp / "empty.txt"
+    empty.write_text("")
+    out_file = tmp / "afile"
+    out_file.write_text("x")
+    big = str(2**64)
+    sample = ["sample", "--best-of", "1"]
+    train = ["train", "--data-dir", str(data), "--max-steps", "1", "--out"]
+    out = [
+        (["--no-such"], None), (["sample", "--num", "0"], None), (["sample", "--num", "100001"], None),
+        (["sample", "--num", "x"], None), (["sample", "--temperature", "nan"], None),
+        (["sample", "--temperature", "inf"], None), (["sample", "--temperature", "-1"], None),
+        (["sample", "--temperature", "1e39"], None), (["sample", "--top-p", "0"], None),
+        (["sample", "--top-p", "nan"], None), (["sample", "--top-k", "-3"], None), (["sample", "--seed", big], None),
+        (["sample", "--seed", "-1"], None), (["sample", "--form", "sonnet"], None), (["sample", "--form", ""], None),
+        (["sample", "--max-chars", "0"], None), (["sample", "--max-chars", "100000"], None),
+        (["sample", "--prompt", "abc"], None), (["sample", "--prompt", "龘龘"], None),
+        (["sample", "--form", "wujue", "--prompt", "春风，"], None), (["sample", "--acrostic", "abc"], None),
+        (["sample", "--form", "qilv", "--acrostic", "春"], None), (["sample", "--strict"], None),
+        (["sample", "--template", "ping-plain", "--form", "wujue"], None),
+        (["sample", "--rhyme", "东"], None), (["sample", "--form", "wujue", "--rhyme", "abc"], None),
+        (["sample", "--form", "wujue", "--rhyme", "东", "--no-rhyme"], None),
+        (["sample", "--form", "wujue", "--strict", "--template", "nope"], None),
+        (["sample", "--title", "春" * 40], None), (["sample", "--format", "xml"], None),
+        (["sample", "--best-of", "0"], None), (["sample", "--best-of", "1000"], None),
+        ([*sample, "-c", folder], None),
+        ([*sample, "-c", str(text)], None),
+        ([*sample, "-c", str(tmp / "none.pt")], None),
+        ([*sample, "-o", "/proc/none/poems.txt"], None), ([*sample, "-o", folder], None),
+        (["check"], ""), (["check"], "abc\n"), (["check", "--file", folder], None),
+        (["check", "--file", str(bad_utf8)], None), (["check", "--file", str(tmp / "none.txt")], None),
+        (["check", "--file", str(empty)], None), (["check", "一", "二"], None),
+        (["check", "-c", str(text), "一"], None),
+        (["check", "--data-dir", folder, "一"], None),
+        (["eval"], None), (["eval", "--split", "val", "--file", str(empty)], None), (["eval", "--split", "dev"], None),
+        (["eval", "--file", folder], None),
+        (["eval", "--file", str(bad_utf8)], None),
+        (["eval", "--file", str(empty)], None),
+        (["eval", "--split", "val", "--data-dir", folder], None),
+        (["eval", "--device", "tpu", "--file", str(empty)], None),
+        (["info", "-c", str(text)], None), (["info", "-c", folder], None), (["info", "-c", str(tmp / "none.pt")], None),
+        (["export"], None), (["export", "-c", str(text), "-o", str(tmp / "x.pt")], None),
+        (["corpus", "stats", "--data-dir", folder], None), (["corpus", "build", "--data-dir", folder], None),
+        (["corpus", "build", "--data-dir", str(tmp / "d2"), "--from", str(bad_utf8)], None),
+        (["corpus", "build", "--data-dir", str(tmp / "d3"), "--from", str(pkg), "--script", "klingon"], None),
+        (["corpus", "build", "--data-dir", str(tmp / "d4"), "--from", str(pkg), "--min-count", "0"], None),
+        (["corpus", "prepare", "--data-dir", "/proc/none"], None), (["corpus", "fetch", "--from", folder], None),
+        ([*train, str(out_file)], None),
+        ([*train, "/proc/none/run"], None),
+        ([*train, str(tmp / "r1"), "--lr", "nan"], None),
+        ([*train, str(tmp / "r2"), "--lr", "inf"], None), ([*train, str(tmp / "r3"), "--clip", "nan"], None),
+        ([*train, str(tmp / "r4"), "--weight-decay", "nan"], None), ([*train, str(tmp / "r5"), "--seed", big], None),
+        ([*train, str(tmp / "r6"), "--batch-size", "0"], None), ([*train, str(tmp / "r7"), "--bptt", "-1"], None),
+        ([*train, str(tmp / "r8"), "--preset", "huge"], None),
+        ([*train, str(tmp / "r9"), "--cell", "transformer"], None),
+        ([*train, str(tmp / "r10"), "--dropout", "1"], None), ([*train, str(tmp / "r11"), "--max-minutes", "0"], None),
+        ([*train, str(tmp / "r12"), "--init-from", str(text)], None), ([*train, str(tmp / "r13"), "--resume"], None),
+        ([*train, str(tmp / "r14"), "--precision", "fp8"], None),
+        ([*train, str(tmp / "r15"), "--device", "cuda:9"], None),
+        (["train", "--data-dir", folder, "--out", str(tmp / "r16")], None),
+    ]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        pkg = make_corpus(tmp / "pkg", poems=200)
+        data = tmp / "data"
+        subprocess.run([sys.executable, "-m", "poetgen", "corpus", "build", "--from", str(pkg), "--data-dir",
+                        str(data), "--script", "traditional", "--quiet"], check=True)
+        problems = 0
+        all_cases = cases(tmp, pkg, data)
+        for argv, stdin in all_cases:
+            proc = subprocess.run([sys.executable, "-m", "poetgen", *argv], input=stdin, capture_output=True,
+                                  text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+            err = proc.stderr.strip().splitlines()
+            issue = None
+            if "Traceback" in proc.stderr:
+                issue = "traceback"
+            elif proc.returncode == 0:
+                issue = "exit 0"
+            elif len(err) != 1 and not (argv[0] == "check" and proc.returncode == 1 and not err):
+                issue = f"{len(err)} stderr lines"
+            if issue:
+                problems += 1
+            if issue or args.verbose:
+                print(json.dumps({"argv": argv, "rc": proc.returncode, "problem": issue,
+                                  "stderr": proc.stderr.strip()[-300:]}, ensure_ascii=False), flush=True)
+        print(json.dumps({"commands": len(all_cases), "problems": problems}))
+
+
+if __name__ == "__main__":
+    main()
