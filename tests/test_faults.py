@@ -459,3 +459,27 @@ def test_checkpoints_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     model = LanguageModel(ModelConfig(len(VOCAB), emb_size=8, hidden_size=8))
     checkpoint.save(tmp_path / "m.pt", model, VOCAB, ModelMeta())
     assert events == ["fsync", "replace"]
+
+
+def test_training_shows_signs_of_life_between_log_lines(prepared, tmp_path):
+    from poetgen.config import TrainConfig
+    from poetgen.data import load_split
+    from poetgen.train import Trainer
+
+    vocab = Vocab.load(prepared / "vocab.json")
+    events = []
+    cfg = TrainConfig(batch_size=4, bptt=8, epochs=None, max_minutes=0.03, eval_every=10**6, log_every=10**6,
+                      device="cpu")
+    trainer = Trainer(ModelConfig(len(vocab), emb_size=8, hidden_size=32), cfg, vocab, load_split(prepared, "train"),
+                      load_split(prepared, "val"), tmp_path / "run", on_event=events.append)
+    summary = trainer.run()
+    assert summary["stop_reason"] == "time" and summary["elapsed_s"] < 3.0  # near its 1.8 s budget
+    ticks = [e for e in events if e["event"] == "tick"]
+    assert ticks and all(e["step"] > 0 and "tokens_per_s" in e for e in ticks)
+    assert not any('"tick"' in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_form_names_complete():
+    from poetgen.cli import complete_form
+
+    assert complete_form("q") == ["qijue", "qilv"] and "七律" in complete_form("七")
