@@ -782,6 +782,288 @@ def export_cmd(
 
 
 # ---------------------------------------------------------------------------------------------
+# pictures
+
+PngOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Also draw the picture into this PNG file "
+                                                "(needs `pip install 'poetgen[plot]'`).", metavar="FILE.png",
+                                                show_default="no picture, text only")]
+
+
+@app.command("plot", short_help="Training curves of runs: val bits/char against steps and time.",
+    epilog=examples("poetgen plot runs/cells-rnn runs/cells-gru runs/cells-lstm -o cells.png",
+                    "poetgen plot runs/tiny"))
+@handle_errors
+def plot_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (the --out of `poetgen train`).",
+                                               show_default=False)],
+    output: PngOpt = None,
+) -> None:
+    """Draw validation bits/char (and train loss) against steps and wall time for runs, one line each,
+    labelled with cell and size; print a compact text rendering."""
+    from . import plot
+
+    loaded = [plot.read_run(r) for r in runs]
+    if output is not None:
+        plot.training_curves(loaded, output)
+    write_stdout(plot.runs_text(loaded) + "\n")
+    if output is not None:
+        typer.echo(f"wrote {output}", err=True)
+
+
+inspect_app = typer.Typer(help="See inside a model: gradients through time, units that track the verse, gates.",
+                          context_settings=CONTEXT, no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(inspect_app, name="inspect", short_help="See inside a model: gradients, units, gates (pictures).")
+PoemsOpt = Annotated[int, typer.Option("--poems", help="How many val poems to measure over.", min=1)]
+
+
+def _val_records(data_dir: Path | None, limit: int, script: str | None) -> list[tuple[str, str]]:
+    from . import corpus
+
+    root = _data_dir(data_dir)
+    meta = corpus.load_meta(root)
+    if script is not None and meta.get("script") != script:
+        raise UsageError(f"the corpus in {root} is {meta.get('script')} and the model {script}: pass --data-dir "
+                         "with a corpus of the model's script")
+    out = []
+    for poem in corpus.iter_poems(root, "val"):
+        out.append((poem.title, poem.body))
+        if len(out) >= limit:
+            break
+    return out
+
+
+@inspect_app.command("gradients", short_help="How far back the loss reaches: ‖∂L_t/∂h_{t−k}‖ against k.",
+    epilog=examples("poetgen inspect gradients --cell rnn --cell gru --cell lstm -o gradients.png",
+                    "poetgen inspect gradients -c checkpoints/poetgen-default.pt -c runs/cells-rnn/best.pt --json"))
+@handle_errors
+def inspect_gradients(
+    checkpoints: Annotated[Optional[list[Path]], typer.Option("--checkpoint", "-c", help="A trained model (repeat "
+                                                              "for several).", metavar="FILE",
+                                                              show_default="none")] = None,
+    cells: Annotated[Optional[list[str]], typer.Option("--cell", help="A freshly initialized model of this cell "
+                                                       "(rnn, gru, lstm; repeat for several).",
+                                                       show_default="none")] = None,
+    hidden_size: Annotated[int, typer.Option("--hidden-size", help="Hidden size of the fresh models.")] = 256,
+    layers: Annotated[int, typer.Option("--layers", help="Layers of the fresh models.")] = 2,
+    max_k: Annotated[int, typer.Option("--max-k", help="The farthest distance measured, in characters.",
+                                       min=1, max=2000)] = 200,
+    samples: Annotated[int, typer.Option("--samples", help="Windows of val text averaged over.", min=1)] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Chooses the windows and the fresh weights.")] = 0,
+    data_dir: DataDirOpt = None,
+    output: PngOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure, over real val poems, the norm of the gradient of the loss at step t with respect to the
+    hidden state at step t−k, averaged and divided by its value at k = 0: where a tanh RNN's falls
+    away, an LSTM's holds. Give trained checkpoints, fresh cells, or both."""
+    if not checkpoints and not cells:
+        raise fail("give --checkpoint FILE and/or --cell rnn|gru|lstm", 2)
+    for cell in cells or []:
+        if cell not in CELLS:
+            raise fail(f"unknown cell {cell!r}: choose one of {', '.join(CELLS)}", 2)
+    import torch
+
+    from . import checkpoint, corpus, inspect
+    from .data import load_split
+    from .model import LanguageModel
+    from .vocab import Vocab
+
+    root = _data_dir(data_dir)
+    corpus.load_meta(root)
+    vocab = Vocab.load(root / "vocab.json")
+    stream = load_split(root, "val")
+    curves = {}
+    with StageProgress(not sys.stderr.isatty()) as progress:
+        models = [(str(c), checkpoint.load(c)) for c in checkpoints or []]
+        for label, ck in models:
+            ck.require_vocab(vocab, "pass --data-dir with the corpus it was trained on")
+            progress(f"gradients of {label}", 0, 1)
+            curves[f"{ck.config.cell} {ck.config.num_layers}x{ck.config.hidden_size} ({Path(label).name})"] = \
+                inspect.gradient_norms(ck.model, stream, max_k, samples, seed)
+            progress(f"gradients of {label}", 1, 1)
+        for cell in cells or []:
+            torch.manual_seed(seed)
+            model = LanguageModel(ModelConfig(len(vocab), emb_size=max(8, hidden_size // 2), hidden_size=hidden_size,
+                                              num_layers=layers, cell=cell))
+            progress(f"gradients of a fresh {cell}", 0, 1)
+            curves[f"{cell} {layers}x{hidden_size} (fresh)"] = inspect.gradient_norms(model, stream, max_k, samples,
+                                                                                     seed)
+            progress(f"gradients of a fresh {cell}", 1, 1)
+    if output is not None:
+        from . import plot
+
+        plot.gradient_curves(curves, output)
+        typer.echo(f"wrote {output}", err=True)
+    if as_json:
+        write_stdout(json.dumps({"max_k": max_k, "samples": samples, "curves": curves}, ensure_ascii=False) + "\n")
+        return
+    ks = [k for k in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if k <= max_k]
+    width = max(len(k) for k in curves)
+    lines = [f"{'model':<{width}}  " + "  ".join(f"{'k=' + str(k):>8}" for k in ks)]
+    for label, values in curves.items():
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{values[k]:>8.1e}" for k in ks))
+    write_stdout("\n".join(lines) + "\n")
+
+
+@inspect_app.command("cells", short_help="A poem coloured by one unit's activation; --find the units that "
+                     "track the verse.",
+    epilog=examples("poetgen inspect cells --poem 床前明月光，疑是地上霜。举头望明月，低头思故乡。 --find",
+                    "poetgen inspect cells --poem 春眠不觉晓，处处闻啼鸟。 --unit '1:cell 42' -o unit.png"))
+@handle_errors
+def inspect_cells(
+    checkpoint_path: CheckpointOpt = None,
+    poem: Annotated[Optional[str], typer.Option("--poem", help="The poem to show.",
+                                                show_default="the first val poem")] = None,
+    title: Annotated[str, typer.Option("--title", help="Its title (read before the poem).",
+                                       show_default="none")] = "",
+    unit: Annotated[Optional[str], typer.Option("--unit", help="The unit to show, 'LAYER:KIND INDEX' (KIND: "
+                                                "hidden, cell, input gate, forget gate, output gate).",
+                                                show_default="the best --find unit for position in line, "
+                                                "else 0:hidden 0")] = None,
+    find: Annotated[bool, flag("--find", "Search every unit of every layer, over val poems, for those that "
+                               "track position in line, line number, distance to punctuation, rhyme position "
+                               "and title vs body.")] = False,
+    poems: PoemsOpt = 300,
+    data_dir: DataDirOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the colouring as .png "
+                                                   "(needs poetgen[plot]) or .html.", metavar="FILE",
+                                                   show_default="terminal only")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a poem with each character's background coloured by one unit's activation after reading it
+    (in colour in a terminal, as numbers when piped or with NO_COLOR); --find ranks the units."""
+    if output is not None and output.suffix.lower() not in (".png", ".html"):
+        raise fail(f"--output {output}: give a .png or .html file name", 2)
+    from . import checkpoint, inspect
+    from .text import full_width_marks, to_script
+
+    ck = checkpoint.load(checkpoint_path or checkpoint.default_checkpoint())
+    found = None
+    if find or poem is None:
+        records = _val_records(data_dir, poems, ck.meta.script)
+        if poem is None:
+            title, poem = records[0]
+    poem = to_script("".join(full_width_marks(poem).split()), ck.meta.script)
+    title = to_script("".join(title.split()), ck.meta.script)
+    unknown = ck.vocab.unknown(title + poem)
+    if unknown:
+        raise fail(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters", 2)
+    if find:
+        found = inspect.find_units(ck.model, ck.vocab, records)
+    tr = inspect.trace(ck.model, inspect.record_ids(ck.vocab, title, poem), ck.vocab)
+    if unit is None:
+        unit = found["position in line"][0][0] if found and found["position in line"] else "0:hidden 0"
+    values = inspect.unit_values(tr, unit)
+    start = tr.tokens.index("<sep>") + 1
+    chars, acts = tr.tokens[start:], values[start:].tolist()
+    if as_json:
+        write_stdout(json.dumps({"unit": unit, "chars": chars, "activations": [round(v, 4) for v in acts],
+                                 "find": found}, ensure_ascii=False) + "\n")
+    else:
+        if found:
+            lines = []
+            for prop, best in found.items():
+                lines.append(f"{prop}: " + ", ".join(f"{u} (r = {r:+.2f})" for u, r in best))
+            write_stdout("\n".join(lines) + "\n\n")
+        write_stdout(_render_activations(unit, chars, acts))
+    if output is not None:
+        if output.suffix.lower() == ".png":
+            from . import plot
+
+            plot.activation_strip("".join(chars), acts, f"unit {unit}", output)
+        else:
+            from .paths import atomic_write_text
+
+            atomic_write_text(output, _activations_html(unit, chars, acts))
+        typer.echo(f"wrote {output}", err=True)
+
+
+def _colour(v: float) -> tuple[int, int, int]:
+    """-1 → blue, 0 → white, +1 → red."""
+    v = max(-1.0, min(1.0, v))
+    return (255, int(255 * (1 - v)), int(255 * (1 - v))) if v >= 0 else (int(255 * (1 + v)), int(255 * (1 + v)), 255)
+
+
+def _render_activations(unit: str, chars: list[str], acts: list[float]) -> str:
+    if plain_output() or not sys.stdout.isatty():
+        rows = [f"unit {unit}"]
+        line = []
+        for ch, v in zip(chars, acts, strict=True):
+            line.append(f"{ch}{v:+.2f}")
+            if ch in "，。？！；：、":
+                rows.append(" ".join(line))
+                line = []
+        if line:
+            rows.append(" ".join(line))
+        return "\n".join(rows) + "\n"
+    from rich.text import Text
+
+    text = Text(f"unit {unit} (blue −1, white 0, red +1)\n")
+    for ch, v in zip(chars, acts, strict=True):
+        r, g, b = _colour(v)
+        text.append(ch, style=f"black on rgb({r},{g},{b})")
+        if ch in "，。？！；：、":
+            text.append("\n")
+    out = console(stderr=False)
+    with out.capture() as captured:
+        out.print(text)
+    return captured.get()
+
+
+def _activations_html(unit: str, chars: list[str], acts: list[float]) -> str:
+    import html
+
+    spans = []
+    for ch, v in zip(chars, acts, strict=True):
+        r, g, b = _colour(v)
+        spans.append(f'<span title="{v:+.3f}" style="background:rgb({r},{g},{b})">{html.escape(ch)}</span>'
+                     + ("<br>" if ch in "，。？！；：、" else ""))
+    return ("<!doctype html><meta charset=utf-8><title>poetgen unit</title>"
+            f"<p>unit {html.escape(unit)} (blue −1, white 0, red +1)</p>"
+            f"<p style='font-size:28px;line-height:1.6'>{''.join(spans)}</p>\n")
+
+
+@inspect_app.command("gates", short_help="An LSTM's mean input/forget/output gates along the line.",
+    epilog=examples("poetgen inspect gates -o gates.png", "poetgen inspect gates --chars 5 --layer 1 --json"))
+@handle_errors
+def inspect_gates(
+    checkpoint_path: CheckpointOpt = None,
+    chars: Annotated[int, typer.Option("--chars", help="Lines of this many characters (5 or 7).")] = 7,
+    layer: Annotated[int, typer.Option("--layer", help="Which layer's gates.", min=0)] = 0,
+    poems: PoemsOpt = 300,
+    data_dir: DataDirOpt = None,
+    output: PngOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mean gate activations of an LSTM by position in the line, over val poems: does the forget gate
+    open at line ends?"""
+    from . import checkpoint, inspect
+    from .forms import detect
+
+    ck = checkpoint.load(checkpoint_path or checkpoint.default_checkpoint())
+    if layer >= ck.config.num_layers:
+        raise fail(f"--layer {layer}: the model has {plural(ck.config.num_layers, 'layer')} (0-based)", 2)
+    records = [r for r in _val_records(data_dir, 100_000, ck.meta.script)
+               if (f := detect(r[1])) is not None and f.chars == chars][:poems]
+    means = inspect.gate_means(ck.model, ck.vocab, records, chars, layer)
+    labels = [str(i + 1) for i in range(chars)] + ["mark"]
+    if output is not None:
+        from . import plot
+
+        plot.gate_curves(means, labels, output)
+        typer.echo(f"wrote {output}", err=True)
+    if as_json:
+        write_stdout(json.dumps({"layer": layer, "chars": chars, "poems": len(records), "positions": labels,
+                                 "means": means}, ensure_ascii=False) + "\n")
+        return
+    lines = [f"layer {layer}, {len(records)} poems of {chars}-character lines", "position     " +
+             " ".join(f"{x:>6}" for x in labels)]
+    for gate, values in means.items():
+        lines.append(f"{gate:<12} " + " ".join(f"{v:>6.3f}" for v in values))
+    write_stdout("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
 # check
 
 

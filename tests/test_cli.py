@@ -41,7 +41,8 @@ def test_unknown_option_is_a_usage_error_without_traceback():
 
 
 COMMANDS = [["train"], ["eval"], ["sample"], ["check"], ["info"], ["export"], ["corpus", "fetch"],
-            ["corpus", "build"], ["corpus", "prepare"], ["corpus", "stats"]]
+            ["corpus", "build"], ["corpus", "prepare"], ["corpus", "stats"], ["plot"], ["inspect", "gradients"],
+            ["inspect", "cells"], ["inspect", "gates"]]
 
 
 def test_every_command_help_teaches():
@@ -67,6 +68,6 @@ def test_every_command_help_teaches():
 def test_top_level_help_says_what_each_command_is_for():
     text = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
     assert "poetgen sample" in text and "corpus prepare" in text
-    for name in ("train", "eval", "sample", "info", "export", "check", "corpus"):
+    for name in ("train", "eval", "sample", "info", "export", "check", "corpus", "plot", "inspect"):
         line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
         assert not line.rstrip().endswith("..."), line  # a whole sentence, not a cut one
