@@ -907,8 +907,8 @@ def inspect_gradients(
 
 @inspect_app.command("cells", short_help="A poem coloured by one unit's activation; --find the units that "
                      "track the verse.",
-    epilog=examples("poetgen inspect cells --poem 床前明月光，疑是地上霜。举头望明月，低头思故乡。 --find",
-                    "poetgen inspect cells --poem 春眠不觉晓，处处闻啼鸟。 --unit '1:cell 42' -o unit.png"))
+    epilog=examples("poetgen inspect cells --poem 秋色无限春，春风于何人。故乡千万里，可见未相亲。 --find",
+                    "poetgen inspect cells --poem 千里两岐响，南楼临水空。 --unit '1:cell 42' -o unit.png"))
 @handle_errors
 def inspect_cells(
     checkpoint_path: CheckpointOpt = None,
@@ -1068,7 +1068,7 @@ def inspect_gates(
 
 
 @app.command("check", short_help="Check the 格律 of poems (exit 1 when one fails).",
-    epilog=examples("poetgen check 床前明月光，疑是地上霜。举头望明月，低头思故乡。",
+    epilog=examples("poetgen check 秋色无限春，春风于何人。故乡千万里，可见未相亲。",
                                       "poetgen check --file poems.txt --json",
                                       "poetgen sample --form qilv --strict | poetgen check"))
 @handle_errors
@@ -1091,7 +1091,7 @@ def check_cmd(
     from .text import is_han, to_script
 
     if extra:
-        raise fail("the poem is more than one argument: quote it (poetgen check '床前明月光，…') or use --file", 2)
+        raise fail("the poem is more than one argument: quote it (poetgen check '秋色无限春，…') or use --file", 2)
     if poem is not None and file is not None:
         raise fail("give the poem as an argument or --file, not both", 2)
     tones = prosody.ToneTable.from_counts(_tone_counts(checkpoint_path, data_dir))

@@ -245,7 +245,7 @@ def lone_ping(line: str, tones: ToneTable) -> bool:
 
 
 def triple_ping_tail(line: str, tones: ToneTable) -> bool:
-    """三平尾: the last three characters all 平 by their usual readings (黄鹤楼's 空悠悠)."""
+    """三平尾: the last three characters all 平 by their usual readings (as in the fourth line of 黄鹤楼)."""
     return all(tones.usual(c) == PING for c in line[-3:])
 
 
