@@ -878,7 +878,8 @@ def inspect_gradients(
         for label, ck in models:
             ck.require_vocab(vocab, "pass --data-dir with the corpus it was trained on")
             progress(f"gradients of {label}", 0, 1)
-            curves[f"{ck.config.cell} {ck.config.num_layers}x{ck.config.hidden_size} ({Path(label).name})"] = \
+            where = f"{Path(label).parent.name}/{Path(label).name}" if Path(label).parent.name else Path(label).name
+            curves[f"{ck.config.cell} {ck.config.num_layers}x{ck.config.hidden_size} ({where})"] = \
                 inspect.gradient_norms(ck.model, stream, max_k, samples, seed)
             progress(f"gradients of {label}", 1, 1)
         for cell in cells or []:

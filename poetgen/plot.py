@@ -24,7 +24,11 @@ def pyplot():
     except ImportError:
         raise UsageError("pictures need matplotlib: pip install 'poetgen[plot]'") from None
     matplotlib.use("Agg")
+    import warnings
+
     import matplotlib.pyplot as plt
+
+    warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
 
     plt.rcParams.update({"svg.hashsalt": "poetgen", "font.size": 9})
     return plt
@@ -158,23 +162,41 @@ def gate_curves(means: dict[str, list[float]], labels: list[str], output: Path, 
     save(fig, output)
 
 
-def activation_strip(text: str, values: list[float], title: str, output: Path, dpi: int = 100) -> None:
-    """The characters of a poem on a coloured background, one colour per activation (-1 blue, +1 red)."""
-    plt = pyplot()
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Serif CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
+             "WenQuanYi Zen Hei", "PingFang SC", "Hiragino Sans GB", "Microsoft YaHei", "SimHei", "SimSun")
+
+
+def cjk_font() -> str | None:
+    """An installed font that draws Chinese characters, or None."""
     from matplotlib import font_manager
 
-    cjk = [f.name for f in font_manager.fontManager.ttflist if "CJK" in f.name or "Hei" in f.name]
-    per_row = 16
-    rows = max(1, math.ceil(len(text) / per_row))
-    fig, ax = plt.subplots(figsize=(per_row * 0.5, rows * 0.55 + 0.5), dpi=dpi)
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    return next((n for n in CJK_FONTS if n in names), None)
+
+
+def activation_strip(text: str, values: list[float], title: str, output: Path, dpi: int = 100) -> None:
+    """A poem, one verse line per row, each character on a background coloured by one activation
+    (-1 blue, 0 white, +1 red)."""
+    from .text import LINE_END
+
+    plt = pyplot()
+    font = cjk_font()
+    rows: list[list[tuple[str, float]]] = [[]]
+    for ch, v in zip(text, values, strict=True):
+        rows[-1].append((ch, v))
+        if ch in LINE_END:
+            rows.append([])
+    rows = [r for r in rows if r] or [[]]
+    per_row = max(len(r) for r in rows) or 1
+    fig, ax = plt.subplots(figsize=(per_row * 0.55 + 0.3, len(rows) * 0.55 + 0.5), dpi=dpi)
     cmap = plt.get_cmap("coolwarm")
-    for i, (ch, v) in enumerate(zip(text, values, strict=True)):
-        r, c = divmod(i, per_row)
-        ax.add_patch(plt.Rectangle((c, -r - 1), 1, 1, color=cmap((max(-1.0, min(1.0, v)) + 1) / 2)))
-        ax.text(c + 0.5, -r - 0.5, ch, ha="center", va="center", fontsize=12,
-                fontfamily=cjk[0] if cjk else None)
+    for r, row in enumerate(rows):
+        for c, (ch, v) in enumerate(row):
+            ax.add_patch(plt.Rectangle((c, -r - 1), 1, 1, color=cmap((max(-1.0, min(1.0, v)) + 1) / 2)))
+            label = ch if font else f"{v:+.1f}"  # without a CJK font, the values instead of boxes
+            ax.text(c + 0.5, -r - 0.5, label, ha="center", va="center", fontsize=13 if font else 7, fontfamily=font)
     ax.set_xlim(0, per_row)
-    ax.set_ylim(-rows, 0)
+    ax.set_ylim(-len(rows), 0)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
