@@ -6,7 +6,6 @@ Library code: never prints. Long steps report through an optional ``progress(sta
 from __future__ import annotations
 
 import base64
-import contextlib
 import glob
 import gzip
 import hashlib
@@ -80,18 +79,10 @@ def cached_tarball(data_dir: Path) -> Path:
     return data_dir / "cache" / TARBALL
 
 
-@contextlib.contextmanager
 def corpus_lock(data_dir: Path):
     """One fetch or build at a time per data folder."""
-    lock = exclusive_lock(data_dir, "busy")
-    try:
-        lock.__enter__()
-    except BlockingIOError:
-        raise CorpusError(f"another poetgen is fetching or building the corpus in {data_dir}: wait for it") from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
+    return exclusive_lock(data_dir, CorpusError(f"another poetgen is fetching or building the corpus in "
+                                                f"{data_dir}: wait for it"))
 
 
 def fetch(

@@ -117,9 +117,9 @@ def write_output(target: str | os.PathLike, text: str) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder: str | os.PathLike, busy_message: str):
-    """Hold an exclusive lock on `folder` (a .lock file in it) or raise BlockingIOError(busy_message)
-    at once when another process holds it. The lock goes with the process, even on SIGKILL."""
+def exclusive_lock(folder: str | os.PathLike, busy: Exception):
+    """Hold an exclusive lock on `folder` (a .lock file in it); raise `busy` at once when another
+    process holds it. The lock goes with the process, even on SIGKILL."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     f = open(folder / ".lock", "a+")  # noqa: SIM115 - held open for the lock's life
@@ -134,9 +134,9 @@ def exclusive_lock(folder: str | os.PathLike, busy_message: str):
             try:
                 msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
             except OSError:
-                raise BlockingIOError(busy_message) from None
+                raise busy from None
         except OSError:
-            raise BlockingIOError(busy_message) from None
+            raise busy from None
         yield
     finally:
         f.close()

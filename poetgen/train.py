@@ -4,7 +4,6 @@ exact resume; and the planning of a run from what the user asked for."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shlex
@@ -129,19 +128,10 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-@contextlib.contextmanager
 def run_lock(out: Path):
     """Hold an exclusive lock on `out` for the whole run; RunLocked when another process holds it."""
-    lock = exclusive_lock(out, "busy")
-    try:
-        lock.__enter__()
-    except BlockingIOError:
-        raise RunLocked(f"another `poetgen train` is writing into {out}: wait for it, or choose another "
-                        "--out") from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
+    return exclusive_lock(out, RunLocked(f"another `poetgen train` is writing into {out}: wait for it, or choose "
+                                         "another --out"))
 
 
 class _StopRequest:

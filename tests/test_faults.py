@@ -398,7 +398,7 @@ def test_two_corpus_builds_on_one_folder_are_refused(synthetic_package, tmp_path
     from poetgen.paths import exclusive_lock
 
     data = tmp_path / "data"
-    with exclusive_lock(data, "busy"):
+    with exclusive_lock(data, RuntimeError("busy")):
         proc = poetgen("corpus", "build", "--from", str(synthetic_package), "--data-dir", str(data),
                        "--script", "traditional")
     assert proc.returncode == 1 and one_line_error(proc) and b"another poetgen" in proc.stderr
