@@ -151,11 +151,17 @@ class Verse:
                     for p in strict_kinds_positions(t, line):
                         self.want[r, line, p] = self.WANT_PING if patterns[line][p] == PING else self.WANT_ZE
         self.strict = templates_per_row is not None
-        self.tone_masks = torch.stack([torch.ones(V, dtype=torch.bool), m.ping, m.ze])
+        self.tone_masks = torch.stack([torch.ones(V), m.ping.float(), m.ze.float()])
+        self.ze = m.ze.float()
+        # 1.0 where a character may still be used: kept up to date in advance(), so a step costs
+        # no pass over (rows, V) for repetition
+        self.soft = torch.ones(rows, V) if rules.max_uses is not None else None
+        self.excepted: tuple[torch.Tensor, torch.Tensor] | None = None  # the 叠字 entries opened for one step
 
     def masks(self, line: int, col: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(hard, soft) masks (rows, V) for the character at (line, col): hard for rhyme and tones,
-        soft for repetition (dropped for a row only if nothing else is left)."""
+        """(hard, soft) float 0/1 masks (rows, V) for the character at (line, col): hard for rhyme and
+        tones, soft for repetition (dropped for a row only if nothing else is left). The soft mask is
+        this object's own state: read it before the next advance()."""
         if line >= self.form.lines or col >= self.form.chars:
             return None, None
         hard = None
@@ -163,29 +169,32 @@ class Verse:
             rhyming = self.rhyme_line[:, line]
             if bool(rhyming.any()):
                 in_group = (self.groups_open.float() @ self.m.groups.float()) > 0  # (rows, V)
-                hard = torch.where(rhyming[:, None], in_group & ~self.rhymed, True)
+                hard = torch.where(rhyming[:, None], in_group & ~self.rhymed, True).float()
             if self.strict:  # an unrhymed line end is plainly 仄, so no reader takes it for a rhyme
-                plain = torch.where(rhyming[:, None], True, self.m.ze)
-                hard = plain if hard is None else hard & plain
+                plain = torch.where(rhyming[:, None], 1.0, self.ze)
+                hard = plain if hard is None else hard.mul_(plain)
         elif self.strict:
             hard = self.tone_masks[self.want[:, line, col].long()]
-        soft = None
-        if self.rules.max_uses is not None:
-            soft = self.uses < self.rules.max_uses
-            if col > 0:  # 叠字: the previous character may come again, once
-                rows = torch.nonzero((self.prev >= 0) & ~self.prev_doubled).squeeze(1)
-                soft[rows, self.prev[rows]] = True
-        return hard, soft
+        if self.soft is not None and col > 0:  # 叠字: the previous character may come again, once
+            rows = torch.nonzero((self.prev >= 0) & ~self.prev_doubled).squeeze(1)
+            self.excepted = (rows, self.prev[rows])
+            self.soft[self.excepted] = 1.0
+        return hard, self.soft
 
     def advance(self, line: int, col: int, tokens: torch.Tensor) -> None:
         """Record the characters (rows,) just placed at (line, col)."""
+        if self.excepted is not None:  # close the 叠字 entries again (those still under the limit reopen below)
+            self._refresh(*self.excepted)
+            self.excepted = None
         if line >= self.form.lines or col >= self.form.chars:
             self.prev[:] = -1
             self.prev_doubled[:] = False
             return
         rows = torch.arange(tokens.size(0))
         doubled = (tokens == self.prev) & ~self.prev_doubled & (col > 0)
-        self.uses[rows[~doubled], tokens[~doubled]] += 1
+        counted_rows, counted = rows[~doubled], tokens[~doubled]
+        self.uses[counted_rows, counted] += 1
+        self._refresh(counted_rows, counted)
         self.prev_doubled = doubled
         self.prev = tokens.clone()
         if col == self.form.chars - 1:
@@ -193,6 +202,10 @@ class Verse:
             r = rows[rhyming]
             self.rhymed[r, tokens[r]] = True
             self.groups_open[r] &= self.m.groups[:, tokens[r]].T
+
+    def _refresh(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        if self.soft is not None:
+            self.soft[rows, cols] = (self.uses[rows, cols] < self.rules.max_uses).float()
 
 
 def strict_templates(opts: SampleOptions, masks: ProsodyMasks, template_key: str | None,

@@ -98,15 +98,18 @@ class Stepper:
         if not self.fast:
             return
         rnn = model.rnn
+        H = cfg.hidden_size
+        # gates reordered from nn.LSTM's (i, f, g, o) to (i, f, o, g): one sigmoid, one tanh per step
+        order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
         with torch.no_grad():
             emb = model.embed.weight
-            self.table0 = (emb @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0).contiguous()  # (V, 4H)
-            self.w_hh0 = rnn.weight_hh_l0.T.contiguous()  # (H, 4H)
+            self.table0 = (emb @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0)[:, order].contiguous()  # (V, 4H)
+            self.w_hh0 = rnn.weight_hh_l0[order].T.contiguous()  # (H, 4H)
             self.w_cat, self.b_cat = [], []
             for layer in range(1, cfg.num_layers):
                 w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], dim=1)
-                self.w_cat.append(w.T.contiguous())  # (2H, 4H)
-                self.b_cat.append(getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))
+                self.w_cat.append(w[order].T.contiguous())  # (2H, 4H)
+                self.b_cat.append((getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}"))[order])
             self.proj = (model.proj.weight.T.contiguous(), model.proj.bias) if model.proj is not None else None
             self.head_w = model.head.weight.T.contiguous()  # (E, V)
             self.head_b = model.head.bias
@@ -161,9 +164,12 @@ class Stepper:
             if layer > 0:
                 h, c = state[layer]
                 gates = torch.addmm(self.b_cat[layer - 1], torch.cat([x, h], dim=1), self.w_cat[layer - 1])
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            x = torch.sigmoid(o) * torch.tanh(c)
+            H = gates.size(1) // 4
+            gates[:, :3 * H].sigmoid_()
+            gates[:, 3 * H:].tanh_()
+            i, f, o, g = gates.chunk(4, dim=1)
+            c = torch.addcmul(f * c, i, g)
+            x = o * torch.tanh(c)
             new_state.append((x, c))
         if self.proj is not None:
             x = torch.addmm(self.proj[1], x, self.proj[0])

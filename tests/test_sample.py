@@ -16,7 +16,7 @@ from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
 from poetgen.forms import FORMS, STOPS, detect_form, split_lines
 from poetgen.model import LanguageModel, ModelConfig
-from poetgen.sample import Generator, SampleOptions, Stepper, filter_logits
+from poetgen.sample import Generator, SampleOptions, Stepper, draw, filter_logits
 from poetgen.vocab import SPECIALS, Vocab
 
 runner = CliRunner()
@@ -134,6 +134,43 @@ def test_top_p_keeps_the_nucleus():
 
 
 # --- CLI -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("vocab", [5, 64, 130, 7271])
+def test_draw_follows_the_weights_and_never_takes_a_zero(vocab):
+    torch.manual_seed(vocab)
+    weights = torch.rand(vocab) ** 4
+    weights[torch.randperm(vocab)[: vocab // 3]] = 0.0
+    weights[-1] = 0.5  # the ragged last block counts too
+    rows = weights.expand(20000, -1).contiguous()
+    picks = draw(rows, torch.Generator().manual_seed(0))
+    assert bool((weights[picks] > 0).all())
+    freq = torch.bincount(picks, minlength=vocab).double() / len(picks)
+    expected = weights.double() / weights.sum()
+    assert float((freq - expected).abs().max()) < 0.02
+
+
+@pytest.mark.parametrize("options", [{}, {"temperature": 0.0}, {"top_k": 3}, {"top_p": 0.5}, {"temperature": 1e-40}])
+def test_choose_drops_the_last_masks_only_where_they_leave_nothing(options):
+    gen = Generator(tiny_model(0), VOCAB)
+    V = len(VOCAB)
+    logits = torch.randn(3, V) * 3
+    logits[2] = -1e4  # far below the top in every allowed column: the weights underflow
+    logits[2, 0] = 50.0  # the top is a token no mask allows
+    base = torch.zeros(V)
+    base[4:20] = 1.0
+    hard = torch.zeros(3, V)
+    hard[:, 6:12] = 1.0
+    soft = torch.ones(3, V)
+    soft[0, 4:20] = 0.0  # row 0: the soft mask leaves nothing, so it is dropped (hard stays)
+    soft[1, 6:11] = 0.0  # row 1: one token left by all three
+    opts = SampleOptions(**options)
+    for seed in range(20):
+        choice, log_norm = gen._choose(logits.clone(), [base, hard, soft], opts, torch.Generator().manual_seed(seed))
+        assert 6 <= int(choice[0]) < 12
+        assert int(choice[1]) == 11
+        assert 6 <= int(choice[2]) < 12 and int(choice[2]) != 0 and not bool(soft[2, choice[2]] == 0)
+        assert torch.allclose(log_norm, torch.logsumexp(logits, -1))
+
 
 def test_cli_text_json_jsonl_and_output(ckpt, tmp_path):
     text = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "七绝", "--num", "3", "--seed", "5"])
