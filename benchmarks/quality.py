@@ -87,7 +87,7 @@ def main() -> None:
     tones = prosody.ToneTable.from_counts(ckpt.tones)
     rhyme_table = prosody.load_rhymes(ckpt.meta.script or "simplified")
     masks = ProsodyMasks(ckpt.vocab, tones, rhyme_table)
-    gen = Generator(ckpt.model, ckpt.vocab)
+    gen = Generator(ckpt.model, ckpt.vocab, ckpt.meta.script)
     real: dict[str, list[str]] = {f.name: [] for f in FORMS.values()}
     try:
         for poem in corpus.iter_poems(resolve_data_dir(args.data_dir), "test"):

@@ -294,7 +294,7 @@ def corpus_stats(
     meta = corpus.load_meta(_data_dir(data_dir))
     if as_json:
         keys = ("poems", "tokens", "characters", "vocab_size", "dropped", "source", "script", "forms",
-                "poems_read", "unknown_tokens", "corpus_hash")
+                "poems_read", "unknown_tokens", "glyphs", "corpus_hash")
         out = {k: meta.get(k) for k in keys}
         out["top_chars"] = meta["top_chars"][:top]
         write_stdout(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
@@ -321,6 +321,15 @@ def corpus_stats(
     with out.capture() as captured:
         out.print(table)
         out.print(f"vocabulary: {meta['vocab_size']:,} tokens (min count {meta['min_count']})")
+        glyphs = meta["glyphs"]
+        if glyphs["tables"]:
+            changed, pairs, left = glyphs["changed"], glyphs["changed_pairs"], glyphs["left"]
+            out.print(f"glyphs: {changed['variant']:,} variant forms made standard ({pairs['variant']:,} pairs), "
+                      f"{changed['outside_bmp']:,} characters outside the BMP given a BMP form "
+                      f"({pairs['outside_bmp']:,} pairs), {changed['compat']:,} compatibility ideographs; left: "
+                      f"{left['left_ambiguous']:,} variants with several standard forms, "
+                      f"{left['left_outside_bmp']:,} characters with no BMP form (<unk>); every pair is in "
+                      f"{_data_dir(data_dir) / corpus.GLYPHS_FILE}")
         out.print("most frequent: " + " ".join(f"{c}{n}" for c, n in meta["top_chars"][:top]))
         out.print(drops)
     write_stdout(captured.get())

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import CorpusError
 from .forms import detect_form
+from .glyphs import KINDS, LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, in_gb2312
 from .paths import atomic_path, exclusive_lock
 from .text import ASCII_MARKS, LINE_END, PLACEHOLDERS, converter, is_han
 from .vocab import MAX_TITLE, Vocab
@@ -39,7 +40,8 @@ TARBALL = f"{PACKAGE}-{VERSION}.tgz"
 POEMS_GLOB = "dist/quantangshi/poet.tang.*.json"
 STRAINS_DIR = "dist/strains/json"
 SPLITS = ("train", "val", "test")
-CORPUS_FORMAT = 1  # of the prepared corpus (meta.json); checkpoints have their own
+CORPUS_FORMAT = 2  # of the prepared corpus (meta.json); checkpoints have their own
+GLYPHS_FILE = "glyphs.tsv"  # every glyph normalization made, for a reader to audit
 MIN_HAN = 10
 
 Progress = Callable[[str, int, int], None]
@@ -348,8 +350,11 @@ def clean_poems(
     progress: Progress | None = None,
 ) -> tuple[list[Poem], Counter]:
     """Clean and convert every poem, deduplicate identical bodies (keeping the smallest id).
-    Returns the kept poems in id order and the count of poems dropped for each reason."""
-    convert = converter(script)
+    Returns the kept poems in id order, the count of poems dropped for each reason, and in
+    simplified script the Normalizer that converted them (its counts say what it changed)."""
+    converter(script)  # an unknown script is said here
+    normalizer = Normalizer() if script == "simplified" else None
+    convert = normalizer if normalizer is not None else (lambda text: text)
     dropped: Counter = Counter()
     kept: dict[str, Poem] = {}
     files = sorted(poems)
@@ -393,7 +398,7 @@ def clean_poems(
             dropped["duplicate"] += 1
         else:
             by_body[poem.body] = poem
-    return sorted(by_body.values(), key=lambda p: p.id), dropped
+    return sorted(by_body.values(), key=lambda p: p.id), dropped, normalizer
 
 
 def _sha256(data: bytes) -> str:
@@ -434,7 +439,7 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     if progress:
         progress("read", 1, 1)
     total = sum(len(v) for v in raw_poems.values())
-    poems, dropped = clean_poems(raw_poems, raw_strains, script, progress)
+    poems, dropped, normalizer = clean_poems(raw_poems, raw_strains, script, progress)
     splits: dict[str, list[Poem]] = {s: [] for s in SPLITS}
     for poem in poems:
         splits[split_of(poem.id)].append(poem)
@@ -447,7 +452,8 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     for poem in splits["train"]:
         counts.update(poem.title)
         counts.update(poem.body)
-    vocab = Vocab.build(counts, min_count)
+    # simplified: a character with no form inside the BMP (few fonts draw it) is <unk>, not a token
+    vocab = Vocab.build(counts, min_count, keep=(lambda c: ord(c) <= 0xFFFF) if script == "simplified" else None)
     if len(vocab) > np.iinfo(np.uint16).max:
         raise CorpusError(f"vocabulary of {len(vocab)} tokens does not fit uint16: raise --min-count")
 
@@ -464,6 +470,7 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         tokens[s] = int(arr.size)
         unknown[s] = int((arr == vocab.unk_id).sum())
         outputs[f"poems.{s}.jsonl"] = "".join(p.to_json() + "\n" for p in splits[s]).encode("utf-8")
+    outputs[GLYPHS_FILE] = glyph_table(normalizer).encode("utf-8")
     tones = count_tones((p.body, p.tones) for s in SPLITS for p in splits[s])
     outputs["tones.json"] = (json.dumps(tones, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
@@ -482,6 +489,7 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         "characters": {s: sum(len(p.body) for p in splits[s]) for s in SPLITS},
         "forms": forms,
         "vocab_size": len(vocab),
+        "glyphs": glyph_counts(normalizer, vocab),
         "dropped": dict(sorted(dropped.items())),
         "top_chars": [[c, n] for c, n in counts.most_common(50)],
         "files": file_hashes,
@@ -490,6 +498,38 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     }
     _install(data_dir, outputs, (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     return BuildResult(data_dir, meta, dropped)
+
+
+def glyph_table(normalizer: Normalizer | None) -> str:
+    """The audit file: one line per (from, to, kind) with its occurrences, most frequent first."""
+    lines = ["from\tto\tkind\toccurrences\n"]
+    if normalizer is not None:
+        for (a, b, kind), n in sorted(normalizer.pairs.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"{a}\t{b}\t{kind}\t{n}\n")
+    return "".join(lines)
+
+
+def glyph_counts(normalizer: Normalizer | None, vocab: Vocab) -> dict:
+    """meta.json's account of glyph normalization: characters changed by kind (and distinct pairs),
+    characters left as they were and why, and what the vocabulary still holds outside BMP/GB 2312."""
+    chars = [t for t in vocab.tokens if len(t) == 1]
+    out = {
+        "tables": "OpenCC t2s, then yitizi variant groups to GB 2312 (poetgen/glyphs.py)" if normalizer else None,
+        "changed": {k: 0 for k in KINDS},
+        "changed_pairs": {k: 0 for k in KINDS},
+        "left": {k: 0 for k in (LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP)},
+        "vocab_outside_bmp": sum(1 for c in chars if ord(c) > 0xFFFF),
+        "outside_bmp_as_unknown": sum(n for (_, _, kind), n in normalizer.pairs.items() if kind == LEFT_OUTSIDE_BMP)
+        if normalizer else 0,
+        "vocab_outside_gb2312": sum(1 for c in chars if is_han(c) and not in_gb2312(c)),
+    }
+    if normalizer is not None:
+        for (_, _, kind), n in normalizer.pairs.items():
+            group, pairs_group = ("changed", "changed_pairs") if kind in KINDS else ("left", None)
+            out[group][kind] += n
+            if pairs_group:
+                out[pairs_group][kind] += 1
+    return out
 
 
 def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:

@@ -9,6 +9,7 @@ same line and column, so one step's masks are a few (rows, vocabulary) tensor op
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +22,10 @@ from .text import LINE_END, STOPS
 from .vocab import SPECIALS, Vocab
 
 
-def rule_masks(vocab: Vocab) -> tuple[torch.Tensor, dict[str, int]]:
+def rule_masks(vocab: Vocab, drawable: Callable[[str], bool] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
     """Boolean masks (len(RULES)+2, V) of the tokens each rule allows and their row index; the last
-    two rows are the title masks (title start: characters; title: characters or <sep>)."""
+    two rows are the title masks (title start: characters; title: characters or <sep>). Characters
+    `drawable` rejects are never drawn (a model's own variant forms; see glyphs.drawable)."""
     V = len(vocab)
     is_mark = torch.zeros(V, dtype=torch.bool)
     is_stop = torch.zeros(V, dtype=torch.bool)
@@ -35,7 +37,7 @@ def rule_masks(vocab: Vocab) -> tuple[torch.Tensor, dict[str, int]]:
             is_mark[i] = True
             is_stop[i] = t in STOPS
         else:
-            is_han[i] = True
+            is_han[i] = drawable is None or drawable(t)
     comma = torch.zeros(V, dtype=torch.bool)
     if "，" in vocab:
         comma[vocab.stoi["，"]] = True

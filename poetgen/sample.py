@@ -14,6 +14,7 @@ import torch
 
 from .config import Request, SampleOptions
 from .forms import RULES, Rule, split_lines
+from .glyphs import drawable
 from .masks import VerseRules, rule_masks
 from .model import LanguageModel, Stepper
 from .text import to_script
@@ -111,11 +112,12 @@ class Generator:
     """Samples poems from a model under SampleOptions: titles first (one per poem), then the bodies,
     `best_of` candidates per poem in one batch, the best kept by `score`."""
 
-    def __init__(self, model: LanguageModel, vocab: Vocab):
+    def __init__(self, model: LanguageModel, vocab: Vocab, script: str | None = None):
         self.model = model
         self.vocab = vocab
         self.stepper = Stepper(model)
-        self.masks, self.rule_index = rule_masks(vocab)
+        # in simplified script, a model trained before glyph normalization never writes a variant form
+        self.masks, self.rule_index = rule_masks(vocab, drawable if script == "simplified" else None)
         self.fmasks = self.masks.float()
         self.title_start_row = len(RULES)
         self.title_row = len(RULES) + 1
@@ -370,7 +372,7 @@ def prepare(ckpt, opts: SampleOptions, request: Request) -> tuple[Generator, Sam
         raise UsageError("--rhyme needs a regulated form: --form wujue, qijue, wulv or qilv")
     elif request.rhyme:
         raise UsageError("--rhyme and --no-rhyme contradict each other: drop one")
-    return Generator(ckpt.model, ckpt.vocab), opts, rules
+    return Generator(ckpt.model, ckpt.vocab, script), opts, rules
 
 
 def poem_record(poem: GeneratedPoem, index: int, opts: SampleOptions, strict: bool, checkpoint: Path) -> dict:

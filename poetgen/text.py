@@ -43,17 +43,15 @@ def full_width_marks(text: str) -> str:
 
 @functools.cache
 def converter(script: str) -> Callable[[str], str]:
-    """A converter of text to `script` ('simplified' via OpenCC t2s, or 'traditional' unchanged),
-    built once per process."""
+    """A converter of text to `script` ('simplified': OpenCC t2s and standard glyphs, see glyphs.py;
+    'traditional': unchanged, as the source has it), built once per process."""
     if script == "traditional":
         return lambda s: s
     if script != "simplified":
         raise CorpusError(f"unknown script {script!r}: use simplified or traditional")
-    try:
-        import opencc
-    except ImportError:
-        raise CorpusError("OpenCC is not installed: pip install opencc, or use --script traditional") from None
-    return opencc.OpenCC("t2s").convert
+    from .glyphs import normalizer
+
+    return normalizer()
 
 
 def to_script(text: str, script: str | None) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .errors import CorpusError
 from .paths import atomic_write_text
@@ -31,10 +31,10 @@ class Vocab:
         self.unk_id, self.bos_id, self.sep_id, self.eos_id = (self.stoi[s] for s in SPECIALS)
 
     @classmethod
-    def build(cls, counts: Counter, min_count: int = 1) -> Vocab:
-        """Specials first, then every character seen at least `min_count` times, most frequent first
-        (ties by code point, so the order is deterministic)."""
-        chars = [c for c, n in counts.items() if n >= min_count and c not in SPECIALS]
+    def build(cls, counts: Counter, min_count: int = 1, keep: Callable[[str], bool] | None = None) -> Vocab:
+        """Specials first, then every character seen at least `min_count` times (and that `keep`
+        accepts), most frequent first (ties by code point, so the order is deterministic)."""
+        chars = [c for c, n in counts.items() if n >= min_count and c not in SPECIALS and (keep is None or keep(c))]
         chars.sort(key=lambda c: (-counts[c], c))
         return cls([*SPECIALS, *chars])
 

@@ -96,14 +96,14 @@ def test_duplicates_keep_the_smallest_id_and_every_drop_is_counted():
         {"id": "p4", "title": "", "author": "", "paragraphs": ["天地人山水x，风花雪月春。"]},
         {"title": "no id", "paragraphs": ["天地人山水，风花雪月春。"]},
     ]
-    kept, dropped = corpus.clean_poems({"poet.tang.0.json": [a, dup, *bad]}, {"poet.tang.0.json": []},
+    kept, dropped, _ = corpus.clean_poems({"poet.tang.0.json": [a, dup, *bad]}, {"poet.tang.0.json": []},
                                        script="traditional")
     assert [p.id for p in kept] == ["aaa-first"]
     assert dropped == {"duplicate": 1, "placeholder": 1, "empty": 1, "too_short": 1, "non_han": 1, "malformed": 1}
 
 
 def test_simplified_conversion():
-    kept, _ = corpus.clean_poems(
+    kept, _, _ = corpus.clean_poems(
         {"poet.tang.0.json": [{"id": "x", "title": "詩", "author": "", "paragraphs": ["漢宮風雨夜，龍馬書無聲。"]}]},
         {}, script="simplified")
     assert kept[0].body == "汉宫风雨夜，龙马书无声。"

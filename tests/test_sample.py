@@ -251,7 +251,7 @@ def test_cli_best_of_and_no_rhyme(ckpt):
     from poetgen.sample import Generator
 
     loaded = checkpoint.load(ckpt)
-    plain = Generator(loaded.model, loaded.vocab).generate(
+    plain = Generator(loaded.model, loaded.vocab, loaded.meta.script).generate(
         SampleOptions(form=FORMS["qijue"], seed=4, num=2, best_of=3))
     result = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "qijue", "--seed", "4", "--num", "2",
                                  "--best-of", "3", "--no-rhyme", "--format", "jsonl"])
