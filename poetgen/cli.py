@@ -341,7 +341,8 @@ def corpus_stats(
 _D = TC  # the defaults of a run, shown in --help
 _PRESET_SIZES = ", ".join(f"{k} ({v['num_layers']}x{v['hidden_size']})" for k, v in PRESETS.items())
 _MODEL_FIELDS = {"cell": "cell", "emb_size": "emb_size", "hidden_size": "hidden_size", "num_layers": "num_layers",
-                 "dropout": "dropout", "emb_dropout": "emb_dropout"}
+                 "dropout": "dropout", "emb_dropout": "emb_dropout", "locked_dropout": "locked_dropout",
+                 "char_dropout": "char_dropout", "weight_drop": "weight_drop"}
 _TRAIN_FIELDS = ("batch_size", "bptt", "epochs", "max_steps", "max_minutes", "optimizer", "lr", "weight_decay",
                  "warmup_steps", "min_lr_ratio", "lr_decay", "decay_after", "clip", "eval_every", "log_every",
                  "patience", "seed", "device", "precision", "init_from")
@@ -373,6 +374,15 @@ def train_cmd(
                                                      show_default="from --preset")] = None,
     emb_dropout: Annotated[Optional[float], typer.Option("--emb-dropout", help="Dropout on the embeddings.",
                                                          show_default="from --preset")] = None,
+    locked_dropout: Annotated[bool, typer.Option(
+        "--locked-dropout/--no-locked-dropout", help="AWD-LSTM: one dropout mask per sequence for the "
+        "embeddings, between layers and the output, the same at every step.")] = ModelConfig.locked_dropout,
+    char_dropout: Annotated[float, typer.Option(
+        "--char-dropout", help="AWD-LSTM: drop whole characters from the embedding table (one draw per "
+        "window).")] = ModelConfig.char_dropout,
+    weight_drop: Annotated[float, typer.Option(
+        "--weight-drop", help="AWD-LSTM: DropConnect on the hidden-to-hidden matrices while training.")] = (
+        ModelConfig.weight_drop),
     untied: Annotated[bool, flag("--untied", "Do not tie input and output embeddings.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows B of the (B, T) window.")] = _D.batch_size,
     bptt: Annotated[int, typer.Option("--bptt", help="Window length T of truncated BPTT.")] = _D.bptt,

@@ -39,6 +39,10 @@ class ModelConfig:
     emb_dropout: float = 0.1  # on the embedding output (the first non-recurrent connection)
     dropout: float = 0.3  # between stacked layers and on the last layer's output
     tie_weights: bool = True
+    # AWD-LSTM's regularizers (Merity et al. 2017), all off by default (plain Zaremba et al. 2014):
+    locked_dropout: bool = False  # the dropouts above use one mask per sequence, the same at every step
+    char_dropout: float = 0.0  # drop whole characters: every occurrence of a dropped one embeds as 0
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices (training only)
 
     def validate(self) -> ModelConfig:
         """Raise UsageError for sizes or rates no model can have."""
@@ -48,7 +52,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
-        for name in ("emb_dropout", "dropout"):
+        for name in ("emb_dropout", "dropout", "char_dropout", "weight_drop"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
@@ -59,12 +63,14 @@ class ModelConfig:
 
     def shape(self) -> dict:
         """What the weights depend on (everything but the dropout rates)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("emb_dropout", "dropout")}
+        return {k: v for k, v in asdict(self).items() if k not in REGULARIZERS}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**_known(cls, d))
 
+
+REGULARIZERS = ("emb_dropout", "dropout", "locked_dropout", "char_dropout", "weight_drop")  # not the shape
 
 PRESETS: dict[str, dict] = {
     # trains usefully on a laptop CPU in minutes

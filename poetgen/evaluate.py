@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, corpus
 from .data import batchify, body_targets, encode_records, file_records, get_batch, load_split, num_windows
 from .device import autocast, pick_device
 from .errors import CorpusError, UsageError
@@ -80,11 +80,16 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
     vocab = loaded.vocab
     if split is not None:
         stream = load_split(data_dir, split).astype(np.int64)
-        if vocab.tokens != Vocab.load(data_dir / "vocab.json").tokens:
-            raise CorpusError(f"{path} was trained on another vocabulary than the corpus in {data_dir}: "
-                              "evaluate with --file, or prepare the corpus it was trained on")
-        unknown = int((stream == vocab.unk_id).sum())
         source = f"{split} split"
+        if vocab.tokens != Vocab.load(data_dir / "vocab.json").tokens:  # e.g. a model from before a rebuild
+            script = corpus.load_meta(data_dir).get("script")
+            if script != loaded.meta.script:
+                raise CorpusError(f"{path} writes {loaded.meta.script} script and the corpus in {data_dir} is "
+                                  f"{script}: prepare it with --script {loaded.meta.script}")
+            poems = [(p.title, p.body) for p in corpus.iter_poems(data_dir, split)]
+            stream, _ = encode_records(poems, vocab, None)  # the split's text, the model's own vocabulary
+            source += " (its text in the model's vocabulary)"
+        unknown = int((stream == vocab.unk_id).sum())
     else:
         stream, unknown = encode_records(records, vocab, loaded.meta.script)
         source = str(file)

@@ -1,11 +1,18 @@
 """A stacked recurrent language model over characters, regularized as in Zaremba et al. 2014:
-dropout only on the non-recurrent connections (embeddings, between layers, output)."""
+dropout only on the non-recurrent connections (embeddings, between layers, output); optionally with
+AWD-LSTM's regularizers (Merity et al. 2017): locked (variational) dropout masks, whole-character
+embedding dropout, and DropConnect on the hidden-to-hidden matrices.
+
+The weights stay those of one nn.LSTM/GRU/RNN module (cuDNN on a GPU, the same checkpoint keys);
+with locked dropout or weight drop the layers run one at a time through the same kernels, so a mask
+can sit between them and a dropped matrix can stand in for a recurrent one."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import _VF  # the kernels behind nn.LSTM/GRU/RNN, called one layer at a time (see the docstring)
 
 from .config import PRESETS, ModelConfig
 
@@ -57,11 +64,60 @@ class LanguageModel(nn.Module):
 
     def features(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """Last-layer features (B, T, E or H) for token ids x (B, T), and the new state."""
-        y, state = self.rnn(self.emb_drop(self.embed(x)), state)
-        y = self.out_drop(y)
+        c = self.config
+        emb = self._embed(x)
+        if self.training and (c.locked_dropout or c.weight_drop > 0):  # (the same function without dropout)
+            y, state = self._layer_by_layer(self._drop(emb, c.emb_dropout), state)
+        else:
+            y, state = self.rnn(self.emb_drop(emb), state)
+        y = self._drop(y, c.dropout) if c.locked_dropout else self.out_drop(y)
         if self.proj is not None:
             y = self.proj(y)
         return y, state
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, T, E), with whole characters dropped while training (one draw per window)."""
+        emb = self.embed(x)
+        p = self.config.char_dropout
+        if self.training and p > 0:
+            keep = emb.new_empty(self.config.vocab_size, 1).bernoulli_(1 - p) / (1 - p)
+            emb = emb * keep[x]
+        return emb
+
+    def _drop(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Dropout on (B, T, C): with locked_dropout one mask per row, the same at every step."""
+        if not self.training or p == 0:
+            return x
+        if not self.config.locked_dropout:
+            return F.dropout(x, p, True)
+        return x * (x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - p) / (1 - p))
+
+    def _layer_by_layer(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """self.rnn's computation one layer at a time, dropout (locked or not) between layers and
+        weight drop on each recurrent matrix while training."""
+        c, rnn = self.config, self.rnn
+        L, B = c.num_layers, x.size(0)
+        lstm = c.cell == "lstm"
+        if state is None:
+            zeros = x.new_zeros(L, B, c.hidden_size)
+            state = (zeros, zeros) if lstm else zeros
+        kernel = {"lstm": _VF.lstm, "gru": _VF.gru, "rnn": _VF.rnn_tanh}[c.cell]
+        hs, cs = [], []
+        for layer in range(L):
+            w_hh = getattr(rnn, f"weight_hh_l{layer}")
+            if self.training and c.weight_drop > 0:
+                w_hh = F.dropout(w_hh, c.weight_drop, True)
+            weights = [getattr(rnn, f"weight_ih_l{layer}"), w_hh, getattr(rnn, f"bias_ih_l{layer}"),
+                       getattr(rnn, f"bias_hh_l{layer}")]
+            hx = (state[0][layer:layer + 1], state[1][layer:layer + 1]) if lstm else state[layer:layer + 1]
+            out = kernel(x, hx, weights, True, 1, 0.0, self.training, False, True)
+            x = out[0]
+            hs.append(out[1])
+            if lstm:
+                cs.append(out[2])
+            if layer < L - 1:
+                x = self._drop(x, c.dropout)
+        return x, ((torch.cat(hs), torch.cat(cs)) if lstm else torch.cat(hs))
 
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """Logits (B, T, V) for token ids x (B, T), and the state to carry to the next window."""

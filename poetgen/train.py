@@ -19,7 +19,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import ModelMeta
-from .config import PRESETS, ModelConfig, TrainConfig
+from .config import PRESETS, REGULARIZERS, ModelConfig, TrainConfig
 from .data import batchify, get_batch, num_windows
 from .device import autocast, pick_device, use_bf16
 from .errors import PoetgenError, UsageError
@@ -61,7 +61,7 @@ class RunPlan:
 
 
 SHAPE_OPTIONS = ("cell", "emb_size", "hidden_size", "num_layers", "tie_weights")
-DROPOUT_OPTIONS = ("dropout", "emb_dropout")
+DROPOUT_OPTIONS = REGULARIZERS
 
 
 def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset: str | None = None) -> RunPlan:

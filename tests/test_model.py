@@ -318,3 +318,110 @@ def test_missing_shipped_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr("importlib.resources.files", lambda name: tmp_path)
     with pytest.raises(CheckpointError, match="--checkpoint"):
         checkpoint.default_checkpoint()
+
+
+# --- AWD-LSTM regularizers ------------------------------------------------------------------------
+
+AWD = dict(locked_dropout=True, char_dropout=0.2, weight_drop=0.5, emb_dropout=0.3, dropout=0.4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_locked_layer_by_layer_path_equals_the_module_and_chunks_equal_the_whole(cell):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=50, cell=cell, **{**SMALL, "num_layers": 3, "emb_dropout": 0.0, "dropout": 0.0})
+    model = LanguageModel(config)
+    seq = torch.randint(0, 50, (3, 121))
+    with torch.no_grad():
+        plain, _ = model.eval()(seq)
+        config.locked_dropout = True  # rates 0: the layer-by-layer path computes the same function
+        model.train()
+        whole, _ = model(seq)
+        pieces, state = [], None
+        for start in range(0, 121, 29):
+            out, state = model(seq[:, start:start + 29], state)
+            pieces.append(out)
+    assert torch.allclose(whole, plain, atol=1e-5)
+    assert torch.allclose(torch.cat(pieces, 1), whole, atol=1e-5)
+
+
+def test_locked_masks_are_constant_across_time_within_a_window():
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=40, **{**SMALL, **AWD, "num_layers": 3, "char_dropout": 0.0})).train()
+    masks = []
+    drop = model._drop
+
+    def spy(x, p):
+        y = drop(x, p)
+        masks.append((y != 0).float() * (x != 0).float())
+        return y
+
+    model._drop = spy
+    model(torch.randint(0, 40, (4, 25)))
+    assert len(masks) == 4  # embeddings, two between layers, the output
+    for m in masks:
+        assert torch.equal(m, m[:, :1].expand_as(m))  # every step of a row has its first step's mask
+        assert 0 < float(m.mean()) < 1
+        assert not torch.equal(m[0], m[1])  # rows differ
+
+
+def test_char_dropout_drops_every_occurrence_of_a_character():
+    torch.manual_seed(1)
+    model = LanguageModel(ModelConfig(vocab_size=12, **{**SMALL, **AWD})).train()
+    x = torch.randint(0, 12, (6, 30))
+    zero = (model._embed(x) == 0).all(-1)
+    for ch in range(12):
+        at = zero[x == ch]
+        assert bool(at.all()) or not bool(at.any())  # all occurrences dropped, or none
+    assert 0 < float(zero.float().mean()) < 1
+    model.eval()
+    assert not bool((model._embed(x) == 0).all(-1).any())
+
+
+def test_regularized_model_evaluates_deterministically_and_trains_its_raw_weights():
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=30, **{**SMALL, **AWD}))
+    x = torch.randint(0, 30, (3, 20))
+    model.eval()
+    a, b = model(x)[0], model(x)[0]
+    assert torch.equal(a, b)
+    plain = LanguageModel(ModelConfig(vocab_size=30, **SMALL))
+    plain.load_state_dict(model.state_dict())  # the same keys: the regularizers add no weights
+    assert torch.allclose(plain.eval()(x)[0], a, atol=1e-6)
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
+    loss, _ = model.loss(x, x)
+    loss.backward()
+    assert float(model.rnn.weight_hh_l0.grad.abs().sum()) > 0
+
+
+def test_fast_step_matches_a_regularized_model_at_inference():
+    from poetgen.model import Stepper
+
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=30, **{**SMALL, **AWD}))
+    ids = torch.randint(0, 30, (2, 7))
+    with torch.no_grad():
+        full, _ = model.eval()(ids)
+    stepper = Stepper(model)
+    logits, state = stepper.prefill(ids[:, :1])
+    for t in range(1, 7):
+        logits, state = stepper.step(ids[:, t], state)
+        assert torch.allclose(logits, full[:, t], atol=1e-5)
+
+
+def test_eval_split_with_a_model_of_another_vocabulary_reads_the_split_text(prepared, tmp_path):
+    vocab = Vocab.load(prepared / "vocab.json")
+    other = Vocab([*vocab.tokens[:4], "丐", *reversed(vocab.tokens[4:])])  # same characters, other ids, one more
+    torch.manual_seed(0)
+    path = tmp_path / "other.pt"
+    checkpoint.save(path, LanguageModel(ModelConfig(vocab_size=len(other), **SMALL)), other,
+                    ModelMeta(script="traditional"))
+    result = runner.invoke(app, ["eval", "-c", str(path), "--split", "val", "--data-dir", str(prepared), "--json"])
+    assert result.exit_code == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert "model's vocabulary" in figures["source"]
+    assert figures["chars"] == len(load_split(prepared, "val")) - 1  # the same text, token for token
+    checkpoint.save(path, LanguageModel(ModelConfig(vocab_size=len(other), **SMALL)), other,
+                    ModelMeta(script="simplified"))
+    wrong = runner.invoke(app, ["eval", "-c", str(path), "--split", "val", "--data-dir", str(prepared)])
+    assert wrong.exit_code != 0 and "--script simplified" in wrong.stderr
