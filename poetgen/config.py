@@ -84,6 +84,9 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRESET = "small"
 
 
+TRAIN_SPLITS = ("train", "song", "song+train")  # Tang train, the 全宋诗 (corpus prepare --with-song), or both
+
+
 @dataclass
 class TrainConfig:
     """Everything about a run but the model's shape; stored in last.pt for --resume.
@@ -111,12 +114,15 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
     init_from: str | None = None  # warm start: weights from this checkpoint, fresh optimizer and schedule
     log_every: int = 50
+    train_split: str = "train"  # what to train on: one of TRAIN_SPLITS (validation is always the Tang val split)
 
     # the fields --resume may change: they say when to stop and how often to report, not what is computed
     RESUMABLE = ("epochs", "max_steps", "max_minutes", "eval_every", "patience", "log_every")
 
     def validate(self) -> TrainConfig:
         """Raise UsageError for values no run can use (NaN and infinities included)."""
+        if self.train_split not in TRAIN_SPLITS:
+            raise UsageError(f"unknown --train-split {self.train_split!r}: choose one of {', '.join(TRAIN_SPLITS)}")
         for name in ("batch_size", "bptt", "eval_every", "log_every", "decay_after"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

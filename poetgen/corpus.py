@@ -38,6 +38,8 @@ INTEGRITY = (
 )
 TARBALL = f"{PACKAGE}-{VERSION}.tgz"
 POEMS_GLOB = "dist/quantangshi/poet.tang.*.json"
+SONG_GLOB = "dist/quantangshi/poet.song.*.json"  # 全宋诗, optional training data (--with-song)
+SONG = "song"  # its split: training data only, never validation or test
 STRAINS_DIR = "dist/strains/json"
 SPLITS = ("train", "val", "test")
 CORPUS_FORMAT = 2  # of the prepared corpus (meta.json); checkpoints have their own
@@ -169,31 +171,35 @@ def package_root(folder: Path) -> Path:
     raise CorpusError(f"{folder} holds no {POEMS_GLOB}: pass the {PACKAGE} package folder")
 
 
-def _member_kind(name: str) -> tuple[str, str] | None:
-    """('poems'|'strains', file name) for the package files the build reads, else None."""
+def _member_kind(name: str, song: bool = False) -> tuple[str, str] | None:
+    """('poems'|'strains', file name) for the package files the build reads (the Song poems instead
+    of the Tang ones with `song`), else None."""
     name = name.split("/", 1)[1] if name.startswith("package/") else name
     base = name.rsplit("/", 1)[-1]
-    if not (base.startswith("poet.tang.") and base.endswith(".json")):
+    if not (base.startswith("poet.song." if song else "poet.tang.") and base.endswith(".json")):
         return None
     if name == f"dist/quantangshi/{base}":
         return "poems", base
-    if name == f"{STRAINS_DIR}/{base}":
+    if name == f"{STRAINS_DIR}/{base}" and not song:
         return "strains", base
     return None
 
 
-def _iter_raw_files(source: Path) -> Iterator[tuple[str, str, bytes]]:
-    """Yield (kind, file name, bytes) for every poem and strains file of the package."""
+def _iter_raw_files(source: Path, song: bool = False) -> Iterator[tuple[str, str, bytes]]:
+    """Yield (kind, file name, bytes) for every poem and strains file of the package (with `song`,
+    the 全宋诗 poem files, which have no strains)."""
     if source.is_dir():
         root = package_root(source)
-        for kind, pattern in (("poems", POEMS_GLOB), ("strains", f"{STRAINS_DIR}/poet.tang.*.json")):
+        patterns = [("poems", SONG_GLOB)] if song else [("poems", POEMS_GLOB),
+                                                        ("strains", f"{STRAINS_DIR}/poet.tang.*.json")]
+        for kind, pattern in patterns:
             for path in sorted(glob.glob(str(root / pattern))):
                 yield kind, os.path.basename(path), Path(path).read_bytes()
         return
     try:
         with tarfile.open(source, "r:gz") as tar:
             for member in tar:
-                kind = _member_kind(member.name) if member.isfile() else None
+                kind = _member_kind(member.name, song) if member.isfile() else None
                 if kind:
                     f = tar.extractfile(member)
                     yield kind[0], kind[1], f.read() if f else b""
@@ -201,11 +207,12 @@ def _iter_raw_files(source: Path) -> Iterator[tuple[str, str, bytes]]:
         raise CorpusError(f"{source} is not a readable tarball ({e}): delete it and fetch again") from None
 
 
-def read_package(source: Path) -> tuple[dict[str, list], dict[str, list]]:
-    """Parse every poem file and strains file: ({file: records}, {file: records})."""
+def read_package(source: Path, song: bool = False) -> tuple[dict[str, list], dict[str, list]]:
+    """Parse every poem file and strains file: ({file: records}, {file: records}); with `song`, the
+    全宋诗 poem files and no strains."""
     poems: dict[str, list] = {}
     strains: dict[str, list] = {}
-    for kind, name, raw in _iter_raw_files(source):
+    for kind, name, raw in _iter_raw_files(source, song):
         try:
             records = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -214,7 +221,9 @@ def read_package(source: Path) -> tuple[dict[str, list], dict[str, list]]:
             raise CorpusError(f"{kind} file {name} is not a JSON list: the package is damaged")
         (poems if kind == "poems" else strains)[name] = records
     if not poems:
-        raise CorpusError(f"{source} holds no {POEMS_GLOB}: pass the {PACKAGE} package")
+        raise CorpusError(f"{source} holds no {SONG_GLOB if song else POEMS_GLOB}: pass the {PACKAGE} package")
+    if song:
+        return poems, strains
     missing = sorted(set(poems) - set(strains))
     if missing:
         raise CorpusError(f"strains file {STRAINS_DIR}/{missing[0]} is missing: the package is incomplete")
@@ -412,20 +421,24 @@ def build(
     min_count: int = 1,
     integrity: str = INTEGRITY,
     progress: Progress | None = None,
+    with_song: bool = False,
 ) -> BuildResult:
     """Build the prepared corpus in `data_dir` from `source` (default: the cached tarball).
 
     Writes vocab.json, {train,val,test}.bin (uint16 token streams), poems.{split}.jsonl (cleaned
-    records with aligned tones) and meta.json, each atomically; meta.json last."""
+    records with aligned tones) and meta.json, each atomically; meta.json last. With `with_song`,
+    also the 全宋诗 as a split of its own (song.bin, poems.song.jsonl): cleaned and normalized by
+    the same rules, in the Tang train split's vocabulary, without any poem whose body a Tang split
+    holds; the Tang splits are byte for byte what they are without it."""
     if min_count < 1:
         raise CorpusError("--min-count must be at least 1")
     converter(script)  # an unknown script, or no OpenCC, is said before any work
     with corpus_lock(Path(data_dir)):
-        return _build(Path(data_dir), source, script, min_count, integrity, progress)
+        return _build(Path(data_dir), source, script, min_count, integrity, progress, with_song)
 
 
-def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, progress: Progress | None
-           ) -> BuildResult:
+def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, progress: Progress | None,
+           with_song: bool = False) -> BuildResult:
     source = Path(source) if source is not None else cached_tarball(data_dir)
     if not source.exists():
         raise CorpusError(f"no corpus package at {source}: run `poetgen corpus fetch` first")
@@ -470,6 +483,9 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         tokens[s] = int(arr.size)
         unknown[s] = int((arr == vocab.unk_id).sum())
         outputs[f"poems.{s}.jsonl"] = "".join(p.to_json() + "\n" for p in splits[s]).encode("utf-8")
+    song_meta = None
+    if with_song:
+        song_meta = _song(source, script, vocab, {p.body for s in SPLITS for p in splits[s]}, outputs, progress)
     outputs[GLYPHS_FILE] = glyph_table(normalizer).encode("utf-8")
     tones = count_tones((p.body, p.tones) for s in SPLITS for p in splits[s])
     outputs["tones.json"] = (json.dumps(tones, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
@@ -492,12 +508,44 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         "glyphs": glyph_counts(normalizer, vocab),
         "dropped": dict(sorted(dropped.items())),
         "top_chars": [[c, n] for c, n in counts.most_common(50)],
+        SONG: song_meta,
         "files": file_hashes,
         "sizes": {name: len(data) for name, data in sorted(outputs.items())},
         "corpus_hash": _sha256("".join(file_hashes.values()).encode()),
     }
     _install(data_dir, outputs, (json.dumps(meta, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     return BuildResult(data_dir, meta, dropped)
+
+
+def _song(source: Path, script: str, vocab: Vocab, tang_bodies: set[str], outputs: dict[str, bytes],
+          progress: Progress | None) -> dict:
+    """Clean the 全宋诗 into outputs (song.bin, poems.song.jsonl); its meta.json entry."""
+    raw, _ = read_package(source, song=True)
+    poems, dropped, normalizer = clean_poems(raw, {}, script, progress)
+    kept = []
+    for poem in poems:
+        if poem.body in tang_bodies:  # never train on a Tang val/test poem under another name
+            dropped["in_tang"] += 1
+        else:
+            kept.append(poem)
+    kept.sort(key=_order_key)
+    ids: list[int] = []
+    for poem in kept:
+        ids.extend(vocab.encode_record(poem.title, poem.body))
+    arr = np.asarray(ids, dtype=np.uint16)
+    outputs[f"{SONG}.bin"] = arr.tobytes()
+    outputs[f"poems.{SONG}.jsonl"] = "".join(p.to_json() + "\n" for p in kept).encode("utf-8")
+    outputs[f"{SONG}.{GLYPHS_FILE}"] = glyph_table(normalizer).encode("utf-8")
+    return {
+        "poems_read": sum(len(v) for v in raw.values()),
+        "poems": len(kept),
+        "tokens": int(arr.size),
+        "unknown_tokens": int((arr == vocab.unk_id).sum()),
+        "characters": sum(len(p.body) for p in kept),
+        "forms": dict(sorted(Counter(detect_form(p.body) for p in kept).items())),
+        "dropped": dict(sorted(dropped.items())),
+        "glyphs": glyph_counts(normalizer, vocab),
+    }
 
 
 def glyph_table(normalizer: Normalizer | None) -> str:

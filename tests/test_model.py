@@ -242,6 +242,9 @@ def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):
         (["--preset", "huge"], "unknown preset"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--cell", "transformer"], "unknown cell"),
+        (["--train-split", "song"], "corpus prepare --with-song"),
+        (["--train-split", "val"], "unknown --train-split"),
+        (["--weight-drop", "1"], "weight-drop"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "device"),
     ]
     for args, needle in cases:
