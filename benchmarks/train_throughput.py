@@ -39,9 +39,13 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="auto: bf16 on CUDA, fp32 elsewhere; both loops use the same")
     ap.add_argument("--ref", help="path of the reference loop ref_lstm.py to run with the same sizes")
+    ap.add_argument("--locked-dropout", action="store_true", help="AWD-LSTM locked dropout (layer by layer)")
+    ap.add_argument("--char-dropout", type=float, default=0.0)
+    ap.add_argument("--weight-drop", type=float, default=0.0)
     args = ap.parse_args()
 
-    shape = dict(PRESETS[args.preset])
+    shape = dict(PRESETS[args.preset], locked_dropout=args.locked_dropout, char_dropout=args.char_dropout,
+                 weight_drop=args.weight_drop)
     for key, value in (("emb_size", args.emb), ("hidden_size", args.hidden), ("num_layers", args.layers)):
         if value is not None:
             shape[key] = value
