@@ -40,6 +40,7 @@ TARBALL = f"{PACKAGE}-{VERSION}.tgz"
 POEMS_GLOB = "dist/quantangshi/poet.tang.*.json"
 SONG_GLOB = "dist/quantangshi/poet.song.*.json"  # 全宋诗, optional training data (--with-song)
 SONG = "song"  # its split: training data only, never validation or test
+SONG_FILES = (f"{SONG}.bin", f"poems.{SONG}.jsonl", f"{SONG}.glyphs.tsv")
 STRAINS_DIR = "dist/strains/json"
 SPLITS = ("train", "val", "test")
 CORPUS_FORMAT = 2  # of the prepared corpus (meta.json); checkpoints have their own
@@ -520,8 +521,14 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
 def _song(source: Path, script: str, vocab: Vocab, tang_bodies: set[str], outputs: dict[str, bytes],
           progress: Progress | None) -> dict:
     """Clean the 全宋诗 into outputs (song.bin, poems.song.jsonl); its meta.json entry."""
+    def song_progress(stage: str, done: int, total: int) -> None:
+        if progress:
+            progress(f"{stage} 全宋诗", done, total)
+
+    song_progress("read", 0, 1)
     raw, _ = read_package(source, song=True)
-    poems, dropped, normalizer = clean_poems(raw, {}, script, progress)
+    song_progress("read", 1, 1)
+    poems, dropped, normalizer = clean_poems(raw, {}, script, song_progress)
     kept = []
     for poem in poems:
         if poem.body in tang_bodies:  # never train on a Tang val/test poem under another name
@@ -533,9 +540,9 @@ def _song(source: Path, script: str, vocab: Vocab, tang_bodies: set[str], output
     for poem in kept:
         ids.extend(vocab.encode_record(poem.title, poem.body))
     arr = np.asarray(ids, dtype=np.uint16)
-    outputs[f"{SONG}.bin"] = arr.tobytes()
-    outputs[f"poems.{SONG}.jsonl"] = "".join(p.to_json() + "\n" for p in kept).encode("utf-8")
-    outputs[f"{SONG}.{GLYPHS_FILE}"] = glyph_table(normalizer).encode("utf-8")
+    outputs[SONG_FILES[0]] = arr.tobytes()
+    outputs[SONG_FILES[1]] = "".join(p.to_json() + "\n" for p in kept).encode("utf-8")
+    outputs[SONG_FILES[2]] = glyph_table(normalizer).encode("utf-8")
     return {
         "poems_read": sum(len(v) for v in raw.values()),
         "poems": len(kept),
@@ -609,6 +616,9 @@ def _install(data_dir: Path, outputs: dict[str, bytes], meta: bytes) -> None:
         for name in outputs:
             os.replace(staging / name, data_dir / name)
         os.replace(staging / "meta.json", data_dir / "meta.json")
+        for name in SONG_FILES:  # a corpus built without the 全宋诗 leaves none of an earlier one
+            if name not in outputs:
+                (data_dir / name).unlink(missing_ok=True)
     except OSError as e:
         raise CorpusError(f"cannot write the corpus in {data_dir} ({e.strerror or e}): free some space or "
                           "choose another --data-dir") from None

@@ -44,6 +44,8 @@ def test_song_is_a_split_of_its_own_and_the_tang_files_do_not_change(tmp_path):
     assert stream.size == song["tokens"] > 0
     mixed = load_train(tmp_path / "both", "song+train")
     assert np.array_equal(mixed, np.concatenate([stream, load_split(tmp_path / "both", "train")]))
+    corpus.build(tmp_path / "both", root / "package", script="simplified")  # again, without the 全宋诗
+    assert not any((tmp_path / "both" / name).exists() for name in corpus.SONG_FILES)
 
 
 def test_training_on_song_and_tang_then_fine_tuning_on_tang(tmp_path):
