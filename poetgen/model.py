@@ -195,16 +195,17 @@ class Stepper:
             return tuple(s[:, rows] for s in state)
         return state[:, rows]
 
-    def keep(self, frozen: torch.Tensor, old, new):
-        """`new`, except the rows where `frozen` (B,) is True, which keep `old`."""
+    @torch.inference_mode()
+    def put(self, dest, rows: torch.Tensor, src, which: torch.Tensor) -> None:
+        """Write the state of rows `which` of `src` into rows `rows` of `dest`, in place."""
         if self.fast:
-            f = frozen[:, None]
-            return [(torch.where(f, ho, hn), torch.where(f, co, cn))
-                    for (ho, co), (hn, cn) in zip(old, new, strict=True)]
-        f = frozen[None, :, None]
-        if isinstance(new, tuple):
-            return tuple(torch.where(f, o, n) for o, n in zip(old, new, strict=True))
-        return torch.where(f, old, new)
+            for (hd, cd), (hs, cs) in zip(dest, src, strict=True):
+                hd[rows], cd[rows] = hs[which], cs[which]
+        elif isinstance(dest, tuple):
+            for d, s in zip(dest, src, strict=True):
+                d[:, rows] = s[:, which]
+        else:
+            dest[:, rows] = src[:, which]
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:

@@ -192,28 +192,30 @@ class Generator:
             return [opts.title] * num, logits.expand(num, -1), self.stepper.expand(state, num)
         logits, state = self.stepper.prefill(torch.tensor([[vocab.bos_id]]))
         logits, state = logits.expand(num, -1), self.stepper.expand(state, num)
+        final_logits, final_state = logits.new_empty(num, logits.size(1)), self.stepper.expand(state, num)
         titles: list[list[str]] = [[] for _ in range(num)]
-        done = torch.zeros(num, dtype=torch.bool)
+        alive = torch.arange(num)  # the poems still writing their title: finished rows leave the batch
         for _ in range(MAX_TITLE + 1):
-            rows = torch.tensor([self.title_start_row if not titles[r] else self.title_row for r in range(num)])
+            poems = alive.tolist()
+            rows = torch.tensor([self.title_start_row if not titles[r] else self.title_row for r in poems])
             choice, _ = self._choose(logits.float(), [self.fmasks[rows]], opts, gen)
-            choice[torch.tensor([len(t) >= MAX_TITLE for t in titles])] = vocab.sep_id
-            choice[done] = vocab.sep_id
-            for r in range(num):
-                if done[r]:
-                    continue
-                if int(choice[r]) == vocab.sep_id:
+            choice[torch.tensor([len(titles[r]) >= MAX_TITLE for r in poems])] = vocab.sep_id
+            for i, r in enumerate(poems):
+                if int(choice[i]) == vocab.sep_id:
                     if on_title:
                         on_title(r, "".join(titles[r]))
                 else:
-                    titles[r].append(vocab.tokens[int(choice[r])])
-            new_logits, new_state = self.stepper.step(choice, state)
-            logits = torch.where(done[:, None], logits, new_logits)  # finished titles wait, state kept
-            state = self.stepper.keep(done, state, new_state)
-            done = done | (choice == vocab.sep_id)
-            if bool(done.all()):
+                    titles[r].append(vocab.tokens[int(choice[i])])
+            logits, state = self.stepper.step(choice, state)
+            ended = choice == vocab.sep_id
+            if bool(ended.any()):
+                idx, rest = torch.nonzero(ended).squeeze(1), torch.nonzero(~ended).squeeze(1)
+                final_logits[alive[idx]] = logits[idx]
+                self.stepper.put(final_state, alive[idx], state, idx)
+                alive, logits, state = alive[rest], logits[rest], self.stepper.select(state, rest)
+            if alive.numel() == 0:
                 break
-        return ["".join(t) for t in titles], logits, state
+        return ["".join(t) for t in titles], final_logits, final_state
 
     def generate(self, opts: SampleOptions, on_char: Callable[[int, str], None] | None = None,
                  on_title: Callable[[int, str], None] | None = None,

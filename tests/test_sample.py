@@ -172,6 +172,18 @@ def test_choose_drops_the_last_masks_only_where_they_leave_nothing(options):
         assert torch.allclose(log_norm, torch.logsumexp(logits, -1))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_each_title_leaves_the_state_its_own_text_gives(cell):
+    gen = Generator(tiny_model(2, cell), VOCAB)
+    titles, logits, state = gen._titles(SampleOptions(num=6, seed=3, temperature=1.5), torch.Generator().manual_seed(3),
+                                        None)
+    assert len({len(t) for t in titles}) > 1  # rows finished at different steps and left the batch
+    for r, title in enumerate(titles):
+        ids = torch.tensor([[VOCAB.bos_id, *VOCAB.encode(title), VOCAB.sep_id]])
+        alone, _ = gen.stepper.prefill(ids)
+        assert torch.allclose(logits[r], alone[0], atol=1e-5), title
+
+
 def test_cli_text_json_jsonl_and_output(ckpt, tmp_path):
     text = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "七绝", "--num", "3", "--seed", "5"])
     assert text.exit_code == 0, text.stderr
