@@ -300,14 +300,10 @@ def _weight_shapes(state_dict: dict) -> dict | None:
 
 
 def _expected_shapes(config: ModelConfig) -> dict:
-    """The shapes a checkpoint's weights must have for `config` (a model built on the meta device: no memory)."""
-    import torch
-
+    """The shapes a checkpoint's weights must have for `config` (the tied head is stored once)."""
     from .model import LanguageModel
 
-    with torch.device("meta"):
-        model = LanguageModel(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+    return {k: v for k, v in LanguageModel.weight_shapes(config).items()
             if not (config.tie_weights and k == "head.weight")}
 
 

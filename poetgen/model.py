@@ -45,6 +45,25 @@ class LanguageModel(nn.Module):
             self.head.weight = self.embed.weight
         self.reset_parameters()
 
+    @staticmethod
+    def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """The state dict's shapes for `config` without building a model (a checkpoint's check: no
+        memory, no torch machinery; a test holds it to the real module's)."""
+        c = config
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[c.cell] * c.hidden_size
+        shapes: dict[str, tuple[int, ...]] = {"embed.weight": (c.vocab_size, c.emb_size)}
+        for layer in range(c.num_layers):
+            inputs = c.emb_size if layer == 0 else c.hidden_size
+            shapes.update({f"rnn.weight_ih_l{layer}": (gates, inputs),
+                           f"rnn.weight_hh_l{layer}": (gates, c.hidden_size),
+                           f"rnn.bias_ih_l{layer}": (gates,), f"rnn.bias_hh_l{layer}": (gates,)})
+        out_in = c.hidden_size
+        if c.tie_weights and c.hidden_size != c.emb_size:
+            shapes.update({"proj.weight": (c.emb_size, c.hidden_size), "proj.bias": (c.emb_size,)})
+            out_in = c.emb_size
+        shapes.update({"head.weight": (c.vocab_size, out_in), "head.bias": (c.vocab_size,)})
+        return shapes
+
     def reset_parameters(self) -> None:
         nn.init.normal_(self.embed.weight, std=0.05)
         nn.init.zeros_(self.head.bias)

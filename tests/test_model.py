@@ -428,3 +428,11 @@ def test_eval_split_with_a_model_of_another_vocabulary_reads_the_split_text(prep
                     ModelMeta(script="simplified"))
     wrong = runner.invoke(app, ["eval", "-c", str(path), "--split", "val", "--data-dir", str(prepared)])
     assert wrong.exit_code != 0 and "--script simplified" in wrong.stderr
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize(("emb", "hidden", "tie"), [(24, 32, True), (32, 32, True), (24, 32, False)])
+def test_weight_shapes_are_the_modules_own(cell, emb, hidden, tie):
+    config = ModelConfig(vocab_size=40, emb_size=emb, hidden_size=hidden, num_layers=3, cell=cell, tie_weights=tie)
+    real = {k: tuple(v.shape) for k, v in LanguageModel(config).state_dict().items()}
+    assert LanguageModel.weight_shapes(config) == real
