@@ -87,6 +87,12 @@ def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]
         ([*train, str(tmp / "r14"), "--precision", "fp8"], None),
         ([*train, str(tmp / "r15"), "--device", "cuda:9"], None),
         (["train", "--data-dir", folder, "--out", str(tmp / "r16")], None),
+        ([*train, str(tmp / "r17"), "--train-split", "song"], None),  # no 全宋诗 prepared
+        ([*train, str(tmp / "r18"), "--train-split", "val"], None),
+        ([*train, str(tmp / "r19"), "--char-dropout", "nan"], None),
+        ([*train, str(tmp / "r20"), "--weight-drop", "-0.1"], None),
+        (["corpus", "build", "--data-dir", str(tmp / "d5"), "--from", str(pkg), "--with-song"], None),  # no Song files
+        (["eval", "--split", "song"], None),
     ]
     return out
 

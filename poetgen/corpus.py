@@ -450,6 +450,7 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     if progress:
         progress("read", 0, 1)
     raw_poems, raw_strains = read_package(source)
+    raw_song = read_package(source, song=True)[0] if with_song else None  # a missing 全宋诗 fails before any work
     if progress:
         progress("read", 1, 1)
     total = sum(len(v) for v in raw_poems.values())
@@ -485,8 +486,8 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         unknown[s] = int((arr == vocab.unk_id).sum())
         outputs[f"poems.{s}.jsonl"] = "".join(p.to_json() + "\n" for p in splits[s]).encode("utf-8")
     song_meta = None
-    if with_song:
-        song_meta = _song(source, script, vocab, {p.body for s in SPLITS for p in splits[s]}, outputs, progress)
+    if raw_song is not None:
+        song_meta = _song(raw_song, script, vocab, {p.body for s in SPLITS for p in splits[s]}, outputs, progress)
     outputs[GLYPHS_FILE] = glyph_table(normalizer).encode("utf-8")
     tones = count_tones((p.body, p.tones) for s in SPLITS for p in splits[s])
     outputs["tones.json"] = (json.dumps(tones, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
@@ -518,16 +519,13 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     return BuildResult(data_dir, meta, dropped)
 
 
-def _song(source: Path, script: str, vocab: Vocab, tang_bodies: set[str], outputs: dict[str, bytes],
+def _song(raw: dict[str, list], script: str, vocab: Vocab, tang_bodies: set[str], outputs: dict[str, bytes],
           progress: Progress | None) -> dict:
-    """Clean the 全宋诗 into outputs (song.bin, poems.song.jsonl); its meta.json entry."""
+    """Clean the 全宋诗's files into outputs (song.bin, poems.song.jsonl); its meta.json entry."""
     def song_progress(stage: str, done: int, total: int) -> None:
         if progress:
             progress(f"{stage} 全宋诗", done, total)
 
-    song_progress("read", 0, 1)
-    raw, _ = read_package(source, song=True)
-    song_progress("read", 1, 1)
     poems, dropped, normalizer = clean_poems(raw, {}, script, song_progress)
     kept = []
     for poem in poems:

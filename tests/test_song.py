@@ -63,3 +63,14 @@ def test_training_on_song_and_tang_then_fine_tuning_on_tang(tmp_path):
     fine = runner.invoke(app, ["train", "--out", str(tmp_path / "fine"), "--init-from",
                                str(tmp_path / "pre" / "best.pt"), "--max-steps", "5", *run])
     assert fine.exit_code == 0, fine.stderr
+
+
+def test_with_song_on_a_package_without_it_fails_in_one_line_before_any_work(tmp_path):
+    root = package(tmp_path / "pkg")
+    for f in (root / "package" / "dist" / "quantangshi").glob("poet.song.*.json"):
+        f.unlink()
+    result = runner.invoke(app, ["corpus", "build", "--from", str(root / "package"), "--data-dir",
+                                 str(tmp_path / "data"), "--with-song"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "poet.song" in result.stderr
+    assert not (tmp_path / "data" / "meta.json").exists()
