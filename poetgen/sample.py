@@ -56,7 +56,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-EXP_SAFE = 60.0  # |logits| below this: exp needs no shift in float32 (overflow at 88)
+EXP_SAFE = 60.0  # log-normalizers within ±this: exp needs no max-shift in float32 (overflow at 88)
 DRAW_BLOCK = 64  # columns summed together in draw's first level
 
 
@@ -138,13 +138,14 @@ class Generator:
         the poem's log-probability). Few passes over (B, V), in reused buffers."""
         B, V = logits.shape
         work = self._work(B, V)
-        top = logits.amax(-1, keepdim=True)
         T = opts.temperature
         if T > 0 and opts.top_k is None and opts.top_p is None:  # the default: no mask product needed
-            if -EXP_SAFE < float(top.min()) and float(top.max()) < EXP_SAFE * min(1.0, T):  # no need to shift
-                log_norm = torch.exp(logits, out=work[1]).sum(-1).log_()
+            log_norm = torch.exp(logits, out=work[1]).sum(-1).log_()  # no max-shift: checked just below
+            low, high = torch.aminmax(log_norm)  # every logit <= log_norm: exp(logits / T) cannot overflow
+            if -EXP_SAFE < float(low) and float(high) < EXP_SAFE * min(1.0, T):
                 weights = work[1] if T == 1 else torch.div(logits, T, out=work[0]).exp_()
-            else:
+            else:  # logits too large or too small for that: shift by the row's maximum
+                top = logits.amax(-1, keepdim=True)
                 shifted = torch.sub(logits, top, out=work[0])
                 log_norm = top.squeeze(1) + torch.exp(shifted, out=work[1]).sum(-1).log_()
                 weights = work[1] if T == 1 else shifted.div_(T).exp_()
@@ -152,6 +153,7 @@ class Generator:
                 weights.mul_(m)
             choice = draw(weights, gen)
             return self._repair(choice, weights, logits, masks, opts, gen), log_norm
+        top = logits.amax(-1, keepdim=True)
         shifted = torch.sub(logits, top, out=work[0])
         log_norm = top.squeeze(1) + torch.exp(shifted, out=work[1]).sum(-1).log_()
         allowed = _combine(masks, B, work[2])
