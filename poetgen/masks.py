@@ -133,7 +133,7 @@ class Verse:
         self.uses = torch.zeros(rows, V, dtype=torch.int16)
         self.prev = torch.full((rows,), -1, dtype=torch.long)  # the previous character in the line
         self.prev_doubled = torch.zeros(rows, dtype=torch.bool)  # it was itself the second of a 叠字 pair
-        self.rhymed = torch.zeros(rows, V, dtype=torch.bool)  # rhyme characters used
+        self.rhymed = torch.zeros(rows, V, dtype=torch.bool)  # characters that have ended a line
         groups = torch.ones(rows, len(m.group_names), dtype=torch.bool)
         if rules.group is not None:
             groups[:] = False
@@ -200,9 +200,9 @@ class Verse:
         self.prev_doubled = doubled
         self.prev = tokens.clone()
         if col == self.form.chars - 1:
+            self.rhymed[rows, tokens] = True  # a rhyme never repeats a line's end, the free first line's too
             rhyming = self.rhyme_line[:, line]
             r = rows[rhyming]
-            self.rhymed[r, tokens[r]] = True
             self.groups_open[r] &= self.m.groups[:, tokens[r]].T
 
     def _refresh(self, rows: torch.Tensor, cols: torch.Tensor) -> None:

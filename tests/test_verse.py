@@ -46,7 +46,7 @@ def uses(body: str) -> Counter:
 def rhymes_in_one_group(poem) -> bool:
     ends = [line[-2] for line in poem.lines[1::2]]
     shared = set.intersection(*(RHYMES.of_char.get(c, set()) for c in ends))
-    return bool(shared) and len(set(ends)) == len(ends)
+    return bool(shared) and len(set(ends)) == len(ends) and not set(ends) & {poem.lines[0][-2]}
 
 
 @PROPERTY
