@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it
 FORMAT = "poetgen-checkpoint"
 FORMAT_VERSION = 2
 DEFAULT_NAME = "poetgen-default.pt"
+VOCAB_ROWS = ("embed.weight", "head.weight", "head.bias")  # the weights with one row per token
 V1_TONES = "tones.json"  # format 1 kept the tone table in a file beside the model
 
 
@@ -121,6 +122,25 @@ def load_weights(model: torch.nn.Module, weights: dict) -> None:
     allowed = {"head.weight"} if model.config.tie_weights else set()
     if unexpected or set(missing) - allowed:
         raise ValueError(f"state dict does not fit the model (missing {missing}, unexpected {unexpected})")
+
+
+def carry_vocab(weights: dict, old: Vocab, new: Vocab, fresh: dict) -> tuple[dict, int]:
+    """`weights` (a state dict over vocabulary `old`) re-indexed to vocabulary `new`: the tensors
+    with one row per token (VOCAB_ROWS) take the old row of each token both hold and `fresh`'s row otherwise.
+    Returns the new state dict and the number of tokens carried over."""
+    import torch
+
+    pairs = [(i, old.stoi[t]) for i, t in enumerate(new.tokens) if t in old.stoi]
+    to_new = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+    from_old = torch.tensor([j for _, j in pairs], dtype=torch.long)
+    out = {}
+    for name, value in weights.items():
+        if name in VOCAB_ROWS:
+            rows = fresh[name].detach().clone().to(value.dtype)
+            rows[to_new] = value[from_old]
+            value = rows
+        out[name] = value
+    return out, len(pairs)
 
 
 def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: ModelMeta,

@@ -445,7 +445,7 @@ def train_cmd(
                                            "fp32 elsewhere; bf16 is also faster on CPUs with AVX512-BF16 or AMX.")
                          ] = _D.precision,
     init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from this checkpoint's weights "
-                                                      "(its shape; fresh optimizer and schedule).", metavar="FILE",
+                                                      "(its shape; fresh optimizer and schedule; characters of another vocabulary start fresh).", metavar="FILE",
                                                       show_default="fresh weights")] = None,
     train_split: Annotated[str, typer.Option(
         "--train-split", help=f"{', '.join(TRAIN_SPLITS)}: the Tang train split, the 全宋诗 (corpus prepare "
@@ -544,6 +544,10 @@ class TrainProgress:
     def event(self, e: dict) -> None:
         if e["event"] == "start":
             self.start(self.trainer)
+            return
+        if e["event"] == "note":
+            if not self.quiet:
+                typer.echo(e["message"], err=True)
             return
         if self.plain and e["event"] == "eval":
             typer.echo(f"step {e['step']} epoch {e['epoch']}: train loss {e['train_loss']:.3f}, val loss "

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -238,11 +238,24 @@ class Trainer:
         return self.stop_steps or self.schedule_steps or max(self.step, 1)
 
     def _warm_start(self, path: Path) -> None:
-        """Start from another run's weights (fine-tuning, a second schedule): same shape and vocabulary."""
+        """Start from another run's weights (fine-tuning, a second schedule): same shape and script.
+        A model of another vocabulary (an older corpus build) lends the rows of the characters both
+        vocabularies hold; the others keep their fresh initialization."""
         ckpt = checkpoint.read(path)
-        ckpt.require_shape(self.model_config, "drop the size options to take its shape")
-        ckpt.require_vocab(self.vocab, "prepare the corpus it was trained on")
-        checkpoint.load_weights(self.model, ckpt.state_dict)
+        if ckpt.vocab.tokens == self.vocab.tokens:
+            ckpt.require_shape(self.model_config, "drop the size options to take its shape")
+            checkpoint.load_weights(self.model, ckpt.state_dict)
+            return
+        ckpt.require_shape(replace(self.model_config, vocab_size=ckpt.config.vocab_size),
+                           "drop the size options to take its shape")
+        script = self.corpus_meta.get("script")
+        if ckpt.meta.script and script and ckpt.meta.script != script:
+            raise UsageError(f"{path} was trained on {ckpt.meta.script} text and this corpus is {script}: "
+                             "prepare the corpus in its script, or start afresh")
+        weights, shared = checkpoint.carry_vocab(ckpt.state_dict, ckpt.vocab, self.vocab, self.model.state_dict())
+        checkpoint.load_weights(self.model, weights)
+        self._emit({"event": "note", "message": f"{path} has another vocabulary: {shared:,} of "
+                    f"{len(self.vocab):,} tokens take its rows, the rest start fresh"}, log=False)
 
     # -- schedule ------------------------------------------------------------------------------
     def lr_at(self, step: int, elapsed: float) -> float:

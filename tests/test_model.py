@@ -17,7 +17,7 @@ from poetgen.errors import CheckpointError, UsageError
 from poetgen.evaluate import evaluate_stream
 from poetgen.model import LanguageModel, ModelConfig
 from poetgen.train import TrainConfig, Trainer, TrainingInterrupted
-from poetgen.vocab import Vocab
+from poetgen.vocab import SPECIALS, Vocab
 
 runner = CliRunner()
 SMALL = dict(emb_size=24, hidden_size=32, num_layers=2, emb_dropout=0.1, dropout=0.2)
@@ -149,10 +149,12 @@ def test_warm_start_refuses_another_shape_or_vocabulary(prepared, tmp_path):
     checkpoint.save(tmp_path / "shape.pt", other, vocab, ModelMeta())
     with pytest.raises(UsageError, match="another model shape"):
         _trainer(prepared, tmp_path / "r", init_from=str(tmp_path / "shape.pt"))
-    foreign = Vocab(vocab.tokens[:-1] + ["龘"])
-    checkpoint.save(tmp_path / "vocab.pt", LanguageModel(ModelConfig(len(vocab), **SMALL)), foreign, ModelMeta())
-    with pytest.raises(UsageError, match="another vocabulary"):
-        _trainer(prepared, tmp_path / "r", init_from=str(tmp_path / "vocab.pt"))
+    traditional = LanguageModel(ModelConfig(len(vocab) + 1, **SMALL))
+    checkpoint.save(tmp_path / "trad.pt", traditional, Vocab(vocab.tokens + ["龘"]), ModelMeta(script="traditional"))
+    train, val = streams(prepared)
+    with pytest.raises(UsageError, match="traditional text and this corpus is simplified"):
+        Trainer(ModelConfig(len(vocab), **SMALL), TrainConfig(batch_size=8, bptt=16, init_from=str(tmp_path / "trad.pt")),
+                vocab, train, val, tmp_path / "r", corpus_meta={"script": "simplified"})
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--quiet",
                                  "--init-from", str(tmp_path / "shape.pt"), "--hidden-size", "64"])
     assert result.exit_code == 2 and "--init-from takes the model's shape" in result.stderr
@@ -166,6 +168,31 @@ def test_warm_start_refuses_another_shape_or_vocabulary(prepared, tmp_path):
     assert result.exit_code == 0, result.stderr
     config = checkpoint.read(tmp_path / "ok" / "last.pt").config
     assert config.hidden_size == 48 and config.dropout == 0.4
+
+
+def test_warm_start_from_another_vocabulary_carries_the_shared_rows(prepared, tmp_path):
+    """A model of an older corpus build (other characters, another order, another size) lends the rows
+    of the characters both vocabularies hold; the others keep the fresh initialization."""
+    vocab = Vocab.load(prepared / "vocab.json")
+    chars = vocab.tokens[len(SPECIALS):]
+    old_tokens = [*SPECIALS, "龘", *reversed(chars[3:]), "鼺", "齉"]  # drops 3 characters, adds 3, reorders
+    old = LanguageModel(ModelConfig(len(old_tokens), **{**SMALL, "tie_weights": False}))
+    checkpoint.save(tmp_path / "old.pt", old, Vocab(old_tokens), ModelMeta())
+    events = []
+    train, val = streams(prepared)
+    cfg = dict(batch_size=8, bptt=16, seed=7)
+    config = ModelConfig(len(vocab), **{**SMALL, "tie_weights": False})
+    warm = Trainer(config, TrainConfig(**cfg, init_from=str(tmp_path / "old.pt")), vocab, train, val,
+                   tmp_path / "w", on_event=events.append)
+    cold = Trainer(config, TrainConfig(**cfg), vocab, train, val, tmp_path / "c")
+    position = {t: i for i, t in enumerate(old_tokens)}
+    for name in ("embed.weight", "head.weight", "head.bias"):
+        new_rows, old_rows, fresh = warm.model.state_dict()[name], old.state_dict()[name], cold.model.state_dict()[name]
+        for i, token in enumerate(vocab.tokens):
+            expected = old_rows[position[token]] if token in position else fresh[i]
+            assert torch.equal(new_rows[i], expected), (name, token)
+    assert torch.equal(warm.model.state_dict()["rnn.weight_hh_l0"], old.state_dict()["rnn.weight_hh_l0"])
+    assert any(e["event"] == "note" and f"{len(vocab) - 3:,} of {len(vocab):,} tokens" in e["message"] for e in events)
 
 
 def test_bf16_on_cpu_trains_and_matches_fp32_evaluation(prepared, tmp_path):
