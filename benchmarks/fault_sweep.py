@@ -91,6 +91,8 @@ def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]
         ([*train, str(tmp / "r18"), "--train-split", "val"], None),
         ([*train, str(tmp / "r19"), "--char-dropout", "nan"], None),
         ([*train, str(tmp / "r20"), "--weight-drop", "-0.1"], None),
+        ([*train, str(tmp / "r21"), "--sampled-softmax", "-1"], None),
+        ([*train, str(tmp / "r22"), "--sampled-softmax", "many"], None),
         (["corpus", "build", "--data-dir", str(tmp / "d5"), "--from", str(pkg), "--with-song"], None),  # no Song files
         (["eval", "--split", "song"], None),
     ]

@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py --preset small --seconds 60
     python benchmarks/train_throughput.py --hidden 1024 --emb 512 --batch 128 --bptt 128 --device cuda \\
         --ref path/to/ref_lstm.py          # also runs the reference loop, same sizes, same command
+    python benchmarks/train_throughput.py --data corpus --sampled-softmax 1024 --ref path/to/ref_lstm.py
 
 The reference loop is not part of poetgen; pass its path to compare side by side. Prints JSON lines."""
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from poetgen.data import load_split
 from poetgen.device import use_bf16
 from poetgen.model import PRESETS, ModelConfig
 from poetgen.train import TrainConfig, Trainer
@@ -42,6 +44,11 @@ def main() -> None:
     ap.add_argument("--locked-dropout", action="store_true", help="AWD-LSTM locked dropout (layer by layer)")
     ap.add_argument("--char-dropout", type=float, default=0.0)
     ap.add_argument("--weight-drop", type=float, default=0.0)
+    ap.add_argument("--sampled-softmax", type=int, default=0, metavar="K",
+                    help="train with a sampled softmax of K negatives (needs --data: its cost depends on the text)")
+    ap.add_argument("--data", type=Path, metavar="DIR",
+                    help="train on this prepared corpus's train split instead of random tokens (the vocabulary "
+                         "size stays --vocab, so the output layer is the reference's)")
     args = ap.parse_args()
 
     shape = dict(PRESETS[args.preset], locked_dropout=args.locked_dropout, char_dropout=args.char_dropout,
@@ -51,7 +58,14 @@ def main() -> None:
             shape[key] = value
     vocab = Vocab([*SPECIALS, *(chr(0x4E00 + i) for i in range(args.vocab - len(SPECIALS)))])
     rng = np.random.default_rng(0)
-    train = rng.integers(0, args.vocab, 3_200_000).astype(np.uint16)
+    if args.data:
+        train = load_split(args.data, "train")
+        if train.max() >= args.vocab:
+            ap.error(f"--vocab {args.vocab} is smaller than the corpus's vocabulary")
+    else:
+        if args.sampled_softmax:
+            ap.error("--sampled-softmax needs --data: on random tokens every batch holds most of the vocabulary")
+        train = rng.integers(0, args.vocab, 3_200_000).astype(np.uint16)
     val = rng.integers(0, args.vocab, 4096).astype(np.uint16)
     marks: dict[str, float] = {}
 
@@ -65,7 +79,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(batch_size=args.batch, bptt=args.bptt, max_steps=10**9, eval_every=10**9,
-                          device=args.device, log_every=10**9, precision=args.precision)
+                          device=args.device, log_every=10**9, precision=args.precision,
+                          sampled_softmax=args.sampled_softmax)
         trainer = Trainer(ModelConfig(len(vocab), **shape), cfg, vocab, train, val, Path(out))
         try:
             trainer.run(on_step=on_step)
@@ -80,7 +95,7 @@ def main() -> None:
         "loop": "poetgen", "device": str(trainer.device), "threads": torch.get_num_threads(), **shape,
         "batch": args.batch, "bptt": args.bptt, "params_M": round(trainer.model.num_parameters() / 1e6, 2),
         "seconds": round(elapsed, 1), "tokens_per_s": round(tokens / elapsed),
-        "dtype": dtype,
+        "dtype": dtype, "sampled_softmax": args.sampled_softmax, "data": str(args.data or "random"),
     }
     print(json.dumps(result), flush=True)
     if args.ref:

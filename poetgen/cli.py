@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -173,6 +174,7 @@ class StageProgress:
         self.quiet = quiet
         self.progress = None
         self.tasks: dict[str, int] = {}
+        self.said: dict[str, float] = {}  # plain output: when each stage last printed a line
         self.plain = False
 
     def __enter__(self):
@@ -185,9 +187,18 @@ class StageProgress:
             self.progress.__enter__()
         return self
 
+    PLAIN_EVERY_S = 10.0  # without a terminal: a line when a stage starts, then at most one per 10 s
+
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.plain and done == total:
-            typer.echo(f"{stage}: done ({done}/{total})", err=True)
+        if self.plain:
+            now = time.monotonic()
+            if done == total:
+                typer.echo(f"{stage}: done ({done}/{total})", err=True)
+            elif stage not in self.said or now - self.said[stage] >= self.PLAIN_EVERY_S:
+                typer.echo(f"{stage}: {done}/{total}", err=True)
+            else:
+                return
+            self.said[stage] = now
         if self.progress is None:
             return
         if stage not in self.tasks:
@@ -371,7 +382,7 @@ _MODEL_FIELDS = {"cell": "cell", "emb_size": "emb_size", "hidden_size": "hidden_
                  "char_dropout": "char_dropout", "weight_drop": "weight_drop"}
 _TRAIN_FIELDS = ("batch_size", "bptt", "epochs", "max_steps", "max_minutes", "optimizer", "lr", "weight_decay",
                  "warmup_steps", "min_lr_ratio", "lr_decay", "decay_after", "clip", "eval_every", "log_every",
-                 "patience", "seed", "device", "precision", "init_from", "train_split")
+                 "patience", "seed", "device", "precision", "init_from", "train_split", "sampled_softmax")
 
 
 @app.command("train", short_help="Train a model on the prepared corpus (after corpus prepare).",
@@ -444,9 +455,13 @@ def train_cmd(
     precision: Annotated[str, typer.Option("--precision", help=f"{', '.join(PRECISIONS)}: auto is bf16 on CUDA, "
                                            "fp32 elsewhere; bf16 is also faster on CPUs with AVX512-BF16 or AMX.")
                          ] = _D.precision,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Start from this checkpoint's weights "
-                                                      "(its shape; fresh optimizer and schedule; characters of another vocabulary start fresh).", metavar="FILE",
-                                                      show_default="fresh weights")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Start from this checkpoint's weights (its shape; fresh optimizer and schedule; "
+        "characters of another vocabulary start fresh).", metavar="FILE", show_default="fresh weights")] = None,
+    sampled_softmax: Annotated[int, typer.Option(
+        "--sampled-softmax", help="Train the output layer on the batch's targets plus K sampled negatives "
+        "instead of the whole vocabulary (faster; an approximation: finish with a full-softmax run); 0 is off.",
+        metavar="K")] = _D.sampled_softmax,
     train_split: Annotated[str, typer.Option(
         "--train-split", help=f"{', '.join(TRAIN_SPLITS)}: the Tang train split, the 全宋诗 (corpus prepare "
         "--with-song), or both; validation is always on Tang val.")] = _D.train_split,

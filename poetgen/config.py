@@ -115,6 +115,7 @@ class TrainConfig:
     init_from: str | None = None  # warm start: weights from this checkpoint, fresh optimizer and schedule
     log_every: int = 50
     train_split: str = "train"  # what to train on: one of TRAIN_SPLITS (validation is always the Tang val split)
+    sampled_softmax: int = 0  # > 0: train the output layer on the batch's targets plus this many sampled negatives
 
     # the fields --resume may change: they say when to stop and how often to report, not what is computed
     RESUMABLE = ("epochs", "max_steps", "max_minutes", "eval_every", "patience", "log_every")
@@ -144,6 +145,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a number ≥ 0, got {value}")
+        if not isinstance(self.sampled_softmax, int) or self.sampled_softmax < 0:
+            raise UsageError(f"--sampled-softmax must be 0 (off) or a number of negatives, got {self.sampled_softmax}")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be ≥ 0, got {self.warmup_steps}")
         if not 0 <= self.seed < 2**63:

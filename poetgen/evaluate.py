@@ -44,8 +44,17 @@ def evaluate_stream(model: LanguageModel, stream: np.ndarray, vocab: Vocab, devi
     body = torch.as_tensor(body_targets(stream, vocab))
     batched = batchify(stream, 1).to(device)
     body = body[: batched.size(1)].view(1, -1).to(device)
-    total, body_total, count, body_count, state = 0.0, 0.0, 0, 0, None
     windows = num_windows(batched, EVAL_BPTT)
+    try:
+        total, body_total, count, body_count = _windows(model, batched, body, windows, device, precision, progress)
+    finally:
+        model.train(was_training)
+    return {"record": metrics_from_loss(total / count), "body": metrics_from_loss(body_total / max(body_count, 1)),
+            "chars": count, "body_chars": body_count}
+
+
+def _windows(model, batched, body, windows, device, precision, progress) -> tuple[float, float, int, int]:
+    total, body_total, count, body_count, state = 0.0, 0.0, 0, 0, None
     for i in range(windows):
         x, y = get_batch(batched, i, EVAL_BPTT)
         _, in_body = get_batch(body, i, EVAL_BPTT)
@@ -59,9 +68,7 @@ def evaluate_stream(model: LanguageModel, stream: np.ndarray, vocab: Vocab, devi
         body_count += int(in_body.sum())
         if progress:
             progress(i + 1, windows)
-    model.train(was_training)
-    return {"record": metrics_from_loss(total / count), "body": metrics_from_loss(body_total / max(body_count, 1)),
-            "chars": count, "body_chars": body_count}
+    return total, body_total, count, body_count
 
 
 def run(checkpoint_path: Path | None, split: str | None = None, file: Path | None = None,

@@ -24,7 +24,7 @@ from .data import batchify, get_batch, num_windows
 from .device import autocast, pick_device, use_bf16
 from .errors import PoetgenError, UsageError
 from .evaluate import evaluate_stream
-from .model import LanguageModel, State, detach_state
+from .model import LanguageModel, NegativeSampler, State, detach_state
 from .paths import exclusive_lock
 from .vocab import Vocab
 
@@ -195,6 +195,11 @@ class Trainer:
         if len(val_stream) < 4:
             raise UsageError("validation split is empty: prepare a larger corpus")
         self.train_data = batchify(train_stream, self.cfg.batch_size).to(self.device)
+        self.negatives = None
+        if self.cfg.sampled_softmax:
+            counts = torch.bincount(torch.as_tensor(np.asarray(train_stream, dtype=np.int64)),
+                                    minlength=model_config.vocab_size)
+            self.negatives = NegativeSampler(counts, self.cfg.sampled_softmax).to(self.device)
         self.val_stream = np.asarray(val_stream, dtype=np.int64)
         self.windows_per_epoch = num_windows(self.train_data, self.cfg.bptt)
         # the schedule is fixed here; on --resume it comes from last.pt
@@ -219,6 +224,8 @@ class Trainer:
         self.elapsed = 0.0
         self.tokens_seen = 0
         self.last_val: dict | None = None
+        self.evaluated_step: int | None = None  # the step of the last finished validation
+        self._stop: _StopRequest | None = None  # while run() runs
         self.eval_seconds = 0.0  # how long the last validation took
 
     def _schedule_steps(self) -> int | None:
@@ -304,6 +311,7 @@ class Trainer:
             "evals_since_best": self.evals_since_best,
             "elapsed": self.elapsed,
             "tokens_seen": self.tokens_seen,
+            "evaluated_step": self.evaluated_step,
             "train_config": asdict(self.cfg),
             "schedule_steps": self.schedule_steps,
             "schedule_minutes": self.schedule_minutes,
@@ -338,6 +346,7 @@ class Trainer:
             self.evals_since_best = ts["evals_since_best"]
             self.elapsed = ts["elapsed"]
             self.tokens_seen = ts["tokens_seen"]
+            self.evaluated_step = ts.get("evaluated_step", self.step)  # older runs: as if validated
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
             raise PoetgenError(f"{path} has a damaged training state: resume from another copy, or start "
                                f"a new run with --init-from {path}") from None
@@ -362,8 +371,16 @@ class Trainer:
             self.on_event(event)
 
     def validate(self) -> dict:
-        """Record and body figures on the val split (evaluate.py's protocol)."""
-        return evaluate_stream(self.model, self.val_stream, self.vocab, self.device, self.cfg.precision)
+        """Record and body figures on the val split (evaluate.py's protocol). A stop signal during a
+        run's validation interrupts it; the resumed run validates that step again."""
+        stop = self._stop
+
+        def check(done: int, total: int) -> None:
+            if stop is not None and stop.signal_name:
+                raise KeyboardInterrupt
+
+        return evaluate_stream(self.model, self.val_stream, self.vocab, self.device, self.cfg.precision,
+                               progress=check)
 
     def _evaluate_and_save(self, train_loss: float, tokens_per_s: float) -> bool:
         """Validate, save best.pt then last.pt, log; True when early stopping says stop."""
@@ -372,6 +389,7 @@ class Trainer:
         val = self.validate()
         self.eval_seconds = time.perf_counter() - t0
         self.last_val = val
+        self.evaluated_step = self.step
         nats = val["record"]["nats_per_char"]
         improved = nats < self.best_val
         if improved:
@@ -404,8 +422,12 @@ class Trainer:
         (SIGINT, SIGTERM, SIGHUP) saves last.pt after the current step and raises TrainingInterrupted."""
         self.out.mkdir(parents=True, exist_ok=True)
         with run_lock(self.out), _StopRequest() as stop:
-            self._emit({"event": "start", "step": self.step}, log=False)
-            return self._run(on_step, stop)
+            self._stop = stop
+            try:
+                self._emit({"event": "start", "step": self.step}, log=False)
+                return self._run(on_step, stop)
+            finally:
+                self._stop = None
 
     def _run(self, on_step, stop: _StopRequest) -> dict:
         c = self.cfg
@@ -417,6 +439,8 @@ class Trainer:
         tokens_per_s = 0.0
         stop_reason = None
         try:
+            if self.step and self.step % c.eval_every == 0 and self.evaluated_step != self.step:
+                self._evaluate_and_save(train_loss, tokens_per_s)  # a stop signal cut this validation short
             while True:
                 if self.window >= self.windows_per_epoch:
                     self.epoch += 1
@@ -432,7 +456,7 @@ class Trainer:
                     group["lr"] = lr
                 x, y = get_batch(self.train_data, self.window, c.bptt)
                 with autocast(self.device, c.precision):
-                    loss, state = self.model.loss(x, y, self.state)
+                    loss, state = self.model.loss(x, y, self.state, self.negatives)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 loss_value = loss.item()
@@ -469,7 +493,7 @@ class Trainer:
                     break
                 if on_step:
                     on_step(self)
-            if self.step % c.eval_every != 0 or self.last_val is None:
+            if self.evaluated_step != self.step or self.last_val is None:
                 if loss_n:
                     train_loss = loss_sum / loss_n
                 self._evaluate_and_save(train_loss, tokens_per_s)

@@ -71,3 +71,21 @@ def test_top_level_help_says_what_each_command_is_for():
     for name in ("train", "eval", "sample", "info", "export", "check", "corpus", "plot", "inspect"):
         line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
         assert not line.rstrip().endswith("..."), line  # a whole sentence, not a cut one
+
+
+def test_progress_without_a_terminal_prints_a_start_a_heartbeat_and_an_end(capsys, monkeypatch):
+    from poetgen.cli import StageProgress
+
+    with StageProgress() as progress:  # NO_COLOR is set: plain lines on stderr
+        for done in range(1, 101):
+            progress("evaluating val", done, 100)
+    assert capsys.readouterr().err.splitlines() == ["evaluating val: 1/100", "evaluating val: done (100/100)"]
+    monkeypatch.setattr(StageProgress, "PLAIN_EVERY_S", 0.0)
+    with StageProgress() as progress:
+        for done in range(1, 4):
+            progress("evaluating val", done, 3)
+    assert capsys.readouterr().err.splitlines() == ["evaluating val: 1/3", "evaluating val: 2/3",
+                                                     "evaluating val: done (3/3)"]
+    with StageProgress(quiet=True) as progress:
+        progress("evaluating val", 3, 3)
+    assert capsys.readouterr().err == ""

@@ -15,7 +15,7 @@ from poetgen.cli import app
 from poetgen.data import batchify, get_batch, load_split, num_windows
 from poetgen.errors import CheckpointError, UsageError
 from poetgen.evaluate import evaluate_stream
-from poetgen.model import LanguageModel, ModelConfig
+from poetgen.model import LanguageModel, ModelConfig, NegativeSampler
 from poetgen.train import TrainConfig, Trainer, TrainingInterrupted
 from poetgen.vocab import SPECIALS, Vocab
 
@@ -100,8 +100,8 @@ def test_tiny_training_beats_the_unigram_baseline(prepared, tmp_path):
 def _trainer(prepared, out, **overrides):
     train, val = streams(prepared)
     vocab = Vocab.load(prepared / "vocab.json")
-    cfg = TrainConfig(batch_size=8, bptt=16, max_steps=30, eval_every=10, warmup_steps=5, device="cpu",
-                      seed=7, log_every=5, **overrides)
+    cfg = TrainConfig(**{**dict(batch_size=8, bptt=16, max_steps=30, eval_every=10, warmup_steps=5, device="cpu",
+                                seed=7, log_every=5), **overrides})
     return Trainer(ModelConfig(len(vocab), **SMALL), cfg, vocab, train, val, out)
 
 
@@ -124,6 +124,32 @@ def test_resume_continues_exactly(prepared, tmp_path):
     assert b["last_val"]["record"]["nats_per_char"] == a["last_val"]["record"]["nats_per_char"]
     for (k, va), (_, vb) in zip(straight.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         assert torch.equal(va, vb), k
+
+
+def test_a_stop_signal_during_validation_cuts_it_short_and_the_resumed_run_validates_again(prepared, tmp_path):
+    straight = _trainer(prepared, tmp_path / "a")
+    a = straight.run()
+    windows_seen = []
+
+    def signal_at_second_validation(event):
+        if event["event"] == "evaluating" and event["step"] == 20:
+            interrupted._stop.signal_name = "SIGTERM"  # what the SIGTERM handler does
+
+    interrupted = _trainer(prepared, tmp_path / "b")
+    interrupted.on_event = signal_at_second_validation
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 20"):
+        interrupted.run()
+    assert interrupted.evaluated_step == 10
+    resumed = _trainer(prepared, tmp_path / "b")
+    resumed.on_event = lambda e: windows_seen.append(e["step"]) if e["event"] == "eval" else None
+    resumed.resume(tmp_path / "b" / "last.pt")
+    assert resumed.step == 20 and resumed.evaluated_step == 10
+    b = resumed.run()
+    assert windows_seen == [20, 30]  # step 20 validated again before training goes on
+    assert b["best_val_loss"] == a["best_val_loss"]
+    assert b["last_val"]["record"]["nats_per_char"] == a["last_val"]["record"]["nats_per_char"]
+    evals = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if e["event"] == "eval"] == [10, 20, 30]
 
 
 def test_warm_start_takes_the_weights_but_not_the_schedule(prepared, tmp_path):
@@ -153,7 +179,8 @@ def test_warm_start_refuses_another_shape_or_vocabulary(prepared, tmp_path):
     checkpoint.save(tmp_path / "trad.pt", traditional, Vocab(vocab.tokens + ["龘"]), ModelMeta(script="traditional"))
     train, val = streams(prepared)
     with pytest.raises(UsageError, match="traditional text and this corpus is simplified"):
-        Trainer(ModelConfig(len(vocab), **SMALL), TrainConfig(batch_size=8, bptt=16, init_from=str(tmp_path / "trad.pt")),
+        Trainer(ModelConfig(len(vocab), **SMALL), TrainConfig(batch_size=8, bptt=16,
+                                                              init_from=str(tmp_path / "trad.pt")),
                 vocab, train, val, tmp_path / "r", corpus_meta={"script": "simplified"})
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--quiet",
                                  "--init-from", str(tmp_path / "shape.pt"), "--hidden-size", "64"])
@@ -272,6 +299,7 @@ def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):
         (["--train-split", "song"], "corpus prepare --with-song"),
         (["--train-split", "val"], "unknown --train-split"),
         (["--weight-drop", "1"], "weight-drop"),
+        (["--sampled-softmax", "-3"], "--sampled-softmax must be 0 (off) or a number of negatives"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "device"),
     ]
     for args, needle in cases:
@@ -463,3 +491,64 @@ def test_weight_shapes_are_the_modules_own(cell, emb, hidden, tie):
     config = ModelConfig(vocab_size=40, emb_size=emb, hidden_size=hidden, num_layers=3, cell=cell, tie_weights=tie)
     real = {k: tuple(v.shape) for k, v in LanguageModel(config).state_dict().items()}
     assert LanguageModel.weight_shapes(config) == real
+
+
+def test_negative_sampler_keeps_every_target_and_corrects_only_the_negatives():
+    torch.manual_seed(0)
+    counts = torch.randint(0, 1000, (60,))
+    sampler = NegativeSampler(counts, 25)
+    targets = torch.tensor([3, 3, 7, 11, 59, 0])
+    columns, correction, index = sampler.draw(targets)
+    assert torch.equal(columns, torch.unique(columns)) and len(columns) > len(set(targets.tolist()))
+    assert torch.equal(columns[index], targets)
+    is_target = torch.isin(columns, targets)
+    assert torch.all(correction[is_target] == 0) and torch.all(correction[~is_target] < 0)
+    # a negative's correction is log(1 - (1 - q)^k), q from the counts + 1 to the power 0.75
+    q = (counts.double() + 1) ** 0.75
+    q /= q.sum()
+    expected = torch.log(1 - (1 - q[columns[~is_target]]) ** 25)
+    assert torch.allclose(correction[~is_target].double(), expected, atol=1e-5)
+
+
+def test_sampled_softmax_over_every_column_is_the_full_softmax(prepared):
+    """When the draws hold the whole vocabulary, each column is certain to be in the set: no
+    correction, and the loss and its gradients are the full softmax's."""
+    vocab = Vocab.load(prepared / "vocab.json")
+    torch.manual_seed(1)
+    model = LanguageModel(ModelConfig(len(vocab), **{**SMALL, "dropout": 0.0, "emb_dropout": 0.0})).train()
+    x = torch.randint(0, len(vocab), (4, 12))
+    y = torch.randint(0, len(vocab), (4, 12))
+    full, _ = model.loss(x, y)
+    full.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    sampled, _ = model.loss(x, y, negatives=NegativeSampler(torch.ones(len(vocab)), 200_000))
+    sampled.backward()
+    assert sampled.item() == pytest.approx(full.item(), abs=1e-5)
+    for k, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[k], atol=1e-6), k
+    # with few negatives the set is smaller than the vocabulary and the loss differs; evaluation ignores it
+    small = NegativeSampler(torch.ones(len(vocab)), 3)
+    assert len(small.draw(y.reshape(-1))[0]) < len(vocab)
+    model.eval()
+    assert model.loss(x, y, negatives=small)[0].item() == pytest.approx(full.item(), abs=1e-5)
+
+
+def test_training_with_a_sampled_softmax_learns_and_resumes_exactly(prepared, tmp_path):
+    sampled = _trainer(prepared, tmp_path / "s", sampled_softmax=8, max_steps=120, eval_every=120)
+    before = sampled.validate()["record"]["nats_per_char"]
+    learned = sampled.run()["best_val_loss"]
+    full = _trainer(prepared, tmp_path / "f", max_steps=120, eval_every=120).run()["best_val_loss"]
+    assert learned < before - 0.05 and abs(learned - full) < 0.05 and learned != full
+
+    def interrupt(trainer):
+        if trainer.step == 15:
+            raise KeyboardInterrupt
+
+    a = _trainer(prepared, tmp_path / "a", sampled_softmax=8).run()
+    with pytest.raises(TrainingInterrupted):
+        _trainer(prepared, tmp_path / "b", sampled_softmax=8).run(on_step=interrupt)
+    second = _trainer(prepared, tmp_path / "b", sampled_softmax=8)
+    second.resume(tmp_path / "b" / "last.pt")
+    b = second.run()
+    assert b["last_val"]["record"]["nats_per_char"] == a["last_val"]["record"]["nats_per_char"]
