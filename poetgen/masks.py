@@ -153,6 +153,9 @@ class Verse:
                     for p in strict_kinds_positions(t, line):
                         self.want[r, line, p] = self.WANT_PING if patterns[line][p] == PING else self.WANT_ZE
         self.strict = templates_per_row is not None
+        # default rules: the free first line ends plainly 仄, or in an open group, and then the poem
+        # rhymes with it (首句入韵), so no reader takes a 平 end of another group for a failed rhyme
+        self.first_opens = rules.rhyme and not self.strict
         self.tone_masks = torch.stack([torch.ones(V), m.ping.float(), m.ze.float()])
         self.ze = m.ze.float()
         # 1.0 where a character may still be used: kept up to date in advance(), so a step costs
@@ -169,7 +172,10 @@ class Verse:
         hard = None
         if col == self.form.chars - 1:
             rhyming = self.rhyme_line[:, line]
-            if bool(rhyming.any()):
+            if line == 0 and self.first_opens:
+                in_group = (self.groups_open.float() @ self.m.groups.float()) > 0
+                hard = (in_group | ~self.m.ping).float()
+            elif bool(rhyming.any()):
                 in_group = (self.groups_open.float() @ self.m.groups.float()) > 0  # (rows, V)
                 hard = torch.where(rhyming[:, None], in_group & ~self.rhymed, True).float()
             if self.strict:  # an unrhymed line end is plainly 仄, so no reader takes it for a rhyme
@@ -202,6 +208,9 @@ class Verse:
         if col == self.form.chars - 1:
             self.rhymed[rows, tokens] = True  # a rhyme never repeats a line's end, the free first line's too
             rhyming = self.rhyme_line[:, line]
+            if line == 0 and self.first_opens:  # a first line that ends in an open group rhymes (首句入韵)
+                joined = self.groups_open & self.m.groups[:, tokens].T
+                rhyming = rhyming | joined.any(1)
             r = rows[rhyming]
             self.groups_open[r] &= self.m.groups[:, tokens[r]].T
 

@@ -60,6 +60,9 @@ def test_fixed_forms_rhyme_and_use_no_character_a_third_time(model_seed, seed, f
     for poem in Generator(tiny(model_seed), VOCAB).generate(opts, verse=verse_rules(opts, MASKS)):
         assert detect_form(poem.body) == f.name
         assert rhymes_in_one_group(poem), poem.body
+        first_end = poem.lines[0][-2]
+        if first_end in DONG + YANG:  # a 平 first line end rhymes with the rest (首句入韵)
+            assert all(RHYMES.of_char[first_end] & RHYMES.of_char[line[-2]] for line in poem.lines[1::2]), poem.body
         counted = uses(poem.body)
         for h in heads:  # the user's heads are exempt
             counted[h] -= 1
