@@ -456,11 +456,13 @@ def train_cmd(
                                            "fp32 elsewhere; bf16 is also faster on CPUs with AVX512-BF16 or AMX.")
                          ] = _D.precision,
     init_from: Annotated[Optional[Path], typer.Option(
-        "--init-from", help="Start from this checkpoint's weights (its shape; fresh optimizer and schedule; "
-        "characters of another vocabulary start fresh).", metavar="FILE", show_default="fresh weights")] = None,
+        "--init-from", help="Start from this checkpoint's weights (its shape; fresh optimizer and schedule). "
+        "From a model of another vocabulary, the characters both hold keep their rows and the others start "
+        "fresh.", metavar="FILE", show_default="fresh weights")] = None,
     sampled_softmax: Annotated[int, typer.Option(
         "--sampled-softmax", help="Train the output layer on the batch's targets plus K sampled negatives "
-        "instead of the whole vocabulary (faster; an approximation: finish with a full-softmax run); 0 is off.",
+        "instead of the whole vocabulary (faster; an approximation: finish with a full-softmax run; the logged "
+        "train loss is over the sampled columns); 0 is off.",
         metavar="K")] = _D.sampled_softmax,
     train_split: Annotated[str, typer.Option(
         "--train-split", help=f"{', '.join(TRAIN_SPLITS)}: the Tang train split, the 全宋诗 (corpus prepare "
@@ -548,8 +550,9 @@ class TrainProgress:
             what = "resuming" if trainer.step else "training"
             typer.echo(f"{what} {trainer.model_config.num_layers}x{trainer.model_config.hidden_size} "
                        f"{trainer.model_config.cell} on {trainer.device} from step {trainer.step:,}; budget "
-                       f"{' or '.join(b for b in budget if b)}; validation every {plural(c.eval_every, 'step')}",
-                       err=True)
+                       f"{' or '.join(b for b in budget if b)}; validation every {plural(c.eval_every, 'step')}"
+                       + (f"; sampled softmax, {c.sampled_softmax:,} negatives (train loss over the sampled "
+                          "columns)" if c.sampled_softmax else ""), err=True)
         if self.progress is not None:
             ppl = trainer.last_val["record"]["perplexity"] if trainer.last_val and "record" in trainer.last_val \
                 else None
@@ -565,7 +568,7 @@ class TrainProgress:
                 typer.echo(e["message"], err=True)
             return
         if self.plain and e["event"] == "eval":
-            typer.echo(f"step {e['step']} epoch {e['epoch']}: train loss {e['train_loss']:.3f}, val loss "
+            typer.echo(f"step {e['step']} epoch {e['epoch']}: train loss {_fmt(e['train_loss'], 3)}, val loss "
                        f"{e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f} (body {e['val_body_ppl']:.2f}), "
                        f"{e['tokens_per_s']:,.0f} tok/s, {e['elapsed_s']:.0f} s", err=True)
         if self.progress is None or self.task is None:

@@ -153,8 +153,9 @@ class Verse:
                     for p in strict_kinds_positions(t, line):
                         self.want[r, line, p] = self.WANT_PING if patterns[line][p] == PING else self.WANT_ZE
         self.strict = templates_per_row is not None
-        # default rules: the free first line ends plainly 仄, or in an open group, and then the poem
-        # rhymes with it (首句入韵), so no reader takes a 平 end of another group for a failed rhyme
+        # default rules: the free first line ends in a character that does not usually read 平, or in
+        # an open group, and then the poem rhymes with it (首句入韵): no reader takes a 平 end of
+        # another group for a failed rhyme
         self.first_opens = rules.rhyme and not self.strict
         self.tone_masks = torch.stack([torch.ones(V), m.ping.float(), m.ze.float()])
         self.ze = m.ze.float()

@@ -98,6 +98,11 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
         if shape_flags or preset is not None:
             raise UsageError("--init-from takes the model's shape from the checkpoint: drop --preset, --cell, "
                              "--emb-size, --hidden-size, --layers and --untied")
+        path = Path(init_from)
+        if path.is_dir():
+            raise UsageError(f"--init-from {path} is a folder: pass a checkpoint file (e.g. {path}/best.pt)")
+        if not path.exists():
+            raise UsageError(f"--init-from {path}: no such file: pass a checkpoint (e.g. runs/NAME/best.pt)")
         base = checkpoint.read(init_from).config.to_dict()
         train_given["init_from"] = str(init_from)
     else:
@@ -200,6 +205,10 @@ class Trainer:
             counts = torch.bincount(torch.as_tensor(np.asarray(train_stream, dtype=np.int64)),
                                     minlength=model_config.vocab_size)
             self.negatives = NegativeSampler(counts, self.cfg.sampled_softmax).to(self.device)
+            if self.cfg.sampled_softmax >= model_config.vocab_size // 2:
+                self._emit({"event": "note", "message": f"--sampled-softmax {self.cfg.sampled_softmax:,} is not "
+                            f"small against the vocabulary ({model_config.vocab_size:,}): the sampled set holds "
+                            "most columns, so training is barely faster; try 1024"}, log=False)
         self.val_stream = np.asarray(val_stream, dtype=np.int64)
         self.windows_per_epoch = num_windows(self.train_data, self.cfg.bptt)
         # the schedule is fixed here; on --resume it comes from last.pt
@@ -225,6 +234,7 @@ class Trainer:
         self.tokens_seen = 0
         self.last_val: dict | None = None
         self.evaluated_step: int | None = None  # the step of the last finished validation
+        self.pending_eval: dict | None = None  # a validation a stop signal cut short: redone on --resume
         self._stop: _StopRequest | None = None  # while run() runs
         self.eval_seconds = 0.0  # how long the last validation took
 
@@ -312,6 +322,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "tokens_seen": self.tokens_seen,
             "evaluated_step": self.evaluated_step,
+            "pending_eval": self.pending_eval,
             "train_config": asdict(self.cfg),
             "schedule_steps": self.schedule_steps,
             "schedule_minutes": self.schedule_minutes,
@@ -347,6 +358,7 @@ class Trainer:
             self.elapsed = ts["elapsed"]
             self.tokens_seen = ts["tokens_seen"]
             self.evaluated_step = ts.get("evaluated_step", self.step)  # older runs: as if validated
+            self.pending_eval = ts.get("pending_eval")
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
             raise PoetgenError(f"{path} has a damaged training state: resume from another copy, or start "
                                f"a new run with --init-from {path}") from None
@@ -364,6 +376,7 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------------
     def _emit(self, event: dict, log: bool = True) -> None:
+        event = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in event.items()}
         if log:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(event) + "\n")
@@ -385,11 +398,13 @@ class Trainer:
     def _evaluate_and_save(self, train_loss: float, tokens_per_s: float) -> bool:
         """Validate, save best.pt then last.pt, log; True when early stopping says stop."""
         self._emit({"event": "evaluating", "step": self.step}, log=False)
+        self.pending_eval = {"train_loss": train_loss, "tokens_per_s": tokens_per_s}
         t0 = time.perf_counter()
         val = self.validate()
         self.eval_seconds = time.perf_counter() - t0
         self.last_val = val
         self.evaluated_step = self.step
+        self.pending_eval = None
         nats = val["record"]["nats_per_char"]
         improved = nats < self.best_val
         if improved:
@@ -439,8 +454,9 @@ class Trainer:
         tokens_per_s = 0.0
         stop_reason = None
         try:
-            if self.step and self.step % c.eval_every == 0 and self.evaluated_step != self.step:
-                self._evaluate_and_save(train_loss, tokens_per_s)  # a stop signal cut this validation short
+            if self.pending_eval is not None:  # a stop signal cut this step's validation short
+                train_loss, tokens_per_s = self.pending_eval["train_loss"], self.pending_eval["tokens_per_s"]
+                self._evaluate_and_save(train_loss, tokens_per_s)
             while True:
                 if self.window >= self.windows_per_epoch:
                     self.epoch += 1

@@ -150,6 +150,19 @@ def test_a_stop_signal_during_validation_cuts_it_short_and_the_resumed_run_valid
     assert b["last_val"]["record"]["nats_per_char"] == a["last_val"]["record"]["nats_per_char"]
     evals = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals if e["event"] == "eval"] == [10, 20, 30]
+    assert all(e["train_loss"] is not None and e["tokens_per_s"] > 0 for e in evals if e["event"] == "eval")
+    # the pending validation is kept in last.pt, so it is redone even when --resume changes --eval-every
+    again = _trainer(prepared, tmp_path / "c")
+    again.on_event = lambda e: (setattr(again._stop, "signal_name", "SIGTERM")
+                                if e["event"] == "evaluating" and e["step"] == 20 else None)
+    with pytest.raises(TrainingInterrupted):
+        again.run()
+    steps = []
+    other = _trainer(prepared, tmp_path / "c", eval_every=7)
+    other.on_event = lambda e: steps.append(e["step"]) if e["event"] == "eval" else None
+    other.resume(tmp_path / "c" / "last.pt")
+    other.run()
+    assert steps == [20, 21, 28, 30]
 
 
 def test_warm_start_takes_the_weights_but_not_the_schedule(prepared, tmp_path):
@@ -187,7 +200,10 @@ def test_warm_start_refuses_another_shape_or_vocabulary(prepared, tmp_path):
     assert result.exit_code == 2 and "--init-from takes the model's shape" in result.stderr
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--quiet",
                                  "--init-from", str(tmp_path / "missing.pt")])
-    assert result.exit_code != 0 and "no checkpoint at" in result.stderr and "Traceback" not in result.stderr
+    assert result.exit_code == 2 and "--init-from" in result.stderr and "no such file" in result.stderr
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--quiet",
+                                 "--init-from", str(tmp_path)])
+    assert result.exit_code == 2 and f"--init-from {tmp_path} is a folder" in result.stderr
     # the CLI takes the checkpoint's shape and may change the dropout
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "ok"), "--data-dir", str(prepared), "--quiet",
                                  "--init-from", str(tmp_path / "shape.pt"), "--dropout", "0.4", "--max-steps", "2",
