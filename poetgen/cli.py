@@ -1144,7 +1144,8 @@ def inspect_gates(
                                       "poetgen sample --form qilv --strict | poetgen check"))
 @handle_errors
 def check_cmd(
-    poem: Annotated[Optional[str], typer.Argument(help="The poem, quoted.", show_default="--file, else stdin")
+    poem: Annotated[Optional[str], typer.Argument(help="The poem, quoted (- reads stdin).",
+                                                  show_default="--file, else stdin")
                     ] = None,
     extra: Annotated[Optional[list[str]], typer.Argument(hidden=True)] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="Read poems from this UTF-8 file, separated by "
@@ -1163,6 +1164,8 @@ def check_cmd(
 
     if extra:
         raise fail("the poem is more than one argument: quote it (poetgen check '秋色无限春，…') or use --file", 2)
+    if poem == "-" and file is None:  # the usual name of stdin
+        poem, file = None, Path("-")
     if poem is not None and file is not None:
         raise fail("give the poem as an argument or --file, not both", 2)
     tones = prosody.ToneTable.from_counts(_tone_counts(checkpoint_path, data_dir))

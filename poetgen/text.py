@@ -62,7 +62,10 @@ def to_script(text: str, script: str | None) -> str:
 
 
 def read_text_file(path: str | os.PathLike, option: str = "--file") -> str:
-    """A UTF-8 text file's contents; UsageError naming `option` when it is missing, a folder, or not UTF-8."""
+    """A UTF-8 text file's contents ("-": stdin); UsageError naming `option` when it is missing, a folder,
+    or not UTF-8."""
+    if str(path) == "-":
+        return "".join(iter_lines(None, option))
     path = Path(path)
     try:
         return path.read_text(encoding="utf-8")
@@ -81,9 +84,11 @@ def read_text_file(path: str | os.PathLike, option: str = "--file") -> str:
 def iter_lines(path: str | os.PathLike | None = None, option: str = "--file") -> Iterator[str]:
     """The lines of a UTF-8 file, or of stdin when `path` is None, read lazily (bounded memory);
     UsageError for a missing file, a folder, bytes that are not UTF-8, or a closed or interactive stdin."""
+    if path is not None and str(path) == "-":
+        path = None
     if path is not None:
-        if not Path(path).is_file():
-            read_text_file(path, option)  # raises the message for what it is instead
+        if not Path(path).exists() or Path(path).is_dir():
+            read_text_file(path, option)  # raises the message for what it is instead (a pipe is read below)
         source = f"{option} {path}"
         opener = lambda: open(path, encoding="utf-8")  # noqa: E731, SIM115
     else:

@@ -483,3 +483,17 @@ def test_form_names_complete():
     from poetgen.cli import complete_form
 
     assert complete_form("q") == ["qijue", "qilv"] and "七律" in complete_form("七")
+
+
+def test_check_reads_stdin_as_dash_and_through_a_pipe_path():
+    """`check -`, `check --file -` and `check --file /dev/stdin` read the piped poems (a poem the
+    shipped model wrote)."""
+    poem = "白日登高出，苍梧长短空。云南皆少写，花落自难穷。\n".encode()
+    outputs = []
+    for args in (["-"], ["--file", "-"], ["--file", "/dev/stdin"], []):
+        proc = poetgen("check", *args, input=poem)
+        assert proc.returncode == 0, (args, proc.stderr.decode())
+        outputs.append(proc.stdout)
+    assert outputs[0].decode().startswith("五绝") and len(set(outputs)) == 1
+    both = poetgen("check", "-", "--file", "x.txt", input=poem)
+    assert both.returncode == 2 and one_line_error(both)
