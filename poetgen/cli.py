@@ -174,7 +174,7 @@ class StageProgress:
         self.quiet = quiet
         self.progress = None
         self.tasks: dict[str, int] = {}
-        self.said: dict[str, float] = {}  # plain output: when each stage last printed a line
+        self.said: dict[str, float] = {}  # plain output: when each stage last printed a line (or began)
         self.plain = False
 
     def __enter__(self):
@@ -187,18 +187,20 @@ class StageProgress:
             self.progress.__enter__()
         return self
 
-    PLAIN_EVERY_S = 10.0  # without a terminal: a line when a stage starts, then at most one per 10 s
+    # without a terminal: a stage that runs 2 s says how far it is, then once per 10 s, and every
+    # stage says when it is done (a quick failure stays one line)
+    PLAIN_FIRST_S, PLAIN_EVERY_S = 2.0, 10.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.plain:
             now = time.monotonic()
+            if stage not in self.said:
+                self.said[stage] = now - self.PLAIN_EVERY_S + self.PLAIN_FIRST_S  # the first line after 2 s
             if done == total:
                 typer.echo(f"{stage}: done ({done}/{total})", err=True)
-            elif stage not in self.said or now - self.said[stage] >= self.PLAIN_EVERY_S:
+            elif now - self.said[stage] >= self.PLAIN_EVERY_S:
                 typer.echo(f"{stage}: {done}/{total}", err=True)
-            else:
-                return
-            self.said[stage] = now
+                self.said[stage] = now
         if self.progress is None:
             return
         if stage not in self.tasks:

@@ -73,19 +73,20 @@ def test_top_level_help_says_what_each_command_is_for():
         assert not line.rstrip().endswith("..."), line  # a whole sentence, not a cut one
 
 
-def test_progress_without_a_terminal_prints_a_start_a_heartbeat_and_an_end(capsys, monkeypatch):
+def test_progress_without_a_terminal_prints_a_heartbeat_and_an_end(capsys, monkeypatch):
     from poetgen.cli import StageProgress
 
-    with StageProgress() as progress:  # NO_COLOR is set: plain lines on stderr
+    with StageProgress() as progress:  # NO_COLOR is set: plain lines on stderr; a quick stage: its end only
         for done in range(1, 101):
             progress("evaluating val", done, 100)
-    assert capsys.readouterr().err.splitlines() == ["evaluating val: 1/100", "evaluating val: done (100/100)"]
-    monkeypatch.setattr(StageProgress, "PLAIN_EVERY_S", 0.0)
+    assert capsys.readouterr().err.splitlines() == ["evaluating val: done (100/100)"]
+    clock = iter([0.0, 1.0, 2.5, 3.0, 12.4, 12.6, 13.0])  # a slow stage: after 2 s, then every 10 s
+    monkeypatch.setattr("poetgen.cli.time.monotonic", lambda: next(clock))
     with StageProgress() as progress:
-        for done in range(1, 4):
-            progress("evaluating val", done, 3)
-    assert capsys.readouterr().err.splitlines() == ["evaluating val: 1/3", "evaluating val: 2/3",
-                                                     "evaluating val: done (3/3)"]
+        for done in range(1, 8):
+            progress("evaluating val", done, 7)
+    assert capsys.readouterr().err.splitlines() == ["evaluating val: 3/7", "evaluating val: 6/7",
+                                                     "evaluating val: done (7/7)"]
     with StageProgress(quiet=True) as progress:
         progress("evaluating val", 3, 3)
     assert capsys.readouterr().err == ""
