@@ -163,8 +163,9 @@ class NegativeSampler:
     The softmax runs over a set of columns: every target of the batch plus `k` draws from the
     unigram distribution raised to the power 0.75. From each column's logit the log of its chance to
     be in the set is subtracted (0 for the targets, log(1 - (1 - q)^k) < 0 for a sampled negative,
-    which stands for the columns not drawn), so the set's softmax estimates the full one. On this corpus a 64 x 64 batch holds ~1,300 distinct
-    targets, and k = 1,024 gives ~1,570 columns of 6,800: the output layer costs a quarter.
+    which stands for the columns not drawn), so the set's softmax estimates the full one. On this
+    corpus a 64 x 64 batch holds ~1,300 distinct targets, and k = 1,024 gives ~1,570 columns of
+    6,800: the output layer costs a quarter.
     Evaluation and sampling always use the full softmax."""
 
     POWER = 0.75
