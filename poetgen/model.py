@@ -16,7 +16,8 @@ from torch import _VF  # the kernels behind nn.LSTM/GRU/RNN, called one layer at
 
 from .config import PRESETS, ModelConfig
 
-__all__ = ["PRESETS", "LanguageModel", "ModelConfig", "NegativeSampler", "State", "Stepper", "detach_state"]
+__all__ = ["PRESETS", "Int8LanguageModel", "Int8Stepper", "LanguageModel", "ModelConfig", "NegativeSampler", "State",
+           "Stepper", "detach_state", "int8_engines"]
 
 State = tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None
 
@@ -291,3 +292,136 @@ class Stepper:
         if self.proj is not None:
             x = torch.addmm(self.proj[1], x, self.proj[0])
         return torch.addmm(self.head_b, x, self.head_w), new_state
+
+
+INT8_LARGE_BATCH = 32  # rows from which the onednn kernels beat fbgemm's (benchmarks/sample_speed.py)
+
+
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None, engine: str):
+    """`weight` (out, in) packed for `engine`'s int8 kernels with one scale per output row
+    (symmetric), for torch.ops.quantized.linear_dynamic; activations are quantized per call, the
+    bias stays fp32. Packs of two engines live side by side: each call runs its own pack's kernel."""
+    import warnings
+
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+    previous = torch.backends.quantized.engine
+    with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; the ops are not
+        warnings.simplefilter("ignore")
+        try:
+            torch.backends.quantized.engine = engine
+            q = torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+            return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
+        finally:
+            torch.backends.quantized.engine = previous
+
+
+def int8_engines() -> tuple[str, str] | None:
+    """The quantized engines for (small, large) batches on this machine, or None where this torch
+    build has no int8 linear kernels (then sampling stays in fp32)."""
+    supported = torch.backends.quantized.supported_engines
+    if "fbgemm" in supported:
+        return "fbgemm", ("onednn" if "onednn" in supported else "fbgemm")
+    if "qnnpack" in supported:
+        return "qnnpack", "qnnpack"
+    return None
+
+
+class Int8Stepper(Stepper):
+    """The Stepper's LSTM step with int8 weights, the path `sample` takes on a CPU.
+
+    Every matrix product of a step (hidden-to-hidden, the upper layers' input, projection, output)
+    multiplies int8 weights with one scale per output row by activations quantized per call
+    (`quantized::linear_dynamic`, 7-bit `reduce_range` so x86 kernels without VNNI cannot saturate).
+    The first layer's input gates come from an fp32 table filled one character at a time, the first
+    time it is read. At batch 1 a step reads a quarter of the fp32 bytes. The same input gives the
+    same output on one machine; `poetgen eval --int8` reports its perplexity."""
+
+    def __init__(self, model: LanguageModel, engines: tuple[str, str] | None = None):
+        engines = engines or int8_engines()
+        if model.config.cell != "lstm" or engines is None:
+            raise ValueError("the int8 path needs an LSTM and a quantized engine")
+        self.model = model.eval()
+        self.fast = True
+        rnn, cfg = model.rnn, model.config
+        H = cfg.hidden_size
+        order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+        with torch.no_grad():
+            self.embed = model.embed.weight.detach().float()
+            self.w_ih0 = rnn.weight_ih_l0[order].T.contiguous()  # (E, 4H), gates (i, f, o, g)
+            self.b0 = (rnn.bias_ih_l0 + rnn.bias_hh_l0)[order]
+            self.table0 = torch.empty(cfg.vocab_size, 4 * H)  # filled on first use (pages untouched till then)
+            self.filled = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+            self.packs = []
+            for engine in dict.fromkeys(engines):
+                layers = [_int8_linear(rnn.weight_hh_l0[order], None, engine)]
+                for layer in range(1, cfg.num_layers):
+                    w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], 1)
+                    b = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+                    layers.append(_int8_linear(w[order], b[order], engine))  # input [x, h]: (2H) → 4H
+                proj = _int8_linear(model.proj.weight, model.proj.bias, engine) if model.proj is not None else None
+                self.packs.append((layers, proj, _int8_linear(model.head.weight, model.head.bias, engine)))
+        if len(self.packs) == 1:
+            self.packs.append(self.packs[0])
+
+    def input_gates(self, ids: torch.Tensor) -> torch.Tensor:
+        """The first layer's input gates plus both biases, (B, 4H), from the table."""
+        new = ids[~self.filled[ids]]
+        if new.numel():
+            new = new.unique()
+            self.table0[new] = torch.addmm(self.b0, self.embed[new], self.w_ih0)
+            self.filled[new] = True
+        return self.table0[ids]
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """A (B, T) prefix one token at a time through the int8 step: logits of the last position and the state."""
+        state = self.zero_state(ids.size(0))
+        for t in range(ids.size(1)):
+            logits, state = self.step(ids[:, t], state)
+        return logits, state
+
+    def zero_state(self, rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        H = self.model.config.hidden_size
+        return [(torch.zeros(rows, H), torch.zeros(rows, H)) for _ in range(self.model.config.num_layers)]
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """One token per row, ids (B,): next-token logits (B, V) and the new state."""
+        linear = torch.ops.quantized.linear_dynamic
+        layers, proj, head = self.packs[ids.size(0) >= INT8_LARGE_BATCH]
+        new_state, x = [], None
+        for layer, (h, c) in enumerate(state):
+            if layer == 0:
+                gates = self.input_gates(ids).add_(linear(h, layers[0], True))  # (B, 4H)
+            else:
+                gates = linear(torch.cat([x, h], 1), layers[layer], True)
+            H = gates.size(1) // 4
+            gates[:, :3 * H].sigmoid_()
+            gates[:, 3 * H:].tanh_()
+            i, f, o, g = gates.chunk(4, dim=1)
+            c = torch.addcmul(f * c, i, g)
+            x = o * torch.tanh(c)
+            new_state.append((x, c))
+        if proj is not None:
+            x = linear(x, proj, True)
+        return linear(x, head, True), new_state
+
+class Int8LanguageModel(nn.Module):
+    """`LanguageModel.forward` computed by the int8 step, token by token, for evaluating the sampling
+    path under the one validation protocol (state in nn.LSTM's (L, B, H) layout, as windows carry it)."""
+
+    def __init__(self, model: LanguageModel):
+        super().__init__()
+        self.config = model.config
+        self.stepper = Int8Stepper(model)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        rows = (self.stepper.zero_state(x.size(0)) if state is None
+                else [(state[0][i], state[1][i]) for i in range(state[0].size(0))])
+        logits = []
+        for t in range(x.size(1)):
+            step_logits, rows = self.stepper.step(x[:, t], rows)
+            logits.append(step_logits)
+        return torch.stack(logits, 1), (torch.stack([h for h, _ in rows]), torch.stack([c for _, c in rows]))

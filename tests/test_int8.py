@@ -1,0 +1,86 @@
+"""The int8 sampling path (model.Int8Stepper): close to the fp32 step, deterministic, the same
+arithmetic whatever the batch's other rows, and a perplexity within a hair of fp32's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from poetgen.model import (
+    INT8_LARGE_BATCH,
+    Int8LanguageModel,
+    Int8Stepper,
+    LanguageModel,
+    ModelConfig,
+    Stepper,
+    int8_engines,
+)
+
+pytestmark = pytest.mark.skipif(int8_engines() is None, reason="this torch build has no quantized engine")
+
+
+def _model(emb: int = 24, hidden: int = 48) -> LanguageModel:
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=60, emb_size=emb, hidden_size=hidden, num_layers=2))
+    with torch.no_grad():  # weights of a trained model's scale, not the near-zero init
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("emb,hidden", [(24, 48), (48, 48)])  # with and without the projection
+def test_int8_step_is_close_to_the_fp32_step_for_many_steps(emb, hidden):
+    model = _model(emb, hidden)
+    fp32, int8 = Stepper(model), Int8Stepper(model)
+    ids = torch.randint(4, 60, (3, 30))
+    _, s32 = fp32.prefill(ids[:, :1])
+    _, s8 = int8.prefill(ids[:, :1])
+    worst = 0.0
+    for t in range(1, ids.size(1)):
+        a, s32 = fp32.step(ids[:, t], s32)
+        b, s8 = int8.step(ids[:, t], s8)
+        worst = max(worst, float((a.log_softmax(-1) - b.log_softmax(-1)).abs().max()))
+    assert 0 < worst < 0.15  # quantized (not the fp32 numbers), and close after 30 steps of carried state
+
+
+def test_int8_step_is_deterministic_and_a_row_does_not_depend_on_the_others():
+    model = _model()
+    int8 = Int8Stepper(model)
+    ids = torch.randint(4, 60, (INT8_LARGE_BATCH + 8,))
+    state = int8.zero_state(ids.numel())
+    a, _ = int8.step(ids, state)
+    b, _ = Int8Stepper(model).step(ids, int8.zero_state(ids.numel()))
+    assert torch.equal(a, b)
+    same = ids[:1].repeat(INT8_LARGE_BATCH + 8)  # a large batch of one row repeated
+    c, _ = int8.step(same, int8.zero_state(same.numel()))
+    assert torch.equal(c[0], c[-1])
+    d, _ = int8.step(ids[:1], int8.zero_state(1))  # the small-batch kernels give the same row to within rounding
+    assert torch.allclose(c[0], d[0], atol=1e-3)
+
+
+def test_the_input_table_is_filled_once_per_character_with_the_exact_first_layer_input():
+    model = _model()
+    int8 = Int8Stepper(model)
+    int8.step(torch.tensor([5, 7, 5]), int8.zero_state(3))
+    assert int8.filled.nonzero().flatten().tolist() == [5, 7]
+    rnn = model.rnn
+    exact = model.embed.weight[7] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0
+    H = model.config.hidden_size
+    order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+    assert torch.allclose(int8.table0[7], exact[order], atol=1e-5)
+
+
+def test_int8_language_model_carries_state_like_the_module_and_keeps_the_loss():
+    model = _model()
+    q = Int8LanguageModel(model)
+    x = torch.randint(4, 60, (2, 40))
+    whole, _ = q(x)
+    first, state = q(x[:, :25])
+    second, _ = q(x[:, 25:], state)
+    assert torch.equal(whole, torch.cat([first, second], 1))
+    with torch.no_grad():
+        ref, _ = model(x)
+    loss = lambda logits: float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 60), x[:, 1:].reshape(-1)))  # noqa: E731
+    assert math.isclose(loss(whole), loss(ref), rel_tol=0.01)
