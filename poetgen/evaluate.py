@@ -19,7 +19,7 @@ from . import checkpoint, corpus
 from .data import batchify, body_targets, encode_records, file_records, get_batch, load_split, num_windows
 from .device import autocast, pick_device
 from .errors import CorpusError, UsageError
-from .model import LanguageModel
+from .model import Int8LanguageModel, LanguageModel, int8_engines
 from .text import read_text_file
 from .vocab import Vocab
 
@@ -73,9 +73,10 @@ def _windows(model, batched, body, windows, device, precision, progress) -> tupl
 
 def run(checkpoint_path: Path | None, split: str | None = None, file: Path | None = None,
         data_dir: Path | None = None, device: str = "cpu",
-        progress: Callable[[int, int], None] | None = None) -> dict:
+        progress: Callable[[int, int], None] | None = None, int8: bool = False) -> dict:
     """Evaluate a checkpoint on a split of the prepared corpus or on a text file of poems (one per line,
-    `title<TAB>body` or a body). Returns the figures of evaluate_stream plus source, unknown, checkpoint."""
+    `title<TAB>body` or a body). Returns the figures of evaluate_stream plus source, unknown, checkpoint.
+    `int8` evaluates the CPU sampling path (model.Int8Stepper, token by token) instead of the fp32 module."""
     if (split is None) == (file is None):
         raise UsageError("give exactly one of --split val|test or --file TEXT")
     if file is not None:
@@ -83,7 +84,12 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
         if not records:
             raise UsageError(f"--file {file} holds no poem: write one poem per line")
     path = checkpoint_path or checkpoint.default_checkpoint()
-    loaded = checkpoint.load(path, pick_device(device))
+    loaded = checkpoint.load(path, "cpu" if int8 else pick_device(device))
+    model = loaded.model
+    if int8:
+        if model.config.cell != "lstm" or int8_engines() is None:
+            raise UsageError("--int8 needs an LSTM model and a torch build with quantized kernels: drop --int8")
+        model = Int8LanguageModel(model)
     vocab = loaded.vocab
     if split is not None:
         stream = load_split(data_dir, split).astype(np.int64)
@@ -100,6 +106,6 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
     else:
         stream, unknown = encode_records(records, vocab, loaded.meta.script)
         source = str(file)
-    result = evaluate_stream(loaded.model, stream, vocab, progress=progress)
-    result.update(source=source, unknown=unknown, checkpoint=str(path))
+    result = evaluate_stream(model, stream, vocab, device=torch.device("cpu") if int8 else None, progress=progress)
+    result.update(source=source, unknown=unknown, checkpoint=str(path), path="int8" if int8 else "fp32")
     return result
