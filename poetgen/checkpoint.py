@@ -1,7 +1,7 @@
 """One self-contained checkpoint file: weights, model config, vocabulary, script, tone table and
 typed metadata; training adds its state for --resume. Atomic save, safe load, export, a card.
 
-Format 2 is written; format 1 files (poetgen 0.1, the first shipped model) are migrated on load.
+Format 2 is written and read; an older file is refused with a CheckpointError that says so.
 `read_header` reads everything but the weights without torch, so `poetgen check` stays fast."""
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ FORMAT = "poetgen-checkpoint"
 FORMAT_VERSION = 2
 DEFAULT_NAME = "poetgen-default.pt"
 VOCAB_ROWS = ("embed.weight", "head.weight", "head.bias")  # the weights with one row per token
-V1_TONES = "tones.json"  # format 1 kept the tone table in a file beside the model
 
 
 @dataclass
@@ -186,29 +185,8 @@ def _missing(path: Path) -> CheckpointError:
     return CheckpointError(f"no checkpoint at {path}: pass --checkpoint FILE (a poetgen .pt file)")
 
 
-def _migrate(path: Path, payload: dict) -> dict:
-    """A format-1 payload in format 2: typed meta, figures under "record", the tone table from beside it."""
-    import json
-
-    meta = dict(payload.get("meta") or {})
-    for split in ("val", "test"):
-        figures = meta.get(split)
-        if isinstance(figures, dict) and "nats_per_char" in figures:
-            chars = figures.get("chars")
-            meta[split] = {"record": {k: figures[k] for k in ("nats_per_char", "bits_per_char", "perplexity")},
-                           "chars": chars, "unknown": figures.get("unknown")}
-    tones = None
-    beside = path.parent / V1_TONES
-    if beside.is_file():
-        try:
-            tones = json.loads(beside.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            tones = None
-    return payload | {"format_version": FORMAT_VERSION, "meta": meta, "tones": tones}
-
-
 def _validate_payload(path: Path, payload: Any) -> dict:
-    """The payload migrated to the current format and checked for consistency; CheckpointError otherwise."""
+    """The payload checked for consistency; CheckpointError otherwise."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a poetgen checkpoint: pass a file that `poetgen train` wrote")
     version = payload.get("format_version")
@@ -216,11 +194,12 @@ def _validate_payload(path: Path, payload: Any) -> dict:
         raise _damaged(path, "no format version")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} is from a newer poetgen (format {version}): upgrade poetgen")
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"{path} is from an older poetgen (format {version}; this one reads format "
+                              f"{FORMAT_VERSION}): train or export the model again")
     for key in ("model_config", "state_dict", "vocab", "meta"):
         if key not in payload:
             raise _damaged(path, f"no {key}")
-    if version == 1:
-        payload = _migrate(path, payload)
     if not isinstance(payload["model_config"], dict) or not isinstance(payload["meta"], dict):
         raise _damaged(path, "its config or metadata is not a table")
     if not isinstance(payload["vocab"], list) or not all(isinstance(t, str) for t in payload["vocab"]):
@@ -279,6 +258,20 @@ def read_header(path: str | os.PathLike) -> tuple[ModelConfig, Vocab, ModelMeta,
     return config, vocab, meta, payload.get("tones")
 
 
+def tone_counts(path: str | os.PathLike | None = None, data_dir: Path | None = None) -> dict[str, list[int]]:
+    """The tone counts `poetgen check` reads tones by: the prepared corpus's in `data_dir` if given, else
+    those stored in the checkpoint at `path` (the shipped model when None), read without torch."""
+    from .prosody import load_tone_counts
+
+    if data_dir is not None:
+        return load_tone_counts(Path(data_dir) / "tones.json")
+    path = Path(path) if path is not None else default_checkpoint()
+    counts = read_header(path)[3]
+    if counts is None:
+        raise UsageError(f"{path} has no tone table: export it with `poetgen export`, or pass --data-dir")
+    return counts
+
+
 def read(path: str | os.PathLike) -> Checkpoint:
     """A checkpoint's contents, loaded with weights_only and checked for consistency (model not built)."""
     import torch
@@ -291,7 +284,6 @@ def read(path: str | os.PathLike) -> Checkpoint:
     except Exception:  # noqa: BLE001 - the unpickler fails on foreign bytes in many ways
         raise CheckpointError(f"{path} is not a readable poetgen checkpoint (not a file `poetgen train` wrote, "
                               "or cut short): pass a file that `poetgen train` wrote") from None
-    version = payload.get("format_version") if isinstance(payload, dict) else None
     payload = _validate_payload(path, payload)
     try:
         config = ModelConfig.from_dict(payload["model_config"]).validate()
@@ -309,7 +301,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
     if train_state is not None and not isinstance(train_state, dict):
         raise _damaged(path, "its training state is malformed")
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
-                      version or FORMAT_VERSION)
+                      payload["format_version"])
 
 
 def _weight_shapes(state_dict: dict) -> dict | None:

@@ -15,6 +15,13 @@ CELLS = ("lstm", "gru", "rnn")
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 1.0}  # the peak learning rate when --lr is not given
+DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: cuda > mps > cpu
+SCRIPTS = ("simplified", "traditional")  # of a prepared corpus (and of the models trained on it)
+EVAL_SPLITS = ("val", "test")  # the splits `poetgen eval --split` measures
+SAMPLE_FORMATS = ("text", "json", "jsonl")  # what `poetgen sample --format` writes
+# the --template keys (prosody.Template.key) and the Chinese names also accepted (Template.name)
+TEMPLATES = {"ping-plain": "平起首句不入韵", "ping-rhymed": "平起首句入韵", "ze-plain": "仄起首句不入韵",
+             "ze-rhymed": "仄起首句入韵"}
 
 
 def _known(cls, d: dict) -> dict:
@@ -158,9 +165,6 @@ class TrainConfig:
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorpusError
+from .errors import CorpusError, UsageError
 from .forms import detect_form
 from .glyphs import KINDS, LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, in_gb2312
 from .paths import atomic_path, exclusive_lock
@@ -658,3 +658,26 @@ def iter_poems(data_dir: Path, split: str) -> Iterator[Poem]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             yield Poem(**json.loads(line))
+
+
+def val_records(data_dir: Path, limit: int, script: str | None = None) -> list[tuple[str, str]]:
+    """(title, body) of the first `limit` val poems, for measuring a model of `script` (UsageError when
+    the corpus is of another script)."""
+    meta = load_meta(data_dir)
+    if script is not None and meta.get("script") != script:
+        raise UsageError(f"the corpus in {data_dir} is {meta.get('script')} and the model {script}: pass --data-dir "
+                         "with a corpus of the model's script")
+    out = []
+    for poem in iter_poems(data_dir, "val"):
+        out.append((poem.title, poem.body))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def corpus_tones(data_dir: Path) -> dict | None:
+    """The prepared corpus's tone counts, stored in every checkpoint of a run (None if absent)."""
+    from .prosody import load_tone_counts
+
+    path = data_dir / "tones.json"
+    return load_tone_counts(path) if path.is_file() else None

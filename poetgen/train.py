@@ -536,13 +536,5 @@ class Trainer:
         return summary
 
 
-def corpus_tones(data_dir: Path) -> dict | None:
-    """The prepared corpus's tone counts, stored in every checkpoint of a run (None if absent)."""
-    from .prosody import load_tone_counts
-
-    path = data_dir / "tones.json"
-    return load_tone_counts(path) if path.is_file() else None
-
-
-__all__ = ["RunPlan", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "corpus_tones",
+__all__ = ["RunPlan", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted",
            "plan_run"]

@@ -1,4 +1,4 @@
-"""Character vocabulary: build from counts, encode, decode, save and load as readable JSON.
+"""Character vocabulary: build from counts, encode, write and load as readable JSON.
 
 A record is one poem: ``<bos> title <sep> body <eos>``, one token per character. The body keeps
 its full-width punctuation, which marks the line ends."""
@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .errors import CorpusError
-from .paths import atomic_write_text
 
 UNK, BOS, SEP, EOS = "<unk>", "<bos>", "<sep>", "<eos>"
 SPECIALS = (UNK, BOS, SEP, EOS)
@@ -52,26 +51,13 @@ class Vocab:
         """Ids of one poem record: <bos> title <sep> body <eos>."""
         return [self.bos_id, *self.encode(title), self.sep_id, *self.encode(body), self.eos_id]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """The text of `ids`; special tokens other than <unk> are dropped, <unk> shows as □."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == self.unk_id:
-                out.append("□")
-            elif i >= len(SPECIALS):
-                out.append(self.tokens[i])
-        return "".join(out)
-
     def unknown(self, text: str) -> list[str]:
         """The distinct characters of `text` outside the vocabulary, in order of appearance."""
         return list(dict.fromkeys(c for c in text if c not in self.stoi))
 
     def to_json(self) -> str:
+        """The tokens as readable JSON (what vocab.json holds; corpus.build writes it with the rest)."""
         return json.dumps(self.tokens, ensure_ascii=False, indent=0) + "\n"
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:

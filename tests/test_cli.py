@@ -74,14 +74,14 @@ def test_top_level_help_says_what_each_command_is_for():
 
 
 def test_progress_without_a_terminal_prints_a_heartbeat_and_an_end(capsys, monkeypatch):
-    from poetgen.cli import StageProgress
+    from poetgen.cli.progress import StageProgress
 
     with StageProgress() as progress:  # NO_COLOR is set: plain lines on stderr; a quick stage: its end only
         for done in range(1, 101):
             progress("evaluating val", done, 100)
     assert capsys.readouterr().err.splitlines() == ["evaluating val: done (100/100)"]
     clock = iter([0.0, 1.0, 2.5, 3.0, 12.4, 12.6, 13.0])  # a slow stage: after 2 s, then every 10 s
-    monkeypatch.setattr("poetgen.cli.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("poetgen.cli.progress.time.monotonic", lambda: next(clock))
     with StageProgress() as progress:
         for done in range(1, 8):
             progress("evaluating val", done, 7)

@@ -480,7 +480,7 @@ def test_training_shows_signs_of_life_between_log_lines(prepared, tmp_path):
 
 
 def test_form_names_complete():
-    from poetgen.cli import complete_form
+    from poetgen.cli.options import complete_form
 
     assert complete_form("q") == ["qijue", "qilv"] and "七律" in complete_form("七")
 

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import ModelConfig
 from .errors import UsageError
 from .forms import split_lines
 from .model import LanguageModel
-from .text import LINE_END
+from .text import LINE_END, full_width_marks, to_script
 from .vocab import Vocab
 
 PROPERTIES = ("position in line", "line number", "distance to punctuation", "rhyme position", "title vs body")
@@ -29,6 +30,14 @@ def _top(model: LanguageModel, h_top: torch.Tensor) -> torch.Tensor:
 
 def _hidden(state):
     return state[0] if isinstance(state, tuple) else state
+
+
+def fresh_model(vocab_size: int, cell: str, hidden_size: int, num_layers: int, seed: int) -> LanguageModel:
+    """A freshly initialized model of `cell` (weights drawn from `seed`): the untrained baseline that
+    `poetgen inspect gradients --cell` measures."""
+    torch.manual_seed(seed)
+    return LanguageModel(ModelConfig(vocab_size, emb_size=max(8, hidden_size // 2), hidden_size=hidden_size,
+                                     num_layers=num_layers, cell=cell))
 
 
 def gradient_norms(model: LanguageModel, stream: np.ndarray, max_k: int = 200, samples: int = 16,
@@ -58,25 +67,6 @@ def gradient_norms(model: LanguageModel, stream: np.ndarray, max_k: int = 200, s
         grad = hidden[max_k - k].grad  # (L, B, H)
         totals[k] = grad.permute(1, 0, 2).reshape(len(starts), -1).norm(dim=1).mean()
     return (totals / totals[0]).tolist()
-
-
-def gradient_norm_direct(model: LanguageModel, ids: torch.Tensor, k: int) -> float:
-    """The same quantity for one window by another route: run the first steps without a graph, make
-    the hidden state k steps before the end a leaf, and differentiate the loss with respect to it."""
-    model = model.eval()
-    T = ids.size(1) - 1
-    with torch.no_grad():
-        state = None
-        for t in range(T - k):
-            _, state = model.rnn(model.embed(ids[:, t:t + 1]), state)
-    with torch.enable_grad():
-        leaf = _hidden(state).clone().requires_grad_(True)
-        state = (leaf, state[1]) if isinstance(state, tuple) else leaf
-        for t in range(T - k, T):
-            _, state = model.rnn(model.embed(ids[:, t:t + 1]), state)
-        loss = F.cross_entropy(_top(model, _hidden(state)[-1]), ids[:, T], reduction="sum")
-        (grad,) = torch.autograd.grad(loss, leaf)
-    return float(grad.norm())
 
 
 @dataclass
@@ -122,6 +112,24 @@ def trace(model: LanguageModel, ids: list[int], vocab: Vocab) -> Trace:
             outs.append(h)
         x = torch.stack(outs)
     return Trace([vocab.tokens[i] for i in ids], {k: np.stack(v) for k, v in series.items()})
+
+
+def as_read(vocab: Vocab, script: str | None, title: str, poem: str) -> tuple[str, str]:
+    """A title and poem as the model reads them: whitespace dropped, ASCII marks made full-width, in the
+    model's `script`; UsageError naming the characters outside its vocabulary."""
+    poem = to_script("".join(full_width_marks(poem).split()), script)
+    title = to_script("".join(title.split()), script)
+    unknown = vocab.unknown(title + poem)
+    if unknown:
+        raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")
+    return title, poem
+
+
+def body_activations(tr: Trace, unit: str) -> tuple[list[str], list[float]]:
+    """The characters of the body (the tokens after <sep>) and `unit`'s activation after reading each."""
+    values = unit_values(tr, unit)
+    start = tr.tokens.index("<sep>") + 1
+    return tr.tokens[start:], values[start:].tolist()
 
 
 def record_ids(vocab: Vocab, title: str, body: str) -> list[int]:

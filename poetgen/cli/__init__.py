@@ -1,0 +1,18 @@
+"""The poetgen command line: the Typer app (app.py), shared options (options.py), one module per command
+group (commands/), rendering (render.py), progress (progress.py) and the error boundary (errors.py).
+
+The work is done by the library; defaults come from its dataclasses (config.py). Heavy modules
+(torch, numpy, opencc) are imported inside the commands, after the arguments are checked, so
+`poetgen --help`, `check` and argument errors stay fast."""
+
+from . import commands  # noqa: F401 - registers the commands on the app
+from .app import app
+from .errors import run
+
+
+def main() -> None:
+    """Entry point of the `poetgen` console script: usage errors too end in one line on stderr."""
+    run(app)
+
+
+__all__ = ["app", "main"]

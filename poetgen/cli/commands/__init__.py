@@ -1,0 +1,9 @@
+"""The commands, one module per command group: each parses its options, calls the library and renders.
+Importing this package registers them on the app, in the order `poetgen --help` lists them."""
+
+# isort: off
+from . import train, evaluate, sample, info, plot, check  # the commands, in --help order
+from . import corpus, inspect  # the groups' commands
+# isort: on
+
+__all__ = ["check", "corpus", "evaluate", "info", "inspect", "plot", "sample", "train"]

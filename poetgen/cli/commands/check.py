@@ -1,0 +1,63 @@
+"""`poetgen check`: the 格律 of poems; exit 1 when one fails. Never imports torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..app import app
+from ..errors import fail, handle_errors, write_stdout
+from ..options import CheckpointOpt, data_dir_option, examples, json_option
+
+
+@app.command("check", short_help="Check the 格律 of poems (exit 1 when one fails).",
+    epilog=examples("poetgen check 秋色无限春，春风于何人。故乡千万里，可见未相亲。",
+                                      "poetgen check --file poems.txt --json",
+                                      "poetgen sample --form qilv --strict | poetgen check"))
+@handle_errors
+def check_cmd(
+    poem: Annotated[Optional[str], typer.Argument(help="The poem, quoted (- reads stdin).",
+                                                  show_default="--file, else stdin")
+                    ] = None,
+    extra: Annotated[Optional[list[str]], typer.Argument(hidden=True)] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Read poems from this UTF-8 file, separated by "
+                                                 "blank lines.", metavar="FILE", show_default="stdin")] = None,
+    checkpoint_path: CheckpointOpt = None,
+    data_dir: Annotated[Optional[Path], data_dir_option("Take the tone table of this prepared corpus instead of "
+                                                        "the model's.", show_default="the model's")] = None,
+    as_json: Annotated[bool, json_option("One JSON object per poem.")] = False,
+) -> None:
+    """Check 格律: form, 平仄 under each line, template, violations, rhyme group, 孤平 and 三平尾.
+
+    Exits 0 when every poem passes, 1 when one does not, 2 on bad input."""
+    from ... import checkpoint, prosody
+    from ...text import is_han, iter_lines, to_script
+    from ..render import check_result
+
+    if extra:
+        raise fail("the poem is more than one argument: quote it (poetgen check '秋色无限春，…') or use --file", 2)
+    if poem == "-" and file is None:  # the usual name of stdin
+        poem, file = None, Path("-")
+    if poem is not None and file is not None:
+        raise fail("give the poem as an argument or --file, not both", 2)
+    tones = prosody.ToneTable.from_counts(checkpoint.tone_counts(checkpoint_path, data_dir))
+    rhymes = prosody.load_rhymes("simplified")
+    ok, reader_gone, count = True, False, 0
+    lines = poem.splitlines() if poem is not None else iter_lines(file)
+    for count, text in enumerate(prosody.read_poems(lines), 1):
+        if not any(is_han(c) for c in text):
+            hint = " (to read a file, use --file)" if poem is not None else ""
+            raise fail(f"poem {count} has no Chinese characters: give the poem's text{hint}", 2)
+        r = prosody.check_poem(to_script(text, "simplified"), tones, rhymes)
+        ok = ok and r.ok
+        if not reader_gone:
+            out = json.dumps(r.to_dict(), ensure_ascii=False) + "\n" if as_json else \
+                ("\n" if count > 1 else "") + check_result(r) + "\n"
+            reader_gone = not write_stdout(out)  # keep checking: the exit code is the verdict
+    if count == 0:
+        raise fail("no poem given: the input is empty", 2)
+    if not ok:
+        raise typer.Exit(1)

@@ -1,0 +1,52 @@
+"""`poetgen eval`: a model's figures on a split of the prepared corpus or on a file of poems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..app import app
+from ..errors import fail, handle_errors, write_stdout
+from ..options import (
+    DEFAULT_DEVICE,
+    CheckpointOpt,
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    SplitOpt,
+    data_root,
+    examples,
+)
+from ..progress import StageProgress
+
+
+@app.command("eval", short_help="Perplexity of a model on a split or a file of poems.",
+    epilog=examples("poetgen eval --split val",
+                                     "poetgen eval -c runs/tiny/best.pt --split test --json",
+                                     "poetgen eval --file my-poems.txt   # one poem per line, or title<TAB>poem"))
+@handle_errors
+def eval_cmd(
+    checkpoint_path: CheckpointOpt = None,
+    split: SplitOpt = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="UTF-8 text, one poem per line (a body, or "
+                                                 "title<TAB>body).", metavar="FILE", show_default="none")] = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = DEFAULT_DEVICE,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure nats/char, bits/char and perplexity, over whole records and over poem text alone."""
+    if (split is None) == (file is None):
+        raise fail("give exactly one of --split val|test or --file TEXT", 2)
+    from ... import evaluate
+    from ..render import eval_result
+
+    with StageProgress(quiet) as progress:
+        result = evaluate.run(checkpoint_path, split=split, file=file,
+                              data_dir=data_root(data_dir) if split else None, device=device,
+                              progress=lambda done, total: progress(f"evaluating {split or file}", done, total))
+    write_stdout(json.dumps(result) + "\n" if as_json else eval_result(result))

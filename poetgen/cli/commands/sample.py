@@ -1,0 +1,148 @@
+"""`poetgen sample`: write poems, streamed to a terminal or written in batches (text, json, jsonl)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ...config import SampleOptions
+from ...errors import UsageError
+from ...text import plural
+from ..app import app
+from ..errors import emit, handle_errors, write_stdout
+from ..options import CheckpointOpt, FormatOpt, FormOpt, TemplateOpt, examples, flag, output_option
+from ..progress import StageProgress
+
+
+@app.command("sample", short_help="Write poems (start here: the shipped model needs nothing else).",
+    epilog=examples(
+    "poetgen sample --prompt 春 --form qijue --seed 1",
+    "poetgen sample --form 五律 --acrostic 春夏秋冬东南西北",
+    "poetgen sample --form wujue --strict --rhyme 东 | poetgen check"))
+@handle_errors
+def sample_cmd(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The poem's beginning, kept verbatim.",
+                                        show_default="none")] = "",
+    title: Annotated[Optional[str], typer.Option("--title", "-t", help="A title to condition on.",
+                                                 show_default="the model writes one (shown as the first line)")
+                     ] = None,
+    form: FormOpt = "free",
+    acrostic: Annotated[str, typer.Option("--acrostic", "-a", help="藏头诗: these characters start the lines.",
+                                          show_default="none")] = "",
+    num: Annotated[int, typer.Option("--num", "-n", help="How many poems (sampled together as one batch).")] = (
+        SampleOptions.num),
+    temperature: Annotated[float, typer.Option("--temperature", "-T", help="Sampling temperature; 0 is greedy.")
+                           ] = SampleOptions.temperature,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k likeliest characters only.",
+                                                 show_default="all")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the smallest set reaching "
+                                                   "this probability, in (0, 1].", show_default="1")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Random seed: the same seed and options give "
+                                                "the same poems.", show_default="random")] = None,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest body in free form.")] = (
+        SampleOptions.max_chars),
+    strict: Annotated[bool, flag("--strict", "Enforce 格律 with --form: 平仄 template, one 平水韵 rhyme group, "
+                                 "no repeated rhyme, no 孤平 or 三平尾.")] = False,
+    template: TemplateOpt = None,
+    rhyme: Annotated[Optional[str], typer.Option("--rhyme", help="Fixed forms: rhyme in the 平水韵 group of this "
+                                                 "character (e.g. 东).", show_default="any group")] = None,
+    no_rhyme: Annotated[bool, flag("--no-rhyme", "Fixed forms without rhyme or the 重字 rule (the plain model).")
+                        ] = False,
+    best_of: Annotated[int, typer.Option("--best-of", "-N", help="Draw N candidates per poem in one batch and keep "
+                                         "the likeliest (mean log-probability per character); 1 is plain sampling.")
+                       ] = SampleOptions.best_of,
+    checkpoint_path: CheckpointOpt = None,
+    fmt: FormatOpt = "text",
+    output: Annotated[Optional[Path], output_option("Write to this file (atomically) instead of stdout.",
+                                                    show_default="stdout")] = None,
+) -> None:
+    """Write poems. Poems go to stdout, one line per verse line, a blank line between poems; when the
+    model writes the title, it comes first, in 《》."""
+    import secrets
+
+    from ...config import Request
+    from ...forms import get_form
+
+    opts = SampleOptions(form=get_form(form), num=num, temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
+                         best_of=best_of)
+    request = Request(prompt=prompt, title=title, acrostic=acrostic, strict=strict, template=template, rhyme=rhyme,
+                      no_rhyme=no_rhyme)
+    _precheck(opts, request)
+    from ... import checkpoint
+    from ...sample import prepare
+
+    path = checkpoint_path or checkpoint.default_checkpoint()
+    if output is not None and checkpoint_path is not None:
+        from ...paths import same_file
+
+        if same_file(output, checkpoint_path):
+            raise UsageError(f"--output {output} is the checkpoint: choose another path")
+    generator, opts, rules = prepare(checkpoint.load(path), opts, request)
+    show_title = title is None
+    candidates = opts.best_of if opts.temperature > 0 else 1
+    if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
+        _stream(generator, opts, rules, show_title)
+        return
+
+    def render(batch, start: int) -> str:
+        from ...sample import poem_record
+        from ..render import poem_records, poems_text
+
+        if fmt == "text":
+            return poems_text(batch, start, show_title)
+        return poem_records([poem_record(p, start + i, opts, strict, path) for i, p in enumerate(batch)], fmt)
+
+    _write_batches(generator.iter_generate(opts, verse=rules), render, fmt, output, path,
+                   f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
+
+
+def _stream(generator, opts, rules, show_title: bool) -> None:
+    """One poem, written to the terminal character by character as it is drawn."""
+    from ...text import LINE_END
+
+    def on_title(row: int, text: str) -> None:
+        if show_title and text:
+            write_stdout(f"《{text}》\n")
+
+    def on_char(row: int, ch: str) -> None:
+        write_stdout(ch + ("\n" if ch in LINE_END else ""))
+
+    poems = generator.generate(opts, on_char=on_char, on_title=on_title, verse=rules)
+    write_stdout("\n" if poems[0].body and poems[0].body[-1] not in LINE_END else "")
+
+
+def _write_batches(batches, render, fmt: str, output: Path | None, checkpoint_path: Path, stage: str, num: int,
+                   show: bool) -> None:
+    """Write each batch as it comes (stdout, text or jsonl), or all at the end (json, or --output)."""
+    parts, done = [], 0
+    with StageProgress(quiet=not (sys.stderr.isatty() and show)) as progress:
+        for batch in batches:
+            text = render(batch, done)
+            done += len(batch)
+            progress(stage, done, num)
+            if output is None and fmt != "json":
+                if not write_stdout(text):
+                    return
+            else:
+                parts.append(text)
+    if fmt == "json":
+        parts = ["[\n" + ",\n".join(p for p in parts if p) + "\n]\n"]
+    if parts:
+        emit("".join(parts), output, (checkpoint_path,))
+
+
+def _precheck(opts: SampleOptions, request) -> None:
+    """Option errors that need no model, found before torch loads."""
+    check = SampleOptions(**{**opts.__dict__, "prompt": "", "acrostic": "", "title": None})
+    check.validate()
+    if opts.form is None and (request.strict or request.rhyme):
+        flag_name = "--strict" if request.strict else "--rhyme"
+        raise UsageError(f"{flag_name} needs a regulated form: --form wujue, qijue, wulv or qilv")
+    if request.template and not request.strict:
+        raise UsageError("--template needs --strict")
+    if request.rhyme and request.no_rhyme:
+        raise UsageError("--rhyme and --no-rhyme contradict each other: drop one")
