@@ -16,11 +16,13 @@ from .text import to_script
 from .vocab import Vocab
 
 
-def load_split(data_dir: Path, split: str) -> np.ndarray:
-    """The uint16 token stream of one split of a prepared corpus (checked against its manifest)."""
+def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.ndarray:
+    """The uint16 token stream of one split of a prepared corpus (checked against its manifest, `meta`:
+    the corpus's meta.json as corpus.load_meta returned it, read here when not given)."""
     if split not in (*corpus.SPLITS, corpus.SONG):
         raise UsageError(f"unknown split {split!r}: choose one of {', '.join((*corpus.SPLITS, corpus.SONG))}")
-    meta = corpus.load_meta(data_dir)
+    if meta is None:
+        meta = corpus.load_meta(data_dir)
     if split == corpus.SONG and not meta.get(corpus.SONG):
         raise UsageError(f"the corpus in {data_dir} has no Song poems: run `poetgen corpus prepare --with-song`")
     path = data_dir / f"{split}.bin"
@@ -30,10 +32,12 @@ def load_split(data_dir: Path, split: str) -> np.ndarray:
         raise CorpusError(f"{path} is missing: run `poetgen corpus build`") from None
 
 
-def load_train(data_dir: Path, which: str = "train") -> np.ndarray:
+def load_train(data_dir: Path, which: str = "train", meta: dict | None = None) -> np.ndarray:
     """The training stream: a split, or "song+train", the Song split followed by the Tang train split
-    (batchify cuts it into rows, so every batch mixes both)."""
-    return np.concatenate([load_split(data_dir, split) for split in which.split("+")])
+    (batchify cuts it into rows, so every batch mixes both). `meta` as for load_split."""
+    if meta is None:
+        meta = corpus.load_meta(data_dir)
+    return np.concatenate([load_split(data_dir, split, meta) for split in which.split("+")])
 
 
 def file_records(text: str) -> list[tuple[str, str]]:

@@ -11,21 +11,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint
-from .checkpoint import ModelMeta
+from .checkpoint import Checkpoint, ModelMeta
 from .config import PRESETS, REGULARIZERS, ModelConfig, TrainConfig
 from .data import batchify, get_batch, num_windows
 from .device import autocast, pick_device, use_bf16
-from .errors import PoetgenError, UsageError
+from .errors import CheckpointError, PoetgenError, UsageError
 from .evaluate import evaluate_stream
+from .events import Note, RunEnded, RunStarted, Tick, TrainEvent, TrainLog, Validated, Validating
 from .model import LanguageModel, NegativeSampler, State, detach_state
 from .paths import exclusive_lock
+from .schedule import Schedule
 from .vocab import Vocab
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, schedulers, a closed terminal
@@ -53,11 +55,13 @@ class RunLocked(PoetgenError):
 
 @dataclass
 class RunPlan:
-    """What `poetgen train` will do: a fresh run, a warm start, or a resume."""
+    """What `poetgen train` will do: a fresh run, a warm start, or a resume. The checkpoint a run
+    starts from is read here, once, and handed on to the Trainer."""
 
     model_config: ModelConfig
     train_config: TrainConfig
-    resume_from: Path | None = None
+    resume_from: Checkpoint | None = None  # --resume: the run's last.pt, for Trainer.resume
+    init_checkpoint: Checkpoint | None = None  # --init-from: its checkpoint, for Trainer(init_checkpoint=...)
 
 
 SHAPE_OPTIONS = ("cell", "emb_size", "hidden_size", "num_layers", "tie_weights")
@@ -87,7 +91,7 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(f"{flag} cannot change on --resume (the run was started with {stored[name]}): "
                                  f"drop it, or start a new run from this one with --init-from {last}")
-        return RunPlan(ckpt.config, train_config.validate(), last)
+        return RunPlan(ckpt.config, train_config.validate(), resume_from=ckpt)
     if last.exists():
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     model_given = {k: v for k, v in given.items() if k in SHAPE_OPTIONS + DROPOUT_OPTIONS}
@@ -103,9 +107,11 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
             raise UsageError(f"--init-from {path} is a folder: pass a checkpoint file (e.g. {path}/best.pt)")
         if not path.exists():
             raise UsageError(f"--init-from {path}: no such file: pass a checkpoint (e.g. runs/NAME/best.pt)")
-        base = checkpoint.read(init_from).config.to_dict()
+        init_checkpoint = checkpoint.read(init_from)
+        base = init_checkpoint.config.to_dict()
         train_given["init_from"] = str(init_from)
     else:
+        init_checkpoint = None
         preset = preset or "small"
         if preset not in PRESETS:
             raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
@@ -113,7 +119,7 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
     model_config = ModelConfig.from_dict({**base, **model_given, "vocab_size": len(vocab)})
     if "max_steps" in train_given and "epochs" not in train_given:
         train_given["epochs"] = None  # --max-steps alone sets the length of the run
-    return RunPlan(model_config.validate(), TrainConfig(**train_given).validate())
+    return RunPlan(model_config.validate(), TrainConfig(**train_given).validate(), init_checkpoint=init_checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,17 +172,158 @@ class _StopRequest:
         return False
 
 
+@dataclass
+class _Meter:
+    """The train loss and throughput since the last log line, and the figures that line reported."""
+
+    origin: float  # perf_counter() less the seconds trained before: the run's elapsed time is now - origin
+    since: float  # perf_counter() at the last log line
+    tokens: int = 0
+    loss_sum: float = 0.0
+    steps: int = 0
+    train_loss: float = math.nan  # of the last log line
+    tokens_per_s: float = 0.0  # of the last log line
+    last_tick: float = 0.0  # perf_counter() at the last tick
+
+    def add(self, loss: float, tokens: int) -> None:
+        """Count one training step."""
+        self.tokens += tokens
+        self.loss_sum += loss
+        self.steps += 1
+
+    def rate(self, now: float) -> float:
+        """Tokens per second since the last log line."""
+        return self.tokens / max(now - self.since, 1e-9)
+
+    def mean_loss(self) -> float:
+        """The mean train loss since the last log line (at least one step)."""
+        return self.loss_sum / self.steps
+
+    def close(self, now: float) -> None:
+        """A log line: its figures become the reported ones and a new window starts."""
+        self.tokens_per_s, self.train_loss = self.rate(now), self.mean_loss()
+        self.since, self.tokens, self.loss_sum, self.steps = now, 0, 0.0, 0
+
+    def close_loss(self) -> None:
+        """The run's last figures: the train loss of the steps since the last log line, if any."""
+        if self.steps:
+            self.train_loss = self.mean_loss()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's state
+
+
+@dataclass
+class RunState:
+    """Where a run stands beyond its weights: last.pt's training state, saved as is (field → key) and
+    restored in one place, so a resumed run continues exactly as if it had never stopped."""
+
+    step: int
+    epoch: int
+    window: int  # the epoch's next TBPTT window
+    hidden: list | None  # the hidden state carried into that window, on the CPU (None: zeros)
+    tokens_seen: int
+    elapsed: float  # seconds of training so far
+    best_val: float  # the best validation loss so far (nats per character; inf before the first)
+    evals_since_best: int  # validations without improvement (--patience counts them)
+    evaluated_step: int | None  # the step of the last finished validation
+    pending_eval: dict | None  # a validation a stop signal cut short ({train_loss, tokens_per_s}): redone first
+    train_config: dict
+    schedule_steps: int | None  # the span of the learning-rate schedule, fixed when the run started
+    schedule_minutes: float | None
+    optimizer: dict  # the optimizer's state_dict
+    rng: dict  # the random generators' states (torch, and cuda on a GPU)
+
+    def to_dict(self) -> dict:
+        """The training state as last.pt stores it (a shallow dict: tensors are not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, train_state: dict, path: Path) -> RunState:
+        """The training state last.pt at `path` holds; CheckpointError when a field is missing (a file
+        of an older poetgen)."""
+        missing = [f.name for f in fields(cls) if f.name not in train_state]
+        if missing:
+            raise CheckpointError(f"{path} holds the training state of an older poetgen (no {missing[0]}): start "
+                                  f"a new run from its weights with --init-from {path}")
+        return cls(**{f.name: train_state[f.name] for f in fields(cls)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Setting a run up
+
+
+def check_streams(train_stream: np.ndarray, val_stream: np.ndarray, batch_size: int) -> None:
+    """UsageError when the splits are too small to train on or to validate."""
+    if len(train_stream) < 2 * batch_size + 2:
+        raise UsageError(f"train split of {len(train_stream)} tokens is too small for --batch-size {batch_size}: "
+                         "lower it")
+    if len(val_stream) < 4:
+        raise UsageError("validation split is empty: prepare a larger corpus")
+
+
+def warm_start(model: LanguageModel, ckpt: Checkpoint, vocab: Vocab, script: str | None) -> str | None:
+    """Load another run's weights into `model` (fine-tuning, a second schedule): same shape and script
+    (`script`: the corpus's). A model of another vocabulary (an older corpus build) lends the rows of
+    the characters both vocabularies hold, the others keep their fresh initialization, and a note
+    saying so is returned."""
+    if ckpt.vocab.tokens == vocab.tokens:
+        ckpt.require_shape(model.config, "drop the size options to take its shape")
+        checkpoint.load_weights(model, ckpt.state_dict)
+        return None
+    ckpt.require_shape(replace(model.config, vocab_size=ckpt.config.vocab_size),
+                       "drop the size options to take its shape")
+    if ckpt.meta.script and script and ckpt.meta.script != script:
+        raise UsageError(f"{ckpt.path} was trained on {ckpt.meta.script} text and this corpus is {script}: "
+                         "prepare the corpus in its script, or start afresh")
+    weights, shared = checkpoint.carry_vocab(ckpt.state_dict, ckpt.vocab, vocab, model.state_dict())
+    checkpoint.load_weights(model, weights)
+    return (f"{ckpt.path} has another vocabulary: {shared:,} of {len(vocab):,} tokens take its rows, the rest "
+            "start fresh")
+
+
+def negative_sampler(train_stream: np.ndarray, negatives: int, vocab_size: int) -> NegativeSampler:
+    """The sampler of a sampled softmax: `negatives` columns drawn by the train split's token counts."""
+    counts = torch.bincount(torch.as_tensor(np.asarray(train_stream, dtype=np.int64)), minlength=vocab_size)
+    return NegativeSampler(counts, negatives)
+
+
+def sampled_softmax_warning(negatives: int, vocab_size: int) -> str | None:
+    """A note when a sampled softmax would sample most of the vocabulary (and so hardly save time)."""
+    if negatives < vocab_size // 2:
+        return None
+    return (f"--sampled-softmax {negatives:,} is not small against the vocabulary ({vocab_size:,}): the sampled "
+            "set holds most columns, so training is barely faster; try 1024")
+
+
+def make_optimizer(model: LanguageModel, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW or SGD at the peak rate, with weight decay on the matrices only (not on biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.peak_lr, betas=(0.9, 0.99), fused=device.type == "cuda")
+    return torch.optim.SGD(groups, lr=config.peak_lr)
+
+
 # ---------------------------------------------------------------------------------------------
 # The trainer
 
 
 class Trainer:
-    """One training run writing into `out`: best.pt, last.pt and metrics.jsonl."""
+    """One training run writing into `out`: best.pt, last.pt and metrics.jsonl.
+
+    `on_train_event` receives each typed event (poetgen.events) as it happens; `on_event` the same
+    event as a dict, its metrics.jsonl record. `init_checkpoint` is the --init-from checkpoint already
+    loaded (RunPlan.init_checkpoint); without it, the file train_config.init_from names is read."""
 
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig, vocab: Vocab,
                  train_stream: np.ndarray, val_stream: np.ndarray, out: Path, corpus_meta: dict | None = None,
                  on_event: Callable[[dict], None] | None = None, tones: dict | None = None,
-                 data_dir: Path | None = None):
+                 data_dir: Path | None = None, *, on_train_event: Callable[[TrainEvent], None] | None = None,
+                 init_checkpoint: Checkpoint | None = None):
         self.cfg = train_config.validate()
         self.model_config = model_config.validate()
         if model_config.vocab_size != len(vocab):
@@ -187,43 +334,27 @@ class Trainer:
         self.out = Path(out)
         self.corpus_meta = corpus_meta or {}
         self.on_event = on_event
+        self.on_train_event = on_train_event
         self.device = pick_device(self.cfg.device)
         torch.manual_seed(self.cfg.seed)
         self.model = LanguageModel(model_config)
         if self.cfg.init_from:
-            self._warm_start(Path(self.cfg.init_from))
+            ckpt = init_checkpoint or checkpoint.read(self.cfg.init_from)
+            self._note(warm_start(self.model, ckpt, vocab, self.corpus_meta.get("script")))
         self.model.to(self.device)
         use_bf16(self.device, self.cfg.precision)  # a precision the device lacks fails here, not mid-run
-        if len(train_stream) < 2 * self.cfg.batch_size + 2:
-            raise UsageError(f"train split of {len(train_stream)} tokens is too small for --batch-size "
-                             f"{self.cfg.batch_size}: lower it")
-        if len(val_stream) < 4:
-            raise UsageError("validation split is empty: prepare a larger corpus")
-        self.train_data = batchify(train_stream, self.cfg.batch_size).to(self.device)
+        check_streams(train_stream, val_stream, self.cfg.batch_size)
+        self.train_data = batchify(train_stream, self.cfg.batch_size).to(self.device)  # (B, N)
         self.negatives = None
         if self.cfg.sampled_softmax:
-            counts = torch.bincount(torch.as_tensor(np.asarray(train_stream, dtype=np.int64)),
-                                    minlength=model_config.vocab_size)
-            self.negatives = NegativeSampler(counts, self.cfg.sampled_softmax).to(self.device)
-            if self.cfg.sampled_softmax >= model_config.vocab_size // 2:
-                self._emit({"event": "note", "message": f"--sampled-softmax {self.cfg.sampled_softmax:,} is not "
-                            f"small against the vocabulary ({model_config.vocab_size:,}): the sampled set holds "
-                            "most columns, so training is barely faster; try 1024"}, log=False)
+            self.negatives = negative_sampler(train_stream, self.cfg.sampled_softmax, len(vocab)).to(self.device)
+            self._note(sampled_softmax_warning(self.cfg.sampled_softmax, len(vocab)))
         self.val_stream = np.asarray(val_stream, dtype=np.int64)
         self.windows_per_epoch = num_windows(self.train_data, self.cfg.bptt)
         # the schedule is fixed here; on --resume it comes from last.pt
-        self.schedule_steps = self._schedule_steps()
-        self.schedule_minutes = self.cfg.max_minutes
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if self.cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.peak_lr, betas=(0.9, 0.99),
-                                               fused=self.device.type == "cuda")
-        else:
-            self.optimizer = torch.optim.SGD(groups, lr=self.cfg.peak_lr)
-        # position and history
+        self.schedule = Schedule.of(self.cfg, self.stop_steps, self.cfg.max_minutes)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
+        # position and history: what RunState saves
         self.step = 0
         self.epoch = 0
         self.window = 0
@@ -238,59 +369,25 @@ class Trainer:
         self._stop: _StopRequest | None = None  # while run() runs
         self.eval_seconds = 0.0  # how long the last validation took
 
-    def _schedule_steps(self) -> int | None:
-        """Steps the learning-rate schedule spans (None: it follows max_minutes alone)."""
+    @property
+    def stop_steps(self) -> int | None:
+        """The step the run stops at, by its current budget (None: time alone)."""
         by_epochs = self.cfg.epochs * self.windows_per_epoch if self.cfg.epochs else None
         options = [n for n in (self.cfg.max_steps, by_epochs) if n]
         return min(options) if options else None
 
     @property
-    def stop_steps(self) -> int | None:
-        """The step the run stops at, by its current budget (None: time alone)."""
-        return self._schedule_steps()
-
-    @property
     def total_steps(self) -> int:
         """Steps of the whole run as far as known (for progress displays)."""
-        return self.stop_steps or self.schedule_steps or max(self.step, 1)
+        return self.stop_steps or self.schedule.total_steps or max(self.step, 1)
 
-    def _warm_start(self, path: Path) -> None:
-        """Start from another run's weights (fine-tuning, a second schedule): same shape and script.
-        A model of another vocabulary (an older corpus build) lends the rows of the characters both
-        vocabularies hold; the others keep their fresh initialization."""
-        ckpt = checkpoint.read(path)
-        if ckpt.vocab.tokens == self.vocab.tokens:
-            ckpt.require_shape(self.model_config, "drop the size options to take its shape")
-            checkpoint.load_weights(self.model, ckpt.state_dict)
-            return
-        ckpt.require_shape(replace(self.model_config, vocab_size=ckpt.config.vocab_size),
-                           "drop the size options to take its shape")
-        script = self.corpus_meta.get("script")
-        if ckpt.meta.script and script and ckpt.meta.script != script:
-            raise UsageError(f"{path} was trained on {ckpt.meta.script} text and this corpus is {script}: "
-                             "prepare the corpus in its script, or start afresh")
-        weights, shared = checkpoint.carry_vocab(ckpt.state_dict, ckpt.vocab, self.vocab, self.model.state_dict())
-        checkpoint.load_weights(self.model, weights)
-        self._emit({"event": "note", "message": f"{path} has another vocabulary: {shared:,} of "
-                    f"{len(self.vocab):,} tokens take its rows, the rest start fresh"}, log=False)
-
-    # -- schedule ------------------------------------------------------------------------------
     def lr_at(self, step: int, elapsed: float) -> float:
-        c = self.cfg
-        if c.optimizer == "sgd":
-            return c.peak_lr * c.lr_decay ** max(0, self.epoch - c.decay_after + 1)
-        if step < c.warmup_steps:
-            return c.peak_lr * (step + 1) / c.warmup_steps
-        progress = 0.0
-        if self.schedule_steps:
-            progress = (step - c.warmup_steps) / max(1, self.schedule_steps - c.warmup_steps)
-        if self.schedule_minutes:
-            progress = max(progress, elapsed / (60 * self.schedule_minutes))
-        progress = min(1.0, progress)
-        return c.peak_lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        """The learning rate of `step`, `elapsed` seconds into the run, in the current epoch."""
+        return self.schedule.lr(step, elapsed, self.epoch)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def meta(self) -> ModelMeta:
+        """What the run's checkpoints record about it now."""
         return ModelMeta(
             script=self.corpus_meta.get("script"),
             corpus_hash=self.corpus_meta.get("corpus_hash"),
@@ -306,66 +403,57 @@ class Trainer:
             time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
 
-    def train_state(self) -> dict:
-        state = None
+    def run_state(self) -> RunState:
+        """Where the run stands now, as last.pt saves it."""
+        hidden = None
         if self.state is not None:
-            state = [s.cpu() for s in (self.state if isinstance(self.state, tuple) else (self.state,))]
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "rng": _rng_state(self.device),
-            "step": self.step,
-            "epoch": self.epoch,
-            "window": self.window,
-            "hidden": state,
-            "best_val": self.best_val,
-            "evals_since_best": self.evals_since_best,
-            "elapsed": self.elapsed,
-            "tokens_seen": self.tokens_seen,
-            "evaluated_step": self.evaluated_step,
-            "pending_eval": self.pending_eval,
-            "train_config": asdict(self.cfg),
-            "schedule_steps": self.schedule_steps,
-            "schedule_minutes": self.schedule_minutes,
-        }
+            hidden = [s.cpu() for s in (self.state if isinstance(self.state, tuple) else (self.state,))]
+        return RunState(step=self.step, epoch=self.epoch, window=self.window, hidden=hidden,
+                        tokens_seen=self.tokens_seen, elapsed=self.elapsed, best_val=self.best_val,
+                        evals_since_best=self.evals_since_best, evaluated_step=self.evaluated_step,
+                        pending_eval=self.pending_eval, train_config=asdict(self.cfg),
+                        schedule_steps=self.schedule.total_steps, schedule_minutes=self.schedule.total_minutes,
+                        optimizer=self.optimizer.state_dict(), rng=_rng_state(self.device))
 
     def save_last(self) -> Path:
+        """Write last.pt: the weights and the run's state, everything --resume needs."""
         path = self.out / "last.pt"
-        checkpoint.save(path, self.model, self.vocab, self.meta(), tones=self.tones, train_state=self.train_state())
+        checkpoint.save(path, self.model, self.vocab, self.meta(), tones=self.tones,
+                        train_state=self.run_state().to_dict())
         return path
 
-    def resume(self, path: Path) -> None:
-        """Restore everything from last.pt so training continues as if never stopped."""
-        ckpt = checkpoint.read(path)
+    def resume(self, last: Path | Checkpoint) -> None:
+        """Restore everything from last.pt (its path, or the checkpoint plan_run loaded:
+        RunPlan.resume_from) so training continues as if never stopped."""
+        ckpt = last if isinstance(last, Checkpoint) else checkpoint.read(last)
         checkpoint.train_config_of(ckpt)
         if ckpt.config != self.model_config:
-            raise UsageError(f"{path} was trained with another model shape: drop the size options or --resume")
+            raise UsageError(f"{ckpt.path} was trained with another model shape: drop the size options or --resume")
         ckpt.require_vocab(self.vocab, "rebuild that corpus or start afresh")
-        ts = ckpt.train_state
+        self._restore(RunState.from_dict(ckpt.train_state, ckpt.path), ckpt)
+        self.last_val = ckpt.meta.val
+
+    def _restore(self, saved: RunState, ckpt: Checkpoint) -> None:
+        """Take the weights of `ckpt` and the position, history, optimizer, RNG and schedule of `saved`."""
         try:
             checkpoint.load_weights(self.model, ckpt.state_dict)
-            self.optimizer.load_state_dict(ts["optimizer"])
-            _set_rng_state(ts["rng"], self.device)
-            self.step, self.epoch, self.window = ts["step"], ts["epoch"], ts["window"]
-            hidden = ts["hidden"]
-            if hidden is None:
+            self.optimizer.load_state_dict(saved.optimizer)
+            _set_rng_state(saved.rng, self.device)
+            if saved.hidden is None:
                 self.state = None
             elif self.model_config.cell == "lstm":
-                self.state = tuple(h.to(self.device) for h in hidden)
+                self.state = tuple(h.to(self.device) for h in saved.hidden)
             else:
-                self.state = hidden[0].to(self.device)
-            self.best_val = ts["best_val"]
-            self.evals_since_best = ts["evals_since_best"]
-            self.elapsed = ts["elapsed"]
-            self.tokens_seen = ts["tokens_seen"]
-            self.evaluated_step = ts.get("evaluated_step", self.step)  # older runs: as if validated
-            self.pending_eval = ts.get("pending_eval")
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
-            raise PoetgenError(f"{path} has a damaged training state: resume from another copy, or start "
-                               f"a new run with --init-from {path}") from None
-        if "schedule_steps" in ts:  # the schedule the run started with (poetgen 0.1 refitted it)
-            self.schedule_steps = ts["schedule_steps"]
-            self.schedule_minutes = ts["schedule_minutes"]
-        self.last_val = ckpt.meta.val
+                self.state = saved.hidden[0].to(self.device)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError):
+            raise PoetgenError(f"{ckpt.path} has a damaged training state: resume from another copy, or start "
+                               f"a new run with --init-from {ckpt.path}") from None
+        self.step, self.epoch, self.window = saved.step, saved.epoch, saved.window
+        self.tokens_seen, self.elapsed = saved.tokens_seen, saved.elapsed
+        self.best_val, self.evals_since_best = saved.best_val, saved.evals_since_best
+        self.evaluated_step, self.pending_eval = saved.evaluated_step, saved.pending_eval
+        self.schedule = replace(self.schedule, total_steps=saved.schedule_steps,
+                                total_minutes=saved.schedule_minutes)
 
     def resume_command(self) -> str:
         """The command that continues this run."""
@@ -374,15 +462,43 @@ class Trainer:
             parts += ["--data-dir", str(self.data_dir)]
         return " ".join(shlex.quote(p) for p in parts)
 
-    # -- loop ----------------------------------------------------------------------------------
-    def _emit(self, event: dict, log: bool = True) -> None:
-        event = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in event.items()}
-        if log:
+    # -- events --------------------------------------------------------------------------------
+    def _emit(self, event: TrainEvent) -> None:
+        """Log `event` to metrics.jsonl (the kinds logged there) and pass it to the callbacks."""
+        record = event.record()
+        if event.logged:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(event) + "\n")
+                f.write(json.dumps(record) + "\n")
         if self.on_event:
-            self.on_event(event)
+            self.on_event(record)
+        if self.on_train_event:
+            self.on_train_event(event)
 
+    def _note(self, message: str | None) -> None:
+        if message:
+            self._emit(Note(message))
+
+    def _started(self) -> RunStarted:
+        val = self.last_val
+        return RunStarted(step=self.step, epoch=self.epoch, total_steps=self.total_steps, stop_steps=self.stop_steps,
+                          max_minutes=self.cfg.max_minutes, eval_every=self.cfg.eval_every,
+                          sampled_softmax=self.cfg.sampled_softmax, cell=self.model_config.cell,
+                          num_layers=self.model_config.num_layers, hidden_size=self.model_config.hidden_size,
+                          device=str(self.device),
+                          val_ppl=val["record"]["perplexity"] if val and "record" in val else None)
+
+    def _report(self, meter: _Meter, lr: float, now: float) -> None:
+        """A log line every log_every steps (and at each validation step), a tick at most every 0.5 s."""
+        if self.step % self.cfg.log_every == 0 or self.step % self.cfg.eval_every == 0:
+            meter.close(now)
+            self._emit(TrainLog(step=self.step, epoch=self.epoch, train_loss=meter.train_loss, lr=lr,
+                                tokens_per_s=meter.tokens_per_s, elapsed_s=self.elapsed, total_steps=self.total_steps))
+        elif now - meter.last_tick >= 0.5:  # signs of life between log lines
+            meter.last_tick = now
+            self._emit(Tick(step=self.step, epoch=self.epoch, train_loss=meter.mean_loss(),
+                            tokens_per_s=meter.rate(now), elapsed_s=self.elapsed, total_steps=self.total_steps))
+
+    # -- loop ----------------------------------------------------------------------------------
     def validate(self) -> dict:
         """Record and body figures on the val split (evaluate.py's protocol). A stop signal during a
         run's validation interrupts it; the resumed run validates that step again."""
@@ -397,7 +513,7 @@ class Trainer:
 
     def _evaluate_and_save(self, train_loss: float, tokens_per_s: float) -> bool:
         """Validate, save best.pt then last.pt, log; True when early stopping says stop."""
-        self._emit({"event": "evaluating", "step": self.step}, log=False)
+        self._emit(Validating(self.step))
         self.pending_eval = {"train_loss": train_loss, "tokens_per_s": tokens_per_s}
         t0 = time.perf_counter()
         val = self.validate()
@@ -414,12 +530,11 @@ class Trainer:
         else:
             self.evals_since_best += 1
         self.save_last()
-        self._emit({"event": "eval", "step": self.step, "epoch": self.epoch, "train_loss": train_loss,
-                    "val_loss": nats, "val_bpc": val["record"]["bits_per_char"],
-                    "val_ppl": val["record"]["perplexity"], "val_body_ppl": val["body"]["perplexity"],
-                    "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed, "best": improved,
-                    "cell": self.model_config.cell, "hidden_size": self.model_config.hidden_size,
-                    "num_layers": self.model_config.num_layers})
+        self._emit(Validated(step=self.step, epoch=self.epoch, train_loss=train_loss, val_loss=nats,
+                             val_bpc=val["record"]["bits_per_char"], val_ppl=val["record"]["perplexity"],
+                             val_body_ppl=val["body"]["perplexity"], tokens_per_s=tokens_per_s,
+                             elapsed_s=self.elapsed, best=improved, cell=self.model_config.cell,
+                             hidden_size=self.model_config.hidden_size, num_layers=self.model_config.num_layers))
         return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
 
     def _out_of_budget(self) -> str | None:
@@ -439,102 +554,92 @@ class Trainer:
         with run_lock(self.out), _StopRequest() as stop:
             self._stop = stop
             try:
-                self._emit({"event": "start", "step": self.step}, log=False)
+                self._emit(self._started())
                 return self._run(on_step, stop)
             finally:
                 self._stop = None
 
     def _run(self, on_step, stop: _StopRequest) -> dict:
-        c = self.cfg
+        """A validation a stop signal cut short, then training, then a last validation unless the last
+        step had one; last.pt saved and TrainingInterrupted on a stop signal."""
         self.model.train()
-        t_start = time.perf_counter() - self.elapsed
-        t_window, tokens_window, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-        last_tick = 0.0
-        train_loss = math.nan
-        tokens_per_s = 0.0
-        stop_reason = None
+        now = time.perf_counter()
+        meter = _Meter(origin=now - self.elapsed, since=now)
         try:
             if self.pending_eval is not None:  # a stop signal cut this step's validation short
-                train_loss, tokens_per_s = self.pending_eval["train_loss"], self.pending_eval["tokens_per_s"]
-                self._evaluate_and_save(train_loss, tokens_per_s)
-            while True:
-                if self.window >= self.windows_per_epoch:
-                    self.epoch += 1
-                    self.window = 0
-                    self.state = None  # reset at the epoch boundary
-                stop_reason = self._out_of_budget()
-                if stop_reason:
-                    break
-                if stop.signal_name:
-                    raise KeyboardInterrupt
-                lr = self.lr_at(self.step, self.elapsed)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = get_batch(self.train_data, self.window, c.bptt)
-                with autocast(self.device, c.precision):
-                    loss, state = self.model.loss(x, y, self.state, self.negatives)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"the loss became {loss_value} at step {self.step + 1}: lower --lr (now {c.peak_lr:g}) "
-                        "or --clip; the run's checkpoints keep their last good state")
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip)
-                self.optimizer.step()
-                self.state = detach_state(state)
-                self.step += 1
-                self.window += 1
-                self.tokens_seen += x.numel()
-                tokens_window += x.numel()
-                loss_sum += loss_value
-                loss_n += 1
-                now = time.perf_counter()
-                self.elapsed = now - t_start
-                if self.step % c.log_every == 0 or self.step % c.eval_every == 0:
-                    tokens_per_s = tokens_window / max(now - t_window, 1e-9)
-                    train_loss = loss_sum / loss_n
-                    t_window, tokens_window, loss_sum, loss_n = now, 0, 0.0, 0
-                    self._emit({"event": "log", "step": self.step, "epoch": self.epoch, "train_loss": train_loss,
-                                "lr": lr, "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed,
-                                "total_steps": self.total_steps})
-                elif now - last_tick >= 0.5:  # signs of life between log lines
-                    last_tick = now
-                    rate = tokens_window / max(now - t_window, 1e-9)
-                    self._emit({"event": "tick", "step": self.step, "epoch": self.epoch,
-                                "train_loss": loss_sum / loss_n, "tokens_per_s": rate, "elapsed_s": self.elapsed,
-                                "total_steps": self.total_steps}, log=False)
-                if self.step % c.eval_every == 0 and self._evaluate_and_save(train_loss, tokens_per_s):
-                    stop_reason = "early_stopping"
-                    break
-                if on_step:
-                    on_step(self)
+                meter.train_loss, meter.tokens_per_s = (self.pending_eval["train_loss"],
+                                                        self.pending_eval["tokens_per_s"])
+                self._evaluate_and_save(meter.train_loss, meter.tokens_per_s)
+            stop_reason = self._train(meter, on_step, stop)
             if self.evaluated_step != self.step or self.last_val is None:
-                if loss_n:
-                    train_loss = loss_sum / loss_n
-                self._evaluate_and_save(train_loss, tokens_per_s)
-                self.elapsed = time.perf_counter() - t_start
+                meter.close_loss()
+                self._evaluate_and_save(meter.train_loss, meter.tokens_per_s)
+                self.elapsed = time.perf_counter() - meter.origin
         except KeyboardInterrupt:
             path = self.save_last()
             why = f"stopped by {stop.signal_name}" if stop.signal_name else "interrupted"
             raise TrainingInterrupted(f"{why} at step {self.step}; saved {path}. Resume with: "
                                       f"{self.resume_command()}") from None
-        summary = {
-            "steps": self.step,
-            "epochs": round(self.tokens_seen / max(1, self.train_data.numel()), 3),
-            "tokens_seen": self.tokens_seen,
-            "elapsed_s": round(self.elapsed, 1),
-            "tokens_per_s": round(self.tokens_seen / max(self.elapsed, 1e-9), 1),
-            "best_val_loss": self.best_val,
-            "best_val_ppl": math.exp(self.best_val),
-            "last_val": self.last_val,
-            "stop_reason": stop_reason or "budget",
-            "parameters": self.model.num_parameters(),
-            "out": str(self.out),
-        }
-        self._emit({"event": "end", "step": self.step, "train_loss": train_loss, **summary})
-        return summary
+        return self._finish(stop_reason, meter.train_loss)
+
+    def _train(self, meter: _Meter, on_step, stop: _StopRequest) -> str:
+        """Train window after window until the budget is spent or early stopping says stop (the reason
+        returned); KeyboardInterrupt on a stop signal, between steps."""
+        while True:
+            if self.window >= self.windows_per_epoch:
+                self.epoch += 1
+                self.window = 0
+                self.state = None  # reset at the epoch boundary
+            stop_reason = self._out_of_budget()
+            if stop_reason:
+                return stop_reason
+            if stop.signal_name:
+                raise KeyboardInterrupt
+            lr = self.lr_at(self.step, self.elapsed)
+            loss, tokens = self._train_step(lr)
+            meter.add(loss, tokens)
+            now = time.perf_counter()
+            self.elapsed = now - meter.origin
+            self._report(meter, lr, now)
+            if self.step % self.cfg.eval_every == 0 and self._evaluate_and_save(meter.train_loss, meter.tokens_per_s):
+                return "early_stopping"
+            if on_step:
+                on_step(self)
+
+    def _train_step(self, lr: float) -> tuple[float, int]:
+        """One TBPTT window at rate `lr`: forward, backward, clip, update, the hidden state carried on
+        (detached); (its loss, its tokens)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(self.train_data, self.window, self.cfg.bptt)  # (B, T) each
+        with autocast(self.device, self.cfg.precision):
+            loss, state = self.model.loss(x, y, self.state, self.negatives)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"the loss became {loss_value} at step {self.step + 1}: lower --lr (now {self.cfg.peak_lr:g}) "
+                "or --clip; the run's checkpoints keep their last good state")
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.optimizer.step()
+        self.state = detach_state(state)
+        self.step += 1
+        self.window += 1
+        self.tokens_seen += x.numel()
+        return loss_value, x.numel()
+
+    def _finish(self, stop_reason: str, train_loss: float) -> dict:
+        """Log the end of the run; its summary."""
+        end = RunEnded(step=self.step, train_loss=train_loss, steps=self.step,
+                       epochs=round(self.tokens_seen / max(1, self.train_data.numel()), 3),
+                       tokens_seen=self.tokens_seen, elapsed_s=round(self.elapsed, 1),
+                       tokens_per_s=round(self.tokens_seen / max(self.elapsed, 1e-9), 1),
+                       best_val_loss=self.best_val, best_val_ppl=math.exp(self.best_val), last_val=self.last_val,
+                       stop_reason=stop_reason, parameters=self.model.num_parameters(), out=str(self.out))
+        self._emit(end)
+        return end.summary()
 
 
-__all__ = ["RunPlan", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted",
+__all__ = ["RunPlan", "RunState", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted",
            "plan_run"]

@@ -568,3 +568,78 @@ def test_training_with_a_sampled_softmax_learns_and_resumes_exactly(prepared, tm
     second.resume(tmp_path / "b" / "last.pt")
     b = second.run()
     assert b["last_val"]["record"]["nats_per_char"] == a["last_val"]["record"]["nats_per_char"]
+
+
+
+def _scripted_trainer(prepared, out, losses, **overrides):
+    """A tiny run whose validations report the next of `losses` (nats per character) each."""
+    train, val = streams(prepared)
+    vocab = Vocab.load(prepared / "vocab.json")
+    cfg = TrainConfig(**{**dict(batch_size=8, bptt=8, max_steps=30, eval_every=1, device="cpu"), **overrides})
+    trainer = Trainer(ModelConfig(len(vocab), emb_size=8, hidden_size=16, num_layers=1), cfg, vocab, train, val, out)
+    figures = iter(losses)
+
+    def validate():
+        nats = next(figures)
+        return {"record": {"nats_per_char": nats, "bits_per_char": nats / math.log(2), "perplexity": math.exp(nats)},
+                "body": {"perplexity": math.exp(nats)}}
+
+    trainer.validate = validate
+    return trainer
+
+
+def test_patience_stops_after_that_many_validations_without_improvement(prepared, tmp_path):
+    """--patience N stops the run at the N-th validation in a row that does not beat the best (an equal
+    figure does not), and a resumed run goes on counting from last.pt."""
+    summary = _scripted_trainer(prepared, tmp_path / "a", [3.0, 2.5, 2.6, 2.5, 2.4], patience=2).run()
+    assert summary["stop_reason"] == "early_stopping" and summary["steps"] == 4 and summary["best_val_loss"] == 2.5
+    evals = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+             if '"event": "eval"' in line]
+    assert [(e["step"], e["best"]) for e in evals] == [(1, True), (2, True), (3, False), (4, False)]
+    assert checkpoint.read(tmp_path / "a" / "best.pt").meta.step == 2
+    assert checkpoint.read(tmp_path / "a" / "last.pt").train_state["evals_since_best"] == 2
+    # stopped after the first validation without improvement, the resumed run stops at the second
+    first = _scripted_trainer(prepared, tmp_path / "b", [3.0, 2.5, 2.6], patience=2)
+
+    def interrupt(trainer):
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        first.run(on_step=interrupt)
+    resumed = _scripted_trainer(prepared, tmp_path / "b", [2.7, 1.0], patience=2)
+    resumed.resume(tmp_path / "b" / "last.pt")
+    assert resumed.run()["steps"] == 4
+
+
+def test_a_run_reads_its_checkpoint_and_corpus_manifest_once(prepared, tmp_path, monkeypatch):
+    from poetgen.data import load_train
+    from poetgen.train import plan_run
+
+    _scripted_trainer(prepared, tmp_path / "a", [3.0, 2.9], max_steps=2).run()
+    vocab = Vocab.load(prepared / "vocab.json")
+    reads, manifests = [], []
+    real_read, real_meta = checkpoint.read, corpus.load_meta
+    monkeypatch.setattr(checkpoint, "read", lambda path: (reads.append(path), real_read(path))[1])
+    monkeypatch.setattr(corpus, "load_meta", lambda root: (manifests.append(root), real_meta(root))[1])
+    meta = corpus.load_meta(prepared)
+    train, val = load_train(prepared, "train", meta=meta), load_split(prepared, "val", meta=meta)
+    assert len(manifests) == 1
+    plan = plan_run(tmp_path / "a", vocab, {"max_steps": 3}, resume=True)
+    resumed = Trainer(plan.model_config, plan.train_config, vocab, train, val, tmp_path / "a", meta)
+    resumed.resume(plan.resume_from)
+    assert resumed.step == 2 and reads == [tmp_path / "a" / "last.pt"]
+    plan = plan_run(tmp_path / "b", vocab, {"init_from": str(tmp_path / "a" / "best.pt"), "max_steps": 1})
+    Trainer(plan.model_config, plan.train_config, vocab, train, val, tmp_path / "b", meta,
+            init_checkpoint=plan.init_checkpoint)
+    assert len(reads) == 2 and len(manifests) == 1
+
+
+def test_a_training_state_of_an_older_poetgen_is_refused_with_the_way_on(prepared, tmp_path):
+    _scripted_trainer(prepared, tmp_path / "a", [3.0], max_steps=1).run()
+    payload = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    del payload["train_state"]["pending_eval"]  # a field poetgen 0.1 did not write
+    torch.save(payload, tmp_path / "a" / "last.pt")
+    resumed = _scripted_trainer(prepared, tmp_path / "a", [], max_steps=2)
+    with pytest.raises(CheckpointError, match="older poetgen .no pending_eval.: start a new run .* --init-from"):
+        resumed.resume(tmp_path / "a" / "last.pt")
