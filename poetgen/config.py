@@ -6,10 +6,13 @@ options are validated before the heavy modules load."""
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import asdict, dataclass, fields
 
 from .errors import UsageError
-from .forms import BodyConstraint, Form, check_heads, check_prompt
+from .forms import BodyGrammar, Form, check_heads, check_prompt, get_form
+from .text import full_width_marks
+from .vocab import MAX_TITLE
 
 CELLS = ("lstm", "gru", "rnn")
 OPTIMIZERS = ("adamw", "sgd")
@@ -173,11 +176,13 @@ class TrainConfig:
 
 MAX_NUM = 10_000  # poems per sample command; larger requests are refused
 MAX_TEMPERATURE = 100.0  # beyond this every allowed character is equally likely anyway
+NEEDS_FORM = "needs a regulated form: --form wujue, qijue, wulv or qilv"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleOptions:
-    """One sampling request. Text fields are already in the model's script."""
+    """How poems are drawn: the text they start from and the decoding settings. sample_request builds
+    and checks them from the user's words; sample.prepare puts the text in the model's script."""
 
     prompt: str = ""
     title: str | None = None  # None: the model writes one
@@ -191,40 +196,115 @@ class SampleOptions:
     max_chars: int = 120
     best_of: int = 8  # candidates per poem, the best kept by sample.score; 1 is plain sampling
 
+    @property
+    def candidates_per_poem(self) -> int:
+        """The bodies drawn per poem: best_of, or 1 when greedy (greedy candidates would all be the same)."""
+        return self.best_of if self.temperature > 0 else 1
+
+    def body_grammar(self) -> BodyGrammar:
+        """The grammar of one body under these options (the budget never cuts the prompt short)."""
+        return BodyGrammar(self.form, self.acrostic, max(self.max_chars, len(self.prompt) + 1))
+
     def validate(self) -> SampleOptions:
-        """Raise UsageError for values no sampler can use, or a prompt the form cannot hold."""
-        t = self.temperature
-        if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t <= MAX_TEMPERATURE):
-            raise UsageError(f"--temperature must be between 0 (greedy) and {MAX_TEMPERATURE:g}, got {t}")
-        if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
-        if not 1 <= self.num <= MAX_NUM:
-            raise UsageError(f"--num must be between 1 and {MAX_NUM:,}, got {self.num}: run the command again "
-                             "for more")
-        if not 1 <= self.best_of <= 64:
-            raise UsageError(f"--best-of must be between 1 and 64, got {self.best_of}")
-        if self.num * self.best_of > MAX_NUM * 8:
-            raise UsageError(f"--num × --best-of is {self.num * self.best_of:,}; at most {MAX_NUM * 8:,} rows are "
-                             "drawn at once: lower one of them")
-        if not 2 <= self.max_chars <= 1000:
-            raise UsageError(f"--max-chars must be between 2 and 1000, got {self.max_chars}")
-        if not 0 <= self.seed < 2**63:
-            raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")
-        if self.acrostic:
-            check_heads(self.acrostic, self.form)
-        check_prompt(self.prompt, self.body_constraint)
+        """The checks of sample_request that concern these options alone. Kept for the CLI until it
+        calls sample_request (then to be removed)."""
+        check_decoding(self)
+        check_text(self)
         return self
 
-    def body_constraint(self) -> BodyConstraint:
-        """The grammar of one body under these options (the budget never cuts the prompt short)."""
-        return BodyConstraint(self.form, self.acrostic, max(self.max_chars, len(self.prompt) + 1))
+
+@dataclass(frozen=True)
+class VerseOptions:
+    """The rules of verse a fixed-form request asks for, as the user gave them."""
+
+    strict: bool = False  # 格律: a 平仄 template, one rhyme group, no character twice
+    template: str | None = None  # with strict: this template (a key or name), else one that fits, per poem
+    rhyme: str | None = None  # rhyme in the 平水韵 group of this character, else in any
+    no_rhyme: bool = False  # neither rhyme nor the 重字 rule: the plain model in the form's shape
 
 
-@dataclass
+@dataclass(frozen=True)
+class SampleRequest:
+    """A checked `poetgen sample` request: what sample_request returns and sample.prepare takes."""
+
+    options: SampleOptions
+    verse: VerseOptions
+
+
+def sample_request(*, prompt: str = "", title: str | None = None, form: str = "free", acrostic: str = "",
+                   num: int = SampleOptions.num, temperature: float = SampleOptions.temperature,
+                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                   max_chars: int = SampleOptions.max_chars, best_of: int = SampleOptions.best_of,
+                   strict: bool = False, template: str | None = None, rhyme: str | None = None,
+                   no_rhyme: bool = False) -> SampleRequest:
+    """The one validation of a sampling request, from the user's words and before torch loads: the
+    form by name, the text normalized (ASCII marks made full-width, spaces trimmed), a random seed
+    when none is given. Raises UsageError naming the first value no sampler can use, a verse option
+    without what it needs, or text the form cannot hold. What depends on the model (its vocabulary,
+    script and tone table) sample.prepare checks."""
+    options = SampleOptions(
+        prompt=full_width_marks(prompt.strip()), title="".join(title.split()) if title is not None else None,
+        form=get_form(form), acrostic=acrostic.strip(), num=num, temperature=temperature, top_k=top_k,
+        top_p=top_p, seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
+        best_of=best_of)
+    verse = VerseOptions(strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme)
+    check_decoding(options)
+    check_verse(options.form, verse)
+    check_text(options)
+    return SampleRequest(options, verse)
+
+
+def check_decoding(opts: SampleOptions) -> None:
+    """Raise UsageError for a decoding setting no sampler can use."""
+    t = opts.temperature
+    if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 <= t <= MAX_TEMPERATURE):
+        raise UsageError(f"--temperature must be between 0 (greedy) and {MAX_TEMPERATURE:g}, got {t}")
+    if opts.top_p is not None and not (0 < opts.top_p <= 1):
+        raise UsageError(f"--top-p must be in (0, 1], got {opts.top_p}")
+    if opts.top_k is not None and opts.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {opts.top_k}")
+    if not 1 <= opts.num <= MAX_NUM:
+        raise UsageError(f"--num must be between 1 and {MAX_NUM:,}, got {opts.num}: run the command again "
+                         "for more")
+    if not 1 <= opts.best_of <= 64:
+        raise UsageError(f"--best-of must be between 1 and 64, got {opts.best_of}")
+    if opts.num * opts.best_of > MAX_NUM * 8:
+        raise UsageError(f"--num × --best-of is {opts.num * opts.best_of:,}; at most {MAX_NUM * 8:,} rows are "
+                         "drawn at once: lower one of them")
+    if not 2 <= opts.max_chars <= 1000:
+        raise UsageError(f"--max-chars must be between 2 and 1000, got {opts.max_chars}")
+    if not 0 <= opts.seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2**63), got {opts.seed}")
+
+
+def check_verse(form: Form | None, verse: VerseOptions) -> None:
+    """Raise UsageError for verse options that contradict each other or lack the fixed form they need."""
+    if form is None and (verse.strict or verse.rhyme):
+        raise UsageError(f"{'--strict' if verse.strict else '--rhyme'} {NEEDS_FORM}")
+    if verse.template and not verse.strict:
+        raise UsageError("--template needs --strict")
+    if verse.rhyme and verse.no_rhyme:
+        raise UsageError("--rhyme and --no-rhyme contradict each other: drop one")
+    if verse.template:
+        from .prosody import get_template
+
+        get_template(form, verse.template)
+
+
+def check_text(opts: SampleOptions) -> None:
+    """Raise UsageError for a title too long, acrostic heads that cannot start the form's lines, or a
+    prompt the form (and the heads) cannot hold."""
+    if opts.title is not None and len(opts.title) > MAX_TITLE:
+        raise UsageError(f"--title has {len(opts.title)} characters; titles have at most {MAX_TITLE}: shorten it")
+    if opts.acrostic:
+        check_heads(opts.acrostic, opts.form)
+    check_prompt(opts.prompt, opts.body_grammar())
+
+
+@dataclass(frozen=True)
 class Request:
-    """What `poetgen sample` asks for, in the user's words (any script, ASCII marks allowed)."""
+    """The text and verse options of a request as the CLI gives them today beside SampleOptions;
+    sample.prepare turns the pair into a SampleRequest. Kept until the CLI calls sample_request."""
 
     prompt: str = ""
     title: str | None = None
@@ -233,3 +313,11 @@ class Request:
     template: str | None = None
     rhyme: str | None = None
     no_rhyme: bool = False
+
+    def with_options(self, opts: SampleOptions) -> SampleRequest:
+        """This request's text and verse options with the decoding settings of `opts`, checked by
+        sample_request."""
+        return sample_request(prompt=self.prompt, title=self.title, form=opts.form.key if opts.form else "free",
+                              acrostic=self.acrostic, num=opts.num, temperature=opts.temperature, top_k=opts.top_k,
+                              top_p=opts.top_p, seed=opts.seed, max_chars=opts.max_chars, best_of=opts.best_of,
+                              strict=self.strict, template=self.template, rhyme=self.rhyme, no_rhyme=self.no_rhyme)

@@ -1,4 +1,5 @@
-"""Poem forms (五绝 七绝 五律 七律): detection, line splitting, and the masks of constrained decoding."""
+"""Poem forms (五绝 七绝 五律 七律): detection, line splitting, and the grammar of a body that
+constrained decoding follows: which class of token may come next."""
 
 from __future__ import annotations
 
@@ -72,11 +73,12 @@ def detect_form(body: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Constrained decoding: which tokens may come next
+# Constrained decoding: which class of token may come next
 
 
-class Rule:
-    """Names of the token classes a step may draw from (each becomes a vocabulary mask)."""
+class TokenClass:
+    """Names of the classes of token a step may draw from (masks.token_class_masks makes each a
+    vocabulary mask)."""
 
     HAN = "han"  # a character
     HAN_OR_MARK = "han_or_mark"  # a character or any punctuation mark (free form)
@@ -87,14 +89,15 @@ class Rule:
     EOS = "eos"
 
 
-RULES = (Rule.HAN, Rule.HAN_OR_MARK, Rule.HAN_OR_STOP, Rule.HAN_OR_EOS, Rule.COMMA, Rule.STOP, Rule.EOS)
+TOKEN_CLASSES = (TokenClass.HAN, TokenClass.HAN_OR_MARK, TokenClass.HAN_OR_STOP, TokenClass.HAN_OR_EOS,
+                 TokenClass.COMMA, TokenClass.STOP, TokenClass.EOS)
 
 
-class BodyConstraint:
+class BodyGrammar:
     """The grammar of one poem body: fixed form or free, acrostic heads, a character budget.
 
-    `rule()` gives (rule, forced character or None) for the next position; `advance(ch)` moves on
-    (ch is '' for the end of the poem). Every poem this admits is well formed by construction."""
+    `expect()` gives (token class, forced character or None) for the next position; `advance(ch)`
+    moves on (ch is '' for the end of the poem). Every poem this admits is well formed by construction."""
 
     def __init__(self, form: Form | None = None, heads: str = "", max_chars: int = 200):
         self.form = form
@@ -112,46 +115,49 @@ class BodyConstraint:
             return self.form.lines
         return len(self.heads) or None
 
-    def rule(self) -> tuple[str, str | None]:
+    def expect(self) -> tuple[str, str | None]:
+        """The class of token the next position takes, and the acrostic head that must stand there."""
         if self.done:
-            return Rule.EOS, None
+            return TokenClass.EOS, None
         head = self.heads[self.line] if self.col == 0 and self.line < len(self.heads) else None
         form = self.form
         if form is not None:
             if self.line >= form.lines:
-                return Rule.EOS, None
+                return TokenClass.EOS, None
             if self.col < form.chars:
-                return Rule.HAN, head
-            return (Rule.COMMA if self.line % 2 == 0 else Rule.STOP), None
+                return TokenClass.HAN, head
+            return (TokenClass.COMMA if self.line % 2 == 0 else TokenClass.STOP), None
         # free form
         if self.lines is not None and self.line >= self.lines:
-            return Rule.EOS, None
+            return TokenClass.EOS, None
         if self.col == 0:
             if self.last and self.last in STOPS and not self.heads:
-                return (Rule.EOS if self.chars >= self.max_chars else Rule.HAN_OR_EOS), None
-            return Rule.HAN, head
+                return (TokenClass.EOS if self.chars >= self.max_chars else TokenClass.HAN_OR_EOS), None
+            return TokenClass.HAN, head
         last_line = self.lines is not None and self.line == self.lines - 1
         if self.chars >= self.max_chars or (last_line and self.col >= 2 * 7):
-            return Rule.STOP, None
-        return (Rule.HAN_OR_STOP if last_line else Rule.HAN_OR_MARK), None
+            return TokenClass.STOP, None
+        return (TokenClass.HAN_OR_STOP if last_line else TokenClass.HAN_OR_MARK), None
 
     def allows(self, ch: str) -> bool:
-        rule, forced = self.rule()
+        """Whether `ch` may stand at the next position."""
+        token_class, forced = self.expect()
         if forced is not None:
             return ch == forced
-        if rule == Rule.HAN:
+        if token_class == TokenClass.HAN:
             return ch not in LINE_END
-        if rule == Rule.COMMA:
+        if token_class == TokenClass.COMMA:
             return ch == COMMA
-        if rule == Rule.STOP:
+        if token_class == TokenClass.STOP:
             return ch in STOPS
-        if rule == Rule.HAN_OR_STOP:
+        if token_class == TokenClass.HAN_OR_STOP:
             return ch in STOPS or ch not in LINE_END
-        if rule in (Rule.HAN_OR_MARK, Rule.HAN_OR_EOS):
-            return True if rule == Rule.HAN_OR_MARK else ch not in LINE_END
+        if token_class in (TokenClass.HAN_OR_MARK, TokenClass.HAN_OR_EOS):
+            return True if token_class == TokenClass.HAN_OR_MARK else ch not in LINE_END
         return False
 
     def advance(self, ch: str) -> None:
+        """Move past `ch` ('' ends the poem)."""
         if ch == "":
             self.done = True
             return
@@ -174,16 +180,16 @@ def check_heads(heads: str, form: Form | None) -> None:
                          f"give {form.lines} characters")
 
 
-def check_prompt(prompt: str, constraint_factory) -> None:
-    """Raise UsageError naming the first character of `prompt` that the form does not allow there."""
-    c = constraint_factory()
+def check_prompt(prompt: str, grammar: BodyGrammar) -> None:
+    """Raise UsageError naming the first character of `prompt` that the body's grammar does not allow
+    there (`grammar` is used up)."""
     for i, ch in enumerate(prompt):
-        rule, forced = c.rule()
-        if rule == Rule.EOS:
+        token_class, forced = grammar.expect()
+        if token_class == TokenClass.EOS:
             raise UsageError(f"--prompt is longer than the poem ({plural(i, 'character')} fit): shorten it")
-        if not c.allows(ch):
+        if not grammar.allows(ch):
             want = f"the acrostic head {forced!r}" if forced else {
-                Rule.HAN: "a character", Rule.COMMA: "'，'", Rule.STOP: "'。', '？' or '！'",
-            }.get(rule, "a character or mark")
+                TokenClass.HAN: "a character", TokenClass.COMMA: "'，'", TokenClass.STOP: "'。', '？' or '！'",
+            }.get(token_class, "a character or mark")
             raise UsageError(f"--prompt does not fit: position {i + 1} is {ch!r} where {want} must stand")
-        c.advance(ch)
+        grammar.advance(ch)

@@ -1,7 +1,8 @@
-"""Vocabulary masks for constrained decoding: the rules of forms and acrostics, and the rules of
-verse in the fixed forms: one 平水韵 rhyme group at the rhyme positions with no rhyme character twice,
-no character a third time (not twice under --strict) save 叠字, and under --strict the tonal
-template with every strict position filled by a character whose usual reading is the tone required.
+"""Vocabulary masks for constrained decoding: the classes of token a body's grammar allows (forms and
+acrostics), and the rules of verse in the fixed forms: one 平水韵 rhyme group at the rhyme positions
+with no rhyme character twice, no character a third time (not twice under --strict) save 叠字, and
+under --strict the tonal template with every strict position filled by a character whose usual
+reading is the tone required.
 
 The verse rules are vectorized over the rows of a batch: in a fixed form every row stands at the
 same line and column, so one step's masks are a few (rows, vocabulary) tensor operations."""
@@ -16,15 +17,16 @@ import torch
 
 from .config import SampleOptions
 from .errors import UsageError
-from .forms import RULES, Form, Rule
+from .forms import TOKEN_CLASSES, Form, TokenClass
 from .prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
 from .text import LINE_END, STOPS
 from .vocab import SPECIALS, Vocab
 
 
-def rule_masks(vocab: Vocab, drawable: Callable[[str], bool] | None = None) -> tuple[torch.Tensor, dict[str, int]]:
-    """Boolean masks (len(RULES)+2, V) of the tokens each rule allows and their row index; the last
-    two rows are the title masks (title start: characters; title: characters or <sep>). Characters
+def token_class_masks(vocab: Vocab, drawable: Callable[[str], bool] | None = None
+                      ) -> tuple[torch.Tensor, dict[str, int]]:
+    """Boolean masks (len(TOKEN_CLASSES)+2, V) of the tokens in each class and each class's row; the
+    last two rows are the title masks (title start: characters; title: characters or <sep>). Characters
     `drawable` rejects are never drawn (a model's own variant forms; see glyphs.drawable)."""
     V = len(vocab)
     is_mark = torch.zeros(V, dtype=torch.bool)
@@ -43,17 +45,17 @@ def rule_masks(vocab: Vocab, drawable: Callable[[str], bool] | None = None) -> t
         comma[vocab.stoi["，"]] = True
     eos = torch.zeros(V, dtype=torch.bool)
     eos[vocab.eos_id] = True
-    by_rule = {
-        Rule.HAN: is_han, Rule.HAN_OR_MARK: is_han | is_mark, Rule.HAN_OR_STOP: is_han | is_stop,
-        Rule.HAN_OR_EOS: is_han | eos, Rule.COMMA: comma, Rule.STOP: is_stop, Rule.EOS: eos,
+    by_class = {
+        TokenClass.HAN: is_han, TokenClass.HAN_OR_MARK: is_han | is_mark, TokenClass.HAN_OR_STOP: is_han | is_stop,
+        TokenClass.HAN_OR_EOS: is_han | eos, TokenClass.COMMA: comma, TokenClass.STOP: is_stop, TokenClass.EOS: eos,
     }
-    for rule, mask in by_rule.items():
+    for name, mask in by_class.items():
         if not mask.any():
-            raise UsageError(f"the model's vocabulary has no token for rule {rule}: use another checkpoint")
+            raise UsageError(f"the model's vocabulary has no token of the class {name}: use another checkpoint")
     sep = torch.zeros(V, dtype=torch.bool)
     sep[vocab.sep_id] = True
-    masks = torch.stack([by_rule[r] for r in RULES] + [is_han, is_han | sep])
-    return masks, {r: i for i, r in enumerate(RULES)}
+    masks = torch.stack([by_class[c] for c in TOKEN_CLASSES] + [is_han, is_han | sep])
+    return masks, {c: i for i, c in enumerate(TOKEN_CLASSES)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,13 +101,14 @@ class VerseRules:
     max_uses: int | None = 2  # a character at most this often (叠字 pairs count once); None: no limit
     strict_templates: list[Template] | None = None  # --strict: one of these per row, drawn by the seed
 
-    def rows(self, form: Form, rows: int, seed: int) -> Verse:
-        """The per-row state of these rules for `rows` rows."""
+    def start(self, form: Form, rows: int, seed: int) -> VerseState:
+        """The state of these rules at the start of a poem, for `rows` rows (under --strict, each row's
+        template drawn by the seed)."""
         picks = None
         if self.strict_templates:
             rng = random.Random(seed)
             picks = [rng.choice(self.strict_templates) for _ in range(rows)]
-        return Verse(self, form, rows, picks)
+        return VerseState(self, form, rows, picks)
 
 
 def strict_kinds_positions(template: Template, line: int) -> set[int]:
@@ -121,23 +124,24 @@ def strict_kinds_positions(template: Template, line: int) -> set[int]:
     return positions
 
 
-class Verse:
-    """The verse rules' state over a batch of rows that stand at the same position."""
+class VerseState:
+    """The verse rules' state over a batch of rows that stand at the same position: what each row has
+    used and rhymed, and the masks these leave for the next character."""
 
     FREE, WANT_PING, WANT_ZE = 0, 1, 2
 
     def __init__(self, rules: VerseRules, form: Form, rows: int, templates_per_row: list[Template] | None):
-        m = rules.masks
-        V = len(m.vocab)
-        self.rules, self.form, self.m = rules, form, m
+        prosody = rules.masks
+        V = len(prosody.vocab)
+        self.rules, self.form, self.prosody = rules, form, prosody
         self.uses = torch.zeros(rows, V, dtype=torch.int16)
         self.prev = torch.full((rows,), -1, dtype=torch.long)  # the previous character in the line
         self.prev_doubled = torch.zeros(rows, dtype=torch.bool)  # it was itself the second of a 叠字 pair
         self.rhymed = torch.zeros(rows, V, dtype=torch.bool)  # characters that have ended a line
-        groups = torch.ones(rows, len(m.group_names), dtype=torch.bool)
+        groups = torch.ones(rows, len(prosody.group_names), dtype=torch.bool)
         if rules.group is not None:
             groups[:] = False
-            groups[:, m.group_index(rules.group)] = True
+            groups[:, prosody.group_index(rules.group)] = True
         self.groups_open = groups
         L, C = form.lines, form.chars
         self.rhyme_line = torch.zeros(rows, L, dtype=torch.bool)
@@ -157,8 +161,8 @@ class Verse:
         # an open group, and then the poem rhymes with it (首句入韵): no reader takes a 平 end of
         # another group for a failed rhyme
         self.first_opens = rules.rhyme and not self.strict
-        self.tone_masks = torch.stack([torch.ones(V), m.ping.float(), m.ze.float()])
-        self.ze = m.ze.float()
+        self.tone_masks = torch.stack([torch.ones(V), prosody.ping.float(), prosody.ze.float()])
+        self.ze = prosody.ze.float()
         # 1.0 where a character may still be used: kept up to date in advance(), so a step costs
         # no pass over (rows, V) for repetition
         self.soft = torch.ones(rows, V) if rules.max_uses is not None else None
@@ -174,10 +178,10 @@ class Verse:
         if col == self.form.chars - 1:
             rhyming = self.rhyme_line[:, line]
             if line == 0 and self.first_opens:
-                in_group = (self.groups_open.float() @ self.m.groups.float()) > 0
-                hard = (in_group | ~self.m.ping).float()
+                in_group = (self.groups_open.float() @ self.prosody.groups.float()) > 0
+                hard = (in_group | ~self.prosody.ping).float()
             elif bool(rhyming.any()):
-                in_group = (self.groups_open.float() @ self.m.groups.float()) > 0  # (rows, V)
+                in_group = (self.groups_open.float() @ self.prosody.groups.float()) > 0  # (rows, V)
                 hard = torch.where(rhyming[:, None], in_group & ~self.rhymed, True).float()
             if self.strict:  # an unrhymed line end is plainly 仄, so no reader takes it for a rhyme
                 plain = torch.where(rhyming[:, None], 1.0, self.ze)
@@ -210,10 +214,10 @@ class Verse:
             self.rhymed[rows, tokens] = True  # a rhyme never repeats a line's end, the free first line's too
             rhyming = self.rhyme_line[:, line]
             if line == 0 and self.first_opens:  # a first line that ends in an open group rhymes (首句入韵)
-                joined = self.groups_open & self.m.groups[:, tokens].T
+                joined = self.groups_open & self.prosody.groups[:, tokens].T
                 rhyming = rhyming | joined.any(1)
             r = rows[rhyming]
-            self.groups_open[r] &= self.m.groups[:, tokens[r]].T
+            self.groups_open[r] &= self.prosody.groups[:, tokens[r]].T
 
     def _refresh(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
         if self.soft is not None:
@@ -222,10 +226,8 @@ class Verse:
 
 def strict_templates(opts: SampleOptions, masks: ProsodyMasks, template_key: str | None,
                      group: str | None) -> list[Template]:
-    """The templates the given characters (prompt, acrostic heads) allow under --strict; UsageError
-    naming the first character that breaks them when none does."""
-    if opts.form is None:
-        raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
+    """The templates of the fixed form opts.form that the given characters (prompt, acrostic heads)
+    allow under --strict; UsageError naming the first character that breaks them when none does."""
     choices = [get_template(opts.form, template_key)] if template_key else templates(opts.form)
     problems = {t.key: _first_conflict(t, opts, masks, group) for t in choices}
     usable = [t for t in choices if problems[t.key] is None]
@@ -238,34 +240,35 @@ def strict_templates(opts: SampleOptions, masks: ProsodyMasks, template_key: str
 
 def _first_conflict(template: Template, opts: SampleOptions, masks: ProsodyMasks, group: str | None) -> str | None:
     """Where the prompt or heads break `template`, or None: a dry run of one row with the given characters."""
-    verse = VerseRules(masks, group=group, max_uses=None, strict_templates=[template]).rows(opts.form, 1, 0)
-    c = opts.body_constraint()
-    forced = list(opts.prompt)
+    state = VerseRules(masks, group=group, max_uses=None, strict_templates=[template]).start(opts.form, 1, 0)
+    grammar = opts.body_grammar()
+    given = list(opts.prompt)
     stoi = masks.vocab.stoi
-    while not c.done and c.line < opts.form.lines:
-        rule, head = c.rule()
-        ch = forced.pop(0) if forced else head
+    while not grammar.done and grammar.line < opts.form.lines:
+        token_class, head = grammar.expect()
+        ch = given.pop(0) if given else head
         if ch is None:  # a free position: move on without choosing
-            c.advance("，" if rule == Rule.COMMA else STOPS[0] if rule == Rule.STOP else "?")
+            grammar.advance("，" if token_class == TokenClass.COMMA else STOPS[0] if token_class == TokenClass.STOP
+                            else "?")
             continue
-        line, col = c.line, c.col
-        hard, _ = verse.masks(line, col)
+        line, col = grammar.line, grammar.col
+        hard, _ = state.masks(line, col)
         if ch in stoi and hard is not None and not bool(hard[0, stoi[ch]]):
             return f"{ch!r} at line {line + 1}, character {col + 1}"
         if ch in stoi:
-            verse.advance(line, col, torch.tensor([stoi[ch]]))
-        c.advance(ch)
+            state.advance(line, col, torch.tensor([stoi[ch]]))
+        grammar.advance(ch)
     return None
 
 
 def verse_rules(opts: SampleOptions, masks: ProsodyMasks, rhyme: bool = True, strict: bool = False,
                 template_key: str | None = None, rhyme_char: str | None = None) -> VerseRules | None:
-    """The rules for a request: None for free form or with neither rhyme nor --strict."""
+    """The rules of verse for options in the model's script: None for free form, which has none
+    (config.sample_request refuses --strict and --rhyme without a fixed form). Raises UsageError when
+    the rhyme character or the given characters leave nothing to draw."""
     if opts.form is None:
-        if strict:
-            raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
-        if rhyme_char:
-            raise UsageError("--rhyme needs a regulated form: --form wujue, qijue, wulv or qilv")
+        if strict or rhyme_char:
+            raise ValueError("rules of verse need a fixed form: check the request with config.sample_request")
         return None
     group = find_group(masks.rhymes, rhyme_char) if rhyme_char else None
     if group is not None and not bool(masks.groups[masks.group_index(group)].any()):

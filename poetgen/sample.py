@@ -12,17 +12,18 @@ from pathlib import Path
 
 import torch
 
-from .config import Request, SampleOptions
-from .forms import RULES, Rule, split_lines
+from .config import Request, SampleOptions, SampleRequest, VerseOptions
+from .forms import TOKEN_CLASSES, TokenClass, split_lines
 from .glyphs import drawable
-from .masks import VerseRules, rule_masks
+from .masks import VerseRules, token_class_masks
 from .model import LanguageModel, Stepper
 from .text import to_script
 from .vocab import MAX_TITLE, Vocab
 
 MAX_ROWS = 800  # candidate rows decoded at once (memory: a few (rows, vocabulary) tensors)
 
-__all__ = ["GeneratedPoem", "Generator", "Request", "SampleOptions", "draw", "filter_logits", "poem_record", "prepare"]
+__all__ = ["GeneratedPoem", "Generator", "Request", "SampleOptions", "SampleRequest", "draw", "filter_logits",
+           "in_model_script", "poem_record", "prepare"]
 
 
 @dataclass
@@ -117,10 +118,11 @@ class Generator:
         self.vocab = vocab
         self.stepper = Stepper(model)
         # in simplified script, a model trained before glyph normalization never writes a variant form
-        self.masks, self.rule_index = rule_masks(vocab, drawable if script == "simplified" else None)
-        self.fmasks = self.masks.float()
-        self.title_start_row = len(RULES)
-        self.title_row = len(RULES) + 1
+        is_in_class, self.class_index = token_class_masks(vocab, drawable if script == "simplified" else None)
+        self.class_masks = is_in_class.float()  # (classes + 2, V) 0/1: a row per token class, then the title rows
+        self.single_token = (is_in_class.sum(1) == 1).tolist()  # per row: the class has one token (nothing to draw)
+        self.title_start_row = len(TOKEN_CLASSES)
+        self.title_row = len(TOKEN_CLASSES) + 1
         self._buffers = torch.empty(0)
 
     def _work(self, rows: int, cols: int) -> torch.Tensor:
@@ -200,7 +202,7 @@ class Generator:
         for _ in range(MAX_TITLE + 1):
             poems = alive.tolist()
             rows = torch.tensor([self.title_start_row if not titles[r] else self.title_row for r in poems])
-            choice, _ = self._choose(logits.float(), [self.fmasks[rows]], opts, gen)
+            choice, _ = self._choose(logits.float(), [self.class_masks[rows]], opts, gen)
             choice[torch.tensor([len(titles[r]) >= MAX_TITLE for r in poems])] = vocab.sep_id
             for i, r in enumerate(poems):
                 if int(choice[i]) == vocab.sep_id:
@@ -229,13 +231,12 @@ class Generator:
                       on_title: Callable[[int, str], None] | None = None,
                       verse: VerseRules | None = None) -> Iterator[list[GeneratedPoem]]:
         """Sample opts.num poems, yielded in batches of at most MAX_ROWS candidate rows, so memory stays
-        bounded whatever --num is. Each title is written once; then opts.best_of bodies per poem are
-        drawn in one batch under the form's grammar and the verse rules, and the best by `score` is kept.
-        `on_title(poem, title)` sees each generated title, `on_char(row, ch)` each body character as it
-        comes (rows are candidates: stream only with best_of 1). The same options and seed give the same
-        poems."""
-        opts.validate()
-        best_of = opts.best_of if opts.temperature > 0 else 1  # greedy candidates would all be the same
+        bounded whatever --num is. Each title is written once; then opts.candidates_per_poem bodies per
+        poem are drawn in one batch under the form's grammar and the rules of verse, and the best by
+        `score` is kept. `on_title(poem, title)` sees each generated title, `on_char(row, ch)` each body
+        character as it comes (rows are candidates: stream only with one per poem). The same options and
+        seed give the same poems. The options are trusted: config.sample_request checks them."""
+        best_of = opts.candidates_per_poem
         per_batch = max(1, MAX_ROWS // best_of)
         for k, start in enumerate(range(0, opts.num, per_batch)):
             part = replace(opts, num=min(per_batch, opts.num - start), seed=opts.seed + k)
@@ -245,138 +246,165 @@ class Generator:
     def candidates(self, opts: SampleOptions, best_of: int, on_char=None, on_title=None,
                    verse: VerseRules | None = None) -> list[GeneratedPoem]:
         """All opts.num * best_of candidates of one batch, poem by poem (best_of rows per poem, sharing
-        its title), each with its score."""
-        vocab = self.vocab
+        its title), each with its score. `verse` applies to the fixed forms only."""
         gen = torch.Generator().manual_seed(opts.seed)
         titles, logits, state = self._titles(opts, gen, on_title)
-        R = opts.num * best_of
+        rows = opts.num * best_of
         poem_of_row = torch.arange(opts.num).repeat_interleave(best_of)
         logits, state = logits[poem_of_row], self.stepper.select(state, poem_of_row)
-        fixed = opts.form is not None
-        constraints = [opts.body_constraint()] if fixed else [opts.body_constraint() for _ in range(R)]
-        rules = verse.rows(opts.form, R, opts.seed) if (fixed and verse is not None) else None
-        bodies: list[list[str]] = [[] for _ in range(R)]
+        if opts.form is None:
+            bodies, logprob = self._decode_free_form(opts, rows, logits, state, gen, on_char)
+        else:
+            bodies, logprob = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char)
+        return [GeneratedPoem(title=titles[r // best_of], body=bodies[r], logprob=float(logprob[r]),
+                              lines=split_lines(bodies[r]), score=score(float(logprob[r]), bodies[r]),
+                              candidates=best_of) for r in range(rows)]
+
+    def _decode_fixed_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: torch.Generator,
+                           verse: VerseRules | None, on_char) -> tuple[list[str], torch.Tensor]:
+        """The bodies of `rows` candidates of the fixed form opts.form, from the logits and state after
+        their titles, and their log-probabilities (float64). Every row stands at the same line and
+        column, so one grammar serves them all, and all reach the end at the same step."""
+        vocab, form = self.vocab, opts.form
+        grammar = opts.body_grammar()
+        verse_state = verse.start(form, rows, opts.seed) if verse is not None else None
         prompt = list(opts.prompt)
-        logprob = torch.zeros(R, dtype=torch.float64)
-        finished = torch.zeros(R, dtype=torch.bool)
-        columns: list[torch.Tensor] = []  # the tokens chosen at each step (fixed forms, not streaming)
-        eos = self.rule_index[Rule.EOS]
+        logprob = torch.zeros(rows, dtype=torch.float64)
+        columns: list[torch.Tensor] = []  # (rows,): the token each row took at each step
+        for _ in range(form.lines * (form.chars + 1) + 1):  # the characters, their marks and the end
+            token_class, head = grammar.expect()
+            line, col = grammar.line, grammar.col
+            given = prompt.pop(0) if prompt else head
+            forced = torch.full((rows,), vocab.stoi[given] if given is not None else -1, dtype=torch.long)
+            class_row = self.class_index[token_class]
+            masks = [self.class_masks[class_row]]
+            if verse_state is not None and token_class == TokenClass.HAN:
+                masks += [m for m in verse_state.masks(line, col) if m is not None]
+            choice, choice_logprob = self._next_tokens(logits, masks, forced, opts, gen,
+                                                       only_one=self.single_token[class_row])
+            logprob += choice_logprob.double()
+            if verse_state is not None:
+                verse_state.advance(line, col, choice)
+            token = int(choice[0])
+            if token == vocab.eos_id:
+                break
+            grammar.advance(vocab.tokens[token])
+            columns.append(choice)
+            if on_char is not None:
+                for r, t in enumerate(choice.tolist()):
+                    on_char(r, vocab.tokens[t])
+            logits, state = self.stepper.step(choice, state)
+        return ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()], logprob
+
+    def _decode_free_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: torch.Generator,
+                          on_char) -> tuple[list[str], torch.Tensor]:
+        """The bodies of `rows` free-form candidates, from the logits and state after their titles, and
+        their log-probabilities (float64). Each row follows its own grammar and ends when it draws the
+        end of the poem; a finished row takes <eos> until all have finished."""
+        vocab, eos = self.vocab, self.vocab.eos_id
+        grammars = [opts.body_grammar() for _ in range(rows)]
+        bodies: list[list[str]] = [[] for _ in range(rows)]
+        logprob = torch.zeros(rows, dtype=torch.float64)
+        finished = torch.zeros(rows, dtype=torch.bool)
         for _ in range(max(opts.max_chars, len(opts.prompt)) + 64):  # a bound no poem reaches
-            forced = torch.full((R,), -1, dtype=torch.long)
-            if fixed:
-                rule, head = constraints[0].rule()
-                ch = prompt.pop(0) if prompt else head
-                if ch is not None:
-                    forced[:] = vocab.stoi[ch]
-                single = int(self.masks[self.rule_index[rule]].sum()) == 1
-                masks = [self.fmasks[self.rule_index[rule]]]
-                line, col = constraints[0].line, constraints[0].col
-                if rules is not None and rule == Rule.HAN:
-                    masks += [m for m in rules.masks(line, col) if m is not None]
-            else:
-                rows = []
-                for r in range(R):
-                    rule, head = constraints[r].rule()
-                    rows.append(eos if finished[r] else self.rule_index[rule])
-                    ch = (opts.prompt[len(bodies[r])] if len(bodies[r]) < len(opts.prompt) else head) \
-                        if not finished[r] else None
-                    if ch is not None:
-                        forced[r] = vocab.stoi[ch]
-                single = False
-                masks = [self.fmasks[torch.tensor(rows)]]
-            logits = logits.float()
-            if bool((forced >= 0).all()) or single:
-                choice = torch.where(forced >= 0, forced, masks[0].expand(R, -1).argmax(-1))  # nothing to draw
-                log_norm = torch.logsumexp(logits, -1)
-            else:
-                drawn, log_norm = self._choose(logits, masks, opts, gen)
-                choice = torch.where(forced >= 0, forced, drawn)
-            choice[finished] = vocab.eos_id
-            model_logp = logits.gather(1, choice[:, None]).squeeze(1) - log_norm
-            logprob += torch.where(finished, 0.0, model_logp.double())
-            if fixed:
-                if rules is not None:
-                    rules.advance(line, col, choice)
-                tok = int(choice[0])
-                constraints[0].advance("" if tok == vocab.eos_id else vocab.tokens[tok])
-            if fixed and on_char is None:  # every row at the same position: keep the column, decode at the end
-                if tok == vocab.eos_id:
-                    break
-                columns.append(choice)
-                logits, state = self.stepper.step(choice, state)
-                continue
-            toks, done = choice.tolist(), finished.tolist()
-            for r in range(R):
+            done = finished.tolist()
+            class_rows = []  # each row's class of token: a row of class_masks
+            forced = torch.full((rows,), -1, dtype=torch.long)
+            for r, grammar in enumerate(grammars):
+                token_class, head = grammar.expect()
+                class_rows.append(self.class_index[TokenClass.EOS if done[r] else token_class])
+                written = len(bodies[r])
+                given = None if done[r] else opts.prompt[written] if written < len(opts.prompt) else head
+                if given is not None:
+                    forced[r] = vocab.stoi[given]
+            choice, choice_logprob = self._next_tokens(logits, [self.class_masks[torch.tensor(class_rows)]], forced,
+                                                       opts, gen)
+            choice[finished] = eos
+            logprob += torch.where(finished, 0.0, choice_logprob.double())
+            for r, token in enumerate(choice.tolist()):
                 if done[r]:
                     continue
-                tok = toks[r]
-                if tok == vocab.eos_id:
+                if token == eos:
                     finished[r] = True
-                    if not fixed:
-                        constraints[r].advance("")
+                    grammars[r].advance("")
                     continue
-                ch = vocab.tokens[tok]
+                ch = vocab.tokens[token]
                 bodies[r].append(ch)
-                if not fixed:
-                    constraints[r].advance(ch)
+                grammars[r].advance(ch)
                 if on_char:
                     on_char(r, ch)
             if bool(finished.all()):
                 break
             logits, state = self.stepper.step(choice, state)
-        if columns:
-            bodies = [[vocab.tokens[t] for t in row] for row in torch.stack(columns, 1).tolist()]
-        texts = ["".join(b) for b in bodies]
-        return [GeneratedPoem(title=titles[r // best_of], body=texts[r], logprob=float(logprob[r]),
-                              lines=split_lines(texts[r]), score=score(float(logprob[r]), texts[r]),
-                              candidates=best_of) for r in range(R)]
+        return ["".join(b) for b in bodies], logprob
+
+    def _next_tokens(self, logits: torch.Tensor, masks: list[torch.Tensor], forced: torch.Tensor,
+                     opts: SampleOptions, gen: torch.Generator, only_one: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's next token: `forced` where given (-1: none), else one drawn by _choose under `masks`
+        (or, when `only_one` says the first mask allows a single token, that token); and its
+        log-probability under the unmasked model at temperature 1."""
+        logits = logits.float()
+        if only_one or bool((forced >= 0).all()):  # nothing to draw
+            choice = torch.where(forced >= 0, forced, masks[0].expand(len(forced), -1).argmax(-1))
+            log_norm = torch.logsumexp(logits, -1)
+        else:
+            drawn, log_norm = self._choose(logits, masks, opts, gen)
+            choice = torch.where(forced >= 0, forced, drawn)
+        return choice, logits.gather(1, choice[:, None]).squeeze(1) - log_norm
 
 
 # ---------------------------------------------------------------------------------------------
-# A request from the user's words to a generator
+# A checked request made ready for one model
 
 
-def prepare(ckpt, opts: SampleOptions, request: Request) -> tuple[Generator, SampleOptions, VerseRules | None]:
-    """Turn a request into (generator, options in the model's script, verse rules or None): text
-    converted to the model's script, checked against its vocabulary; in a fixed form, rhyme and no
-    重字 (unless request.rhyme_off), and --strict set up from the checkpoint's tone table. Raises
-    UsageError naming what does not fit."""
+def prepare(ckpt, request: SampleRequest | SampleOptions, legacy: Request | None = None
+            ) -> tuple[Generator, SampleOptions, VerseRules | None]:
+    """A request checked by config.sample_request made ready for the checkpoint's model: (generator,
+    new options with the text in the model's script, the rules of verse or None). Raises UsageError
+    for what this model cannot do: characters outside its vocabulary, --strict without a tone table,
+    a --rhyme group it has no character of, given characters no template allows. The old call
+    `prepare(ckpt, opts, Request(...))` still works until the CLI calls sample_request."""
+    if not isinstance(request, SampleRequest):
+        request = (legacy or Request()).with_options(request)
+    opts = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
+    verse = _verse_rules(ckpt, opts, request.verse)
+    return Generator(ckpt.model, ckpt.vocab, ckpt.meta.script), opts, verse
+
+
+def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> SampleOptions:
+    """New options with the text in the model's script; UsageError for characters not in its vocabulary."""
+    from .config import check_text
     from .errors import UsageError
-    from .text import full_width_marks
 
-    script = ckpt.meta.script
-    prompt = to_script(full_width_marks(request.prompt.strip()), script)
-    title = to_script("".join(request.title.split()), script) if request.title is not None else None
-    acrostic = to_script(request.acrostic.strip(), script)
-    if title is not None and len(title) > MAX_TITLE:
-        raise UsageError(f"--title has {len(title)} characters; titles have at most {MAX_TITLE}: shorten it")
-    unknown = ckpt.vocab.unknown(prompt + (title or "") + acrostic)
+    converted = replace(opts, prompt=to_script(opts.prompt, script), acrostic=to_script(opts.acrostic, script),
+                        title=to_script(opts.title, script) if opts.title is not None else None)
+    unknown = vocab.unknown(converted.prompt + (converted.title or "") + converted.acrostic)
     if unknown:
         raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")
-    opts.prompt, opts.title, opts.acrostic = prompt, title, acrostic
-    opts.validate()
-    if request.template and not request.strict:
-        raise UsageError("--template needs --strict")
-    rules = None
-    if opts.form is not None and (request.strict or not request.no_rhyme):
-        from . import prosody
-        from .masks import ProsodyMasks, verse_rules
+    if converted != opts:  # a conversion can change a length, or part a prompt's character from its head
+        check_text(converted)
+    return converted
 
-        if ckpt.tones is None and request.strict:
-            raise UsageError(f"{ckpt.path} has no tone table, which --strict needs: export it again with "
-                             "`poetgen export`")
-        masks = ProsodyMasks(ckpt.vocab, prosody.ToneTable.from_counts(ckpt.tones or {}),
-                             prosody.load_rhymes(script or "simplified"))
-        rhyme_char = to_script(request.rhyme.strip(), script) if request.rhyme else None
-        rules = verse_rules(opts, masks, rhyme=not request.no_rhyme, strict=request.strict,
-                            template_key=request.template, rhyme_char=rhyme_char)
-    elif request.strict:
-        raise UsageError("--strict needs a regulated form: --form wujue, qijue, wulv or qilv")
-    elif request.rhyme and opts.form is None:
-        raise UsageError("--rhyme needs a regulated form: --form wujue, qijue, wulv or qilv")
-    elif request.rhyme:
-        raise UsageError("--rhyme and --no-rhyme contradict each other: drop one")
-    return Generator(ckpt.model, ckpt.vocab, script), opts, rules
+
+def _verse_rules(ckpt, opts: SampleOptions, verse: VerseOptions) -> VerseRules | None:
+    """The rules of verse the request asks for, from the checkpoint's tone table and the rhyme table of
+    its script: None in free form or under --no-rhyme."""
+    if opts.form is None or (verse.no_rhyme and not verse.strict):
+        return None
+    from . import prosody
+    from .errors import UsageError
+    from .masks import ProsodyMasks, verse_rules
+
+    if ckpt.tones is None and verse.strict:
+        raise UsageError(f"{ckpt.path} has no tone table, which --strict needs: export it again with "
+                         "`poetgen export`")
+    script = ckpt.meta.script
+    masks = ProsodyMasks(ckpt.vocab, prosody.ToneTable.from_counts(ckpt.tones or {}),
+                         prosody.load_rhymes(script or "simplified"))
+    rhyme_char = to_script(verse.rhyme.strip(), script) if verse.rhyme else None
+    return verse_rules(opts, masks, rhyme=not verse.no_rhyme, strict=verse.strict, template_key=verse.template,
+                       rhyme_char=rhyme_char)
 
 
 def poem_record(poem: GeneratedPoem, index: int, opts: SampleOptions, strict: bool, checkpoint: Path) -> dict:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,12 +12,14 @@ from hypothesis import strategies as st
 from synth import ALPHABET
 from typer.testing import CliRunner
 
-from poetgen import checkpoint
+from poetgen import checkpoint, config
 from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
+from poetgen.config import SampleRequest, VerseOptions, sample_request
+from poetgen.errors import UsageError
 from poetgen.forms import FORMS, STOPS, detect_form, split_lines
 from poetgen.model import LanguageModel, ModelConfig
-from poetgen.sample import Generator, SampleOptions, Stepper, draw, filter_logits
+from poetgen.sample import Generator, SampleOptions, Stepper, draw, filter_logits, prepare
 from poetgen.vocab import SPECIALS, Vocab
 
 runner = CliRunner()
@@ -131,6 +134,95 @@ def test_top_p_keeps_the_nucleus():
     assert kept.tolist() == [[True, True, False, False]]
     assert filter_logits(logits, 2, None).isfinite().tolist() == [[True, True, False, False]]
     assert filter_logits(logits, None, 1.0).isfinite().all()
+
+
+@pytest.mark.parametrize("form", ["qijue", "wulv", None])
+def test_streamed_characters_are_the_poems(form):
+    """The characters on_char sees, row by row, are the bodies the decoders return."""
+    gen = Generator(tiny_model(4), VOCAB)
+    opts = SampleOptions(form=FORMS[form] if form else None, seed=7, num=3, best_of=1, temperature=1.2,
+                         prompt=CHARS[3] + CHARS[4])
+    streamed: dict[int, str] = {}
+
+    def on_char(row: int, ch: str) -> None:
+        streamed[row] = streamed.get(row, "") + ch
+
+    poems = gen.generate(opts, on_char=on_char)
+    assert [streamed[r] for r in range(3)] == [p.body for p in poems]
+    assert [p.body for p in gen.generate(opts)] == [p.body for p in poems]  # streaming draws the same poems
+
+
+# --- the request ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given, needle", [
+    ({"temperature": -1}, "--temperature"),
+    ({"num": 10, "best_of": 64, "top_k": 0}, "--top-k"),
+    ({"form": "sonnet"}, "unknown form"),
+    ({"strict": True}, "--strict needs a regulated form"),
+    ({"rhyme": "东"}, "--rhyme needs a regulated form"),
+    ({"form": "wujue", "template": "ze-plain"}, "--template needs --strict"),
+    ({"form": "wujue", "rhyme": "东", "no_rhyme": True}, "contradict"),
+    ({"form": "wujue", "strict": True, "template": "no-such"}, "unknown template"),
+    ({"title": "春" * 31}, "titles have at most 30"),
+    ({"form": "qijue", "acrostic": "春风"}, "4 lines"),
+    ({"form": "wujue", "prompt": "春风,"}, "--prompt does not fit"),
+    ({"form": "wujue", "acrostic": "春风春风", "prompt": "汉"}, "acrostic head"),
+])
+def test_sample_request_refuses_what_no_model_could_draw(given, needle):
+    with pytest.raises(UsageError, match=needle):
+        sample_request(**given)
+
+
+def test_sample_request_normalizes_the_words_and_freezes_them():
+    request = sample_request(prompt=" 春风秋月夜花开, ", title="送 别", acrostic=" 春夏秋冬 ", form="七绝",
+                             strict=True)
+    opts = request.options
+    assert (opts.prompt, opts.title, opts.acrostic) == ("春风秋月夜花开，", "送别", "春夏秋冬")
+    assert opts.form == FORMS["qijue"]
+    assert request.verse == VerseOptions(strict=True)
+    assert 0 <= opts.seed < 2**31  # drawn when none is given
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.prompt = "秋"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.verse.strict = False
+
+
+def test_sample_request_loads_no_torch():
+    code = ("import sys; from poetgen.config import sample_request; from poetgen.errors import UsageError\n"
+            "sample_request(form='wujue', strict=True, template='ze-rhymed', rhyme='东', prompt='春', seed=1)\n"
+            "try: sample_request(strict=True)\nexcept UsageError: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False"], out.stderr
+
+
+def test_a_request_is_checked_once_and_prepare_makes_new_options(ckpt, monkeypatch):
+    calls = {"check_decoding": 0, "check_verse": 0, "check_text": 0}
+    for name in calls:
+        def counted(*args, _name=name, _check=getattr(config, name)):
+            calls[_name] += 1
+            return _check(*args)
+        monkeypatch.setattr(config, name, counted)
+    request = sample_request(prompt=CHARS[0], form="wujue", num=2, seed=3)
+    loaded = checkpoint.load(ckpt)
+    generator, opts, verse = prepare(loaded, request)
+    generator.generate(opts, verse=verse)
+    assert calls == {"check_decoding": 1, "check_verse": 1, "check_text": 1}
+    assert opts == request.options and verse is not None  # rhymed, no 重字 by default
+    converted = sample_request(prompt="漢", seed=3)  # traditional input, a simplified model
+    _, converted_opts, verse = prepare(loaded, converted)
+    assert (converted.options.prompt, converted_opts.prompt, verse) == ("漢", "汉", None)
+    assert isinstance(converted, SampleRequest)
+
+
+def test_old_calls_still_prepare_the_same_request(ckpt):
+    from poetgen.config import Request
+
+    loaded = checkpoint.load(ckpt)
+    old = prepare(loaded, SampleOptions(form=FORMS["wujue"], num=2, seed=3), Request(prompt=CHARS[0], no_rhyme=True))
+    new = prepare(loaded, sample_request(prompt=CHARS[0], form="wujue", num=2, seed=3, no_rhyme=True))
+    assert old[1] == new[1] and old[2] is None and new[2] is None
+    assert [p.body for p in old[0].generate(old[1])] == [p.body for p in new[0].generate(new[1])]
 
 
 # --- CLI -----------------------------------------------------------------------------------------

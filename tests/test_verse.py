@@ -121,3 +121,10 @@ def test_many_poems_come_in_bounded_batches():
     opts = SampleOptions(form=FORMS["wujue"], seed=2, num=30, best_of=64)
     batches = list(Generator(tiny(2), VOCAB).iter_generate(opts, verse=verse_rules(opts, MASKS)))
     assert [len(b) for b in batches] == [12, 12, 6]  # 800 rows at most: 12 poems of 64 candidates
+
+
+def test_verse_rules_need_a_fixed_form():
+    free = SampleOptions(seed=1)
+    assert verse_rules(free, MASKS) is None  # free form has no rules of verse
+    with pytest.raises(ValueError, match="fixed form"):  # sample_request refuses this before any model loads
+        verse_rules(free, MASKS, strict=True)
