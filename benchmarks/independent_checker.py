@@ -1,5 +1,6 @@
 """An independent 格律 checker, written from the 粘对 rules rather than from poetgen's template tables,
-to cross-check `poetgen check` and `sample --strict` (tests and benchmarks/prosody.py use it)."""
+to cross-check `poetgen check` and `sample --strict` (benchmarks/prosody.py uses it; the tests keep
+their own copy, tests/independent_checker.py)."""
 
 from __future__ import annotations
 

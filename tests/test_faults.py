@@ -1,5 +1,8 @@
-"""Faults through the real CLI: bad input gives one line on stderr and a non-zero exit, never a
-traceback; interrupted or colliding work never loses or mixes data."""
+"""Faults through the CLI: bad input gives one line on stderr and a non-zero exit, never a traceback;
+interrupted or colliding work never loses or mixes data.
+
+In-process (typer's CliRunner) where the process does not matter; a real `python -m poetgen` where it
+is the point: signals, closed or full stdout and stdin, pipes whose reader goes away."""
 
 from __future__ import annotations
 
@@ -24,31 +27,41 @@ from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
 from poetgen.errors import CorpusError
 from poetgen.forms import FORMS, detect_form
-from poetgen.model import LanguageModel, ModelConfig
+from poetgen.model import ModelConfig
 from poetgen.vocab import SPECIALS, Vocab
 
 runner = CliRunner()
-VOCAB = Vocab([*SPECIALS, *ALPHABET[:40], *"，。？！；：、"])
 
 
-def poetgen(*args: str, input: bytes | None = None, timeout: float = 120, env: dict | None = None):
-    """Run the real CLI in a subprocess."""
+def cli(*args: str, input: bytes | str | None = None):
+    """Run the CLI in this process: exit_code, stdout and stderr (str)."""
+    return runner.invoke(app, list(args), input=input)
+
+
+def real_poetgen(*args: str, input: bytes | None = None, timeout: float = 120):
+    """Run the real CLI in a subprocess (where the process itself is the point)."""
     return subprocess.run([sys.executable, "-m", "poetgen", *args], input=input, capture_output=True,
-                          timeout=timeout, env={**os.environ, "NO_COLOR": "1", **(env or {})})
+                          timeout=timeout, env={**os.environ, "NO_COLOR": "1"})
 
 
-def one_line_error(proc) -> bool:
-    err = proc.stderr.decode() if isinstance(proc.stderr, bytes) else proc.stderr
+POETGEN = f"{sys.executable} -m poetgen"
+
+
+def shell(command: str, input: bytes | None = None, timeout: float = 120):
+    """A bash command line with pipefail (the real CLI is {POETGEN} in it): redirections, pipes."""
+    return subprocess.run(["bash", "-o", "pipefail", "-c", command], input=input, capture_output=True,
+                          timeout=timeout, env={**os.environ, "NO_COLOR": "1"})
+
+
+def one_line_error(result) -> bool:
+    """A subprocess's or a CliRunner result's stderr is one line of ours, no traceback."""
+    err = result.stderr.decode() if isinstance(result.stderr, bytes) else result.stderr
     return "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("poetgen: error:")
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    model = LanguageModel(ModelConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=2)).eval()
-    checkpoint.save(path, model, VOCAB, ModelMeta(script="traditional"), tones={c: [3, 1] for c in ALPHABET})
-    return path
+@pytest.fixture
+def model_file(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 # --- output files ---------------------------------------------------------------------------------
@@ -58,44 +71,52 @@ def test_output_writes_through_a_symlink_and_into_special_files(model_file, tmp_
     target.write_text("old")
     link = tmp_path / "link.txt"
     link.symlink_to(target)
-    proc = poetgen("sample", "-c", str(model_file), "--form", "wujue", "--seed", "1", "-o", str(link))
-    assert proc.returncode == 0, proc.stderr
+    result = cli("sample", "-c", str(model_file), "--form", "wujue", "--seed", "1", "-o", str(link))
+    assert result.exit_code == 0, result.stderr
     lines = target.read_text(encoding="utf-8").strip().splitlines()
     assert link.is_symlink() and len(lines) == 5 and detect_form("".join(lines[1:])) == "五绝"  # title + 4 lines
-    proc = poetgen("sample", "-c", str(model_file), "--seed", "1", "-o", os.devnull)
-    assert proc.returncode == 0 and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    result = cli("sample", "-c", str(model_file), "--seed", "1", "-o", os.devnull)
+    assert result.exit_code == 0 and result.stdout == "" and stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
 def test_an_output_that_is_an_input_is_refused(model_file, tmp_path):
     copy = tmp_path / "m.pt"
     copy.write_bytes(model_file.read_bytes())
-    proc = poetgen("sample", "-c", str(copy), "-o", str(copy))
-    assert proc.returncode == 2 and one_line_error(proc)
-    proc = poetgen("export", "-c", str(copy), "-o", str(copy), "--no-test")
-    assert proc.returncode == 2 and one_line_error(proc)
+    result = cli("sample", "-c", str(copy), "-o", str(copy))
+    assert result.exit_code == 2 and one_line_error(result)
+    result = cli("export", "-c", str(copy), "-o", str(copy), "--no-test")
+    assert result.exit_code == 2 and one_line_error(result)
     assert copy.read_bytes() == model_file.read_bytes()
 
 
 def test_a_checkpoint_never_replaces_a_device(model_file):
-    proc = poetgen("export", "-c", str(model_file), "-o", os.devnull, "--no-test")
-    assert proc.returncode == 1 and one_line_error(proc) and b"not a regular file" in proc.stderr
+    result = cli("export", "-c", str(model_file), "-o", os.devnull, "--no-test")
+    assert result.exit_code == 1 and one_line_error(result) and "not a regular file" in result.stderr
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+# Real processes whose stdout is full, closed or a pipe that closes early: `corpus stats` (no torch, quick)
+# in every run, the commands that load a model under -m slow (tests/test_sample.py pipes `sample` too).
+WRITERS = [pytest.param("corpus stats --data-dir {prepared}", id="stats"),
+           pytest.param("info -c {model}", id="info", marks=pytest.mark.slow),
+           pytest.param("sample -c {model} --num 50 --best-of 1 --seed 1", id="sample", marks=pytest.mark.slow)]
 
 
 def test_full_disk_on_output_is_one_line(model_file):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    proc = poetgen("sample", "-c", str(model_file), "--seed", "1", "-o", "/dev/full")
-    assert proc.returncode == 1 and one_line_error(proc) and b"space" in proc.stderr
-    shell = subprocess.run(f"{sys.executable} -m poetgen sample -c {model_file} --seed 1 > /dev/full", shell=True,
-                           capture_output=True, timeout=120)
-    assert shell.returncode == 1 and one_line_error(shell)
+    result = cli("sample", "-c", str(model_file), "--seed", "1", "-o", "/dev/full")
+    assert result.exit_code == 1 and one_line_error(result) and "space" in result.stderr
 
 
-def test_closed_stdout_is_one_line(model_file):
-    proc = subprocess.run(f"{sys.executable} -m poetgen sample -c {model_file} --seed 1 >&-", shell=True,
-                          capture_output=True, timeout=120)
-    assert proc.returncode == 1 and one_line_error(proc)
+@pytest.mark.parametrize("command", WRITERS)
+def test_a_full_or_closed_stdout_is_one_line(model_file, prepared, command):
+    command = command.format(model=model_file, prepared=prepared)
+    if os.path.exists("/dev/full"):
+        full = shell(f"{POETGEN} {command} > /dev/full")
+        assert full.returncode == 1 and one_line_error(full) and b"space" in full.stderr, full.stderr
+    closed = shell(f"{POETGEN} {command} >&-")
+    assert closed.returncode == 1 and one_line_error(closed), closed.stderr
 
 
 # --- corpus ---------------------------------------------------------------------------------------
@@ -117,8 +138,8 @@ def test_an_interrupted_rebuild_leaves_no_mixed_corpus(synthetic_package, tmp_pa
         corpus.build(data, synthetic_package, script="traditional", min_count=3)
     monkeypatch.setattr(corpus.os, "replace", real_replace)
     assert len(moved) == 2 and not list(data.glob(".build-*"))  # no staging folder left
-    proc = poetgen("corpus", "stats", "--data-dir", str(data))
-    assert proc.returncode == 1 and one_line_error(proc) and b"corpus prepare" in proc.stderr
+    result = cli("corpus", "stats", "--data-dir", str(data))
+    assert result.exit_code == 1 and one_line_error(result) and "corpus prepare" in result.stderr
 
 
 def test_a_mixed_corpus_is_detected(prepared, tmp_path):
@@ -129,8 +150,8 @@ def test_a_mixed_corpus_is_detected(prepared, tmp_path):
             (data / f.name).write_bytes(f.read_bytes())
     (data / "vocab.json").write_text(json.dumps([*SPECIALS, "天"]), encoding="utf-8")
     for args in (["corpus", "stats"], ["train", "--out", str(tmp_path / "r"), "--max-steps", "1"]):
-        proc = poetgen(*args, "--data-dir", str(data))
-        assert proc.returncode == 1 and one_line_error(proc) and b"mixed" in proc.stderr, args
+        result = cli(*args, "--data-dir", str(data))
+        assert result.exit_code == 1 and one_line_error(result) and "mixed" in result.stderr, args
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -139,78 +160,119 @@ TINY_RUN = ["--hidden-size", "16", "--emb-size", "8", "--batch-size", "4", "--bp
             "--log-every", "5"]
 
 
+def signal_at_step(monkeypatch, sig: int, step: int) -> list[str]:
+    """Send `sig` to this process after the training step `step` (once the trainer's handler is in place;
+    the list gets the handler that was found there, so a missing one fails the test, not the process)."""
+    from poetgen import train
+
+    real_step, found = train.Trainer._train_step, []
+
+    def step_then_signal(self, lr):
+        out = real_step(self, lr)
+        if self.step == step and not found:  # self.step counts the finished steps, this one included
+            handler = signal.getsignal(sig)
+            found.append(getattr(handler, "__qualname__", repr(handler)))
+            if callable(handler):
+                os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(train.Trainer, "_train_step", step_then_signal)
+    return found
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_stop_signals_save_last_pt_and_the_run_resumes(prepared, tmp_path, sig):
+def test_stop_signals_save_last_pt_and_the_run_resumes(prepared, tmp_path, monkeypatch, sig):
+    """In this process, each stop signal at step 7: exit 130, last.pt at that step, the way on in one line."""
     out = tmp_path / "run dir"
-    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "train", "--out", str(out), "--data-dir", str(prepared),
-                             "--max-steps", "100000", *TINY_RUN], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            env={**os.environ, "NO_COLOR": "1"})
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "metrics.jsonl").exists():
-        time.sleep(0.1)
-    assert (out / "metrics.jsonl").exists(), proc.stderr.read() if proc.poll() is not None else "no progress"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    found = signal_at_step(monkeypatch, sig, 7)
+    result = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "100000", *TINY_RUN)
+    assert found == ["_StopRequest._handle"], found
+    assert result.exit_code == 130, result.stderr
+    assert "Traceback" not in result.stderr and "Resume with: poetgen train --out" in result.stderr
+    assert f"stopped by {signal.Signals(sig).name} at step 7" in result.stderr and "--data-dir" in result.stderr
+    assert f"'{out}'" in result.stderr  # the path with a space is quoted
+    assert checkpoint.read(out / "last.pt").train_state["step"] == 7
+    monkeypatch.undo()
+    resumed = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--max-steps", "10", "--quiet",
+                  "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == 10
+
+
+def test_a_signal_to_a_real_training_process_saves_and_the_run_resumes_exactly(prepared, tmp_path):
+    """SIGTERM to a real `poetgen train` at whatever moment it arrives (in a step, in a validation):
+    exit 130 with the way on, and the resumed run ends with the same weights as a run never stopped."""
+    run = ["--data-dir", str(prepared), "--max-steps", "200", "--hidden-size", "16", "--emb-size", "8",
+           "--batch-size", "4", "--bptt", "8", "--eval-every", "40", "--log-every", "1", "--quiet"]
+    out = tmp_path / "run dir"
+    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "train", "--out", str(out), *run],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and (
+            not metrics.exists() or metrics.read_text().count('"event": "log"') < 5):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
     err = err.decode()
-    assert "Traceback" not in err and "Resume with: poetgen train --out" in err and "--data-dir" in err
-    assert f"'{out}'" in err  # the path with a space is quoted
-    saved = checkpoint.read(out / "last.pt")
-    assert saved.train_state["step"] > 0
-    resumed = poetgen("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--max-steps",
-                      str(saved.train_state["step"] + 3), "--quiet", "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["steps"] == saved.train_state["step"] + 3
+    assert proc.returncode == 130, err  # 200 steps take far longer than the signal needs to arrive
+    assert "Traceback" not in err and "Resume with: poetgen train --out" in err and f"'{out}'" in err
+    stopped_at = checkpoint.read(out / "last.pt").train_state["step"]
+    assert 5 <= stopped_at < 200
+    resumed = cli("train", "--out", str(out), "--resume", "--data-dir", str(prepared), "--quiet")
+    assert resumed.exit_code == 0, resumed.stderr
+    straight = cli("train", "--out", str(tmp_path / "straight"), *run)
+    assert straight.exit_code == 0, straight.stderr
+    a, b = checkpoint.read(tmp_path / "straight" / "last.pt"), checkpoint.read(out / "last.pt")
+    assert a.meta.step == b.meta.step == 200
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
 
 
 def test_two_trainings_on_one_folder_are_refused(prepared, tmp_path):
     from poetgen.train import run_lock
 
     out = tmp_path / "run"
-    with run_lock(out):
-        proc = poetgen("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "2", *TINY_RUN)
-    assert proc.returncode == 2 and one_line_error(proc) and b"another" in proc.stderr
+    with run_lock(out):  # an flock on its own open file: another holder even in this process
+        result = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "2", *TINY_RUN)
+    assert result.exit_code == 2 and one_line_error(result) and "another" in result.stderr
     assert not (out / "last.pt").exists()
 
 
 @pytest.mark.parametrize("args", [["--lr", "inf"], ["--lr", "nan"], ["--clip", "nan"], ["--weight-decay", "nan"],
                                   ["--seed", str(2**64)], ["--max-minutes", "-1"], ["--batch-size", "0"]])
 def test_impossible_training_values_are_refused_before_training(prepared, tmp_path, args):
-    proc = poetgen("train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--max-steps", "2",
-                   *TINY_RUN, *args)
-    assert proc.returncode == 2 and one_line_error(proc), (args, proc.stderr)
+    result = cli("train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--max-steps", "2",
+                 *TINY_RUN, *args)
+    assert result.exit_code == 2 and one_line_error(result), (args, result.stderr)
     assert not (tmp_path / "r" / "last.pt").exists()
 
 
 def test_a_diverging_run_stops_with_a_message(prepared, tmp_path):
-    proc = poetgen("train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--max-steps", "50",
-                   "--lr", "1e30", "--warmup-steps", "0", "--clip", "1e30", *TINY_RUN)
-    err = proc.stderr.decode()
-    assert proc.returncode == 1 and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("poetgen: error: the loss became nan")
+    result = cli("train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--max-steps", "50",
+                 "--lr", "1e30", "--warmup-steps", "0", "--clip", "1e30", *TINY_RUN)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("poetgen: error: the loss became nan")
 
 
 def test_out_that_is_a_file_is_refused(prepared, tmp_path):
     (tmp_path / "f").write_text("x")
-    proc = poetgen("train", "--out", str(tmp_path / "f"), "--data-dir", str(prepared), "--max-steps", "1")
-    assert proc.returncode == 2 and one_line_error(proc) and b"is a file" in proc.stderr
+    result = cli("train", "--out", str(tmp_path / "f"), "--data-dir", str(prepared), "--max-steps", "1")
+    assert result.exit_code == 2 and one_line_error(result) and "is a file" in result.stderr
 
 
 def test_resume_keeps_the_schedule(prepared, tmp_path):
     out = tmp_path / "run"
-    first = poetgen("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "20", *TINY_RUN,
-                    "--warmup-steps", "2", "--quiet")
-    assert first.returncode == 0, first.stderr
+    first = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "20", *TINY_RUN,
+                "--warmup-steps", "2", "--quiet")
+    assert first.exit_code == 0, first.stderr
     ckpt = checkpoint.read(out / "last.pt")
     assert ckpt.train_state["schedule_steps"] == 20
-    more = poetgen("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--max-steps", "25",
-                   "--quiet")
-    assert more.returncode == 0, more.stderr
+    more = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--max-steps", "25", "--quiet")
+    assert more.exit_code == 0, more.stderr
     assert checkpoint.read(out / "last.pt").train_state["schedule_steps"] == 20  # not refitted to 25
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()
            if '"event": "log"' in line]
     assert lrs[-1] <= lrs[-2] + 1e-12  # no jump back up
-
 
 # --- sampling -------------------------------------------------------------------------------------
 
@@ -271,38 +333,40 @@ def test_fuzzed_sample_arguments_give_poems_or_one_line(model_file, options):
         assert all(detect_form(r["text"]) == name for r in records), args
 
 
-def test_too_many_poems_are_refused_before_loading(model_file):
-    proc = poetgen("sample", "-c", str(model_file), "--num", "100000")
-    assert proc.returncode == 2 and one_line_error(proc) and b"--num" in proc.stderr
+def test_too_many_poems_are_refused_before_loading(model_file, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded")
+
+    monkeypatch.setattr(checkpoint, "load", no_loading)
+    result = cli("sample", "-c", str(model_file), "--num", "100000")
+    assert result.exit_code == 2 and one_line_error(result) and "--num" in result.stderr
 
 
 # --- check ----------------------------------------------------------------------------------------
 
 def test_check_input_faults(tmp_path, model_file):
-    proc = poetgen("check", "-c", str(model_file), input=b"\xff\xfe bad bytes\n")
-    assert proc.returncode == 2 and one_line_error(proc) and b"UTF-8" in proc.stderr
-    proc = poetgen("check", "-c", str(model_file), "--file", str(tmp_path))
-    assert proc.returncode == 2 and one_line_error(proc) and b"folder" in proc.stderr
-    proc = poetgen("check", "-c", str(model_file), ALPHABET[0], ALPHABET[1])
-    assert proc.returncode == 2 and one_line_error(proc) and b"quote it" in proc.stderr
-    closed = subprocess.run(f"{sys.executable} -m poetgen check -c {model_file} <&-", shell=True,
-                            capture_output=True, timeout=60)
+    result = cli("check", "-c", str(model_file), input=b"\xff\xfe bad bytes\n")
+    assert result.exit_code == 2 and one_line_error(result) and "UTF-8" in result.stderr
+    result = cli("check", "-c", str(model_file), "--file", str(tmp_path))
+    assert result.exit_code == 2 and one_line_error(result) and "folder" in result.stderr
+    result = cli("check", "-c", str(model_file), ALPHABET[0], ALPHABET[1])
+    assert result.exit_code == 2 and one_line_error(result) and "quote it" in result.stderr
+    closed = shell(f"{POETGEN} check -c {model_file} <&-")  # a real process without a stdin
     assert closed.returncode == 2 and one_line_error(closed)
 
 
 def test_check_keeps_its_verdict_when_the_reader_goes_away(model_file):
     poem = "，".join("".join(ALPHABET[i * 5:(i + 1) * 5]) for i in range(3)) + "。"
     many = ("\n\n".join([poem] * 20000) + "\n").encode()
-    cmd = f"{sys.executable} -m poetgen check -c {model_file} | head -n 1 > /dev/null; echo ${{PIPESTATUS[0]}}"
-    proc = subprocess.run(["bash", "-c", cmd], input=many, capture_output=True, timeout=120)
+    proc = shell(f"{POETGEN} check -c {model_file} | head -n 1 > /dev/null; echo ${{PIPESTATUS[0]}}", input=many)
     assert proc.stdout.decode().strip() == "1", proc.stderr  # not regulated: the verdict, not 0
     assert b"Traceback" not in proc.stderr
 
 
 def test_no_color_means_no_escape_codes(model_file, prepared):
     for args in (["info", "-c", str(model_file)], ["corpus", "stats", "--data-dir", str(prepared)]):
-        proc = poetgen(*args)
-        assert proc.returncode == 0 and b"\x1b" not in proc.stdout + proc.stderr, args
+        result = cli(*args)  # NO_COLOR=1 (conftest)
+        assert result.exit_code == 0 and "\x1b" not in result.stdout + result.stderr, args
 
 
 # --- damaged checkpoints, full disks, read-only places, locks ---------------------------------------
@@ -365,8 +429,8 @@ def test_read_only_places_are_one_line(model_file, prepared):
     for args in (["corpus", "prepare", "--data-dir", "/proc/poetgen-test"],
                  ["sample", "-c", str(model_file), "-o", "/proc/poetgen-test/poems.txt"],
                  ["train", "--out", "/proc/poetgen-test/run", "--data-dir", str(prepared), "--max-steps", "1"]):
-        proc = poetgen(*args)
-        assert proc.returncode != 0 and one_line_error(proc), (args, proc.stderr)
+        result = cli(*args)
+        assert result.exit_code != 0 and one_line_error(result), (args, result.stderr)
 
 
 def test_stop_while_best_pt_is_written_keeps_best_and_last_agreeing(prepared, tmp_path, monkeypatch):
@@ -399,9 +463,9 @@ def test_two_corpus_builds_on_one_folder_are_refused(synthetic_package, tmp_path
 
     data = tmp_path / "data"
     with exclusive_lock(data, RuntimeError("busy")):
-        proc = poetgen("corpus", "build", "--from", str(synthetic_package), "--data-dir", str(data),
-                       "--script", "traditional")
-    assert proc.returncode == 1 and one_line_error(proc) and b"another poetgen" in proc.stderr
+        result = cli("corpus", "build", "--from", str(synthetic_package), "--data-dir", str(data),
+                     "--script", "traditional")
+    assert result.exit_code == 1 and one_line_error(result) and "another poetgen" in result.stderr
     assert not (data / "meta.json").exists()
 
 
@@ -415,49 +479,18 @@ def test_stale_partial_downloads_are_removed(synthetic_package, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == []
 
 
-def test_readers_going_away_end_quietly(model_file, prepared):
-    for cmd in (f"-m poetgen info -c {model_file}", f"-m poetgen corpus stats --data-dir {prepared}",
-                f"-m poetgen sample -c {model_file} --num 50 --best-of 1 --seed 1"):
-        proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} {cmd} | head -c 1 > /dev/null"],
-                              capture_output=True, timeout=120)
-        assert proc.returncode == 0 and proc.stderr == b"", (cmd, proc.stderr)
+@pytest.mark.parametrize("command", WRITERS)
+def test_readers_going_away_end_quietly(model_file, prepared, command):
+    proc = shell(f"{POETGEN} {command.format(model=model_file, prepared=prepared)} | head -c 1 > /dev/null")
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
 
 
-def test_a_signal_at_a_random_moment_resumes_exactly(prepared, tmp_path):
-    run = ["--data-dir", str(prepared), "--max-steps", "600", "--hidden-size", "48", "--emb-size", "16",
-           "--batch-size", "8", "--bptt", "16", "--eval-every", "250", "--log-every", "1", "--quiet"]
-    straight = poetgen("train", "--out", str(tmp_path / "a"), *run)
-    assert straight.returncode == 0, straight.stderr
-    out = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "train", "--out", str(out), *run],
-                            stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "metrics.jsonl").exists():
-        time.sleep(0.02)
-    time.sleep(0.3)  # somewhere in the middle of a step
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the run ended before the signal arrived")
-    assert proc.returncode == 130
-    stopped_at = checkpoint.read(out / "last.pt").train_state["step"]
-    assert 0 < stopped_at < 600
-    resumed = poetgen("train", "--out", str(out), "--resume", "--data-dir", str(prepared), "--quiet")
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = checkpoint.read(tmp_path / "a" / "last.pt"), checkpoint.read(out / "last.pt")
-    assert a.meta.step == b.meta.step == 600
-    for k, v in a.state_dict.items():
-        assert torch.equal(v, b.state_dict[k]), k
-
-
-def test_checkpoints_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+def test_checkpoints_are_fsynced_before_the_rename(tmp_path, monkeypatch, tiny_model, tiny_vocab):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(len(VOCAB), emb_size=8, hidden_size=8))
-    checkpoint.save(tmp_path / "m.pt", model, VOCAB, ModelMeta())
+    checkpoint.save(tmp_path / "m.pt", tiny_model, tiny_vocab, ModelMeta())
     assert events == ["fsync", "replace"]
 
 
@@ -473,7 +506,7 @@ def test_training_shows_signs_of_life_between_log_lines(prepared, tmp_path):
     trainer = Trainer(ModelConfig(len(vocab), emb_size=8, hidden_size=32), cfg, vocab, load_split(prepared, "train"),
                       load_split(prepared, "val"), tmp_path / "run", on_event=events.append)
     summary = trainer.run()
-    assert summary["stop_reason"] == "time" and summary["elapsed_s"] < 3.0  # near its 1.8 s budget
+    assert summary["stop_reason"] == "time" and summary["elapsed_s"] >= 0.03 * 60  # ran its whole budget
     ticks = [e for e in events if e["event"] == "tick"]
     assert ticks and all(e["step"] > 0 and "tokens_per_s" in e for e in ticks)
     assert not any('"tick"' in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
@@ -490,10 +523,13 @@ def test_check_reads_stdin_as_dash_and_through_a_pipe_path():
     shipped model wrote)."""
     poem = "白日登高出，苍梧长短空。云南皆少写，花落自难穷。\n".encode()
     outputs = []
-    for args in (["-"], ["--file", "-"], ["--file", "/dev/stdin"], []):
-        proc = poetgen("check", *args, input=poem)
-        assert proc.returncode == 0, (args, proc.stderr.decode())
-        outputs.append(proc.stdout)
-    assert outputs[0].decode().startswith("五绝") and len(set(outputs)) == 1
-    both = poetgen("check", "-", "--file", "x.txt", input=poem)
-    assert both.returncode == 2 and one_line_error(both)
+    for args in (["-"], ["--file", "-"], []):
+        result = cli("check", *args, input=poem)
+        assert result.exit_code == 0, (args, result.stderr)
+        outputs.append(result.stdout)
+    proc = real_poetgen("check", "--file", "/dev/stdin", input=poem)  # a real pipe behind /dev/stdin
+    assert proc.returncode == 0, proc.stderr.decode()
+    outputs.append(proc.stdout.decode())
+    assert outputs[0].startswith("五绝") and len(set(outputs)) == 1
+    both = cli("check", "-", "--file", "x.txt", input=poem)
+    assert both.exit_code == 2 and one_line_error(both)

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 from synth import ALPHABET
+from tiny import save_tiny, tiny_model
 from typer.testing import CliRunner
 
-from poetgen import checkpoint, introspect, plot
+from poetgen import checkpoint, corpus, introspect, plot
 from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
+from poetgen.data import load_split
 from poetgen.errors import UsageError
+from poetgen.forms import detect
 from poetgen.model import LanguageModel, ModelConfig
 from poetgen.vocab import SPECIALS, Vocab
 
@@ -88,23 +91,36 @@ def trained(cell: str, stream: np.ndarray, steps: int = 200) -> LanguageModel:
     return model.eval()
 
 
+@pytest.mark.slow  # two small trainings: ~5 s
 def test_a_trained_lstm_remembers_farther_than_a_tanh_rnn():
+    """Trained on text whose tokens repeat the one 50 back, the LSTM's gradient reaches 50 characters
+    back (more than before training) where the tanh RNN's has vanished."""
     stream = long_range_stream(8 * 300, 50, np.random.default_rng(0))
     norms = {cell: introspect.gradient_norms(trained(cell, stream), stream, max_k=60, samples=8, seed=0)
              for cell in ("rnn", "lstm")}
+    untrained = introspect.gradient_norms(trained("lstm", stream, steps=0), stream, max_k=60, samples=8, seed=0)
     assert norms["lstm"][50] > 10 * norms["rnn"][50], (norms["lstm"][50], norms["rnn"][50])
+    assert norms["lstm"][50] > 2 * untrained[50], (norms["lstm"][50], untrained[50])
 
 
-def planted_model() -> LanguageModel:
+def test_a_fresh_lstm_keeps_more_gradient_over_distance_than_a_fresh_tanh_rnn():
+    stream = np.random.default_rng(0).integers(4, len(VOCAB), 400)
+    norms = {cell: introspect.gradient_norms(trained(cell, stream, steps=0), stream, max_k=30, samples=4, seed=0)
+             for cell in ("rnn", "lstm")}
+    assert norms["lstm"][30] > 100 * norms["rnn"][30], (norms["lstm"][30], norms["rnn"][30])
+
+
+def planted_model(vocab: Vocab = VOCAB) -> LanguageModel:
     """A one-layer tanh RNN whose unit 0 climbs along the line (-0.69, -0.46, -0.29, …) and falls back to
     -1 at each mark."""
     torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(len(VOCAB), emb_size=4, hidden_size=4, num_layers=1, cell="rnn",
+    model = LanguageModel(ModelConfig(len(vocab), emb_size=4, hidden_size=4, num_layers=1, cell="rnn",
                                       tie_weights=False, dropout=0.0, emb_dropout=0.0))
     with torch.no_grad():
         model.embed.weight[:, 0] = 0.0
-        for reset in ("，", "。", "<bos>", "<sep>"):  # every line starts from -1
-            model.embed.weight[VOCAB.stoi[reset], 0] = -20.0
+        for reset in ("，", "。", "？", "！", "<bos>", "<sep>"):  # every line starts from -1
+            if reset in vocab.stoi:
+                model.embed.weight[vocab.stoi[reset], 0] = -20.0
         model.rnn.weight_ih_l0[0] = torch.tensor([1.0, 0, 0, 0])
         model.rnn.weight_hh_l0[0] = torch.tensor([1.0, 0, 0, 0])
         model.rnn.bias_ih_l0[0], model.rnn.bias_hh_l0[0] = 0.15, 0.0
@@ -130,8 +146,7 @@ def test_find_recovers_a_planted_unit():
 
 
 def test_gate_means_by_position():
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(len(VOCAB), emb_size=8, hidden_size=8, num_layers=2)).eval()
+    model = tiny_model(0, VOCAB, emb_size=8, hidden_size=8)
     means = introspect.gate_means(model, VOCAB, synthetic_records(20), chars=5, layer=1)
     assert set(means) == {"input gate", "forget gate", "output gate"}
     assert all(len(v) == 6 and all(0 < x < 1 for x in v) for v in means.values())
@@ -187,3 +202,130 @@ def test_inspect_cells_cli_is_plain_when_piped(tmp_path):
     assert json.loads(js.stdout)["chars"] == list(poem)
     bad = runner.invoke(app, ["inspect", "cells", "-c", str(path), "--poem", poem, "--unit", "9:hidden 0"])
     assert bad.exit_code == 2 and "no unit" in bad.stderr
+
+
+# --- inspect gradients, gates and cells --find on the prepared synthetic corpus ---------------------
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """A printed table's rows by their label (the text before the first run of two spaces)."""
+    return {line.split("  ")[0].strip(): line.split("  ", 1)[1].split() for line in text.splitlines() if "  " in line}
+
+
+def test_inspect_gradients_cli_prints_and_returns_the_measured_curves(prepared, tmp_path):
+    vocab = Vocab.load(prepared / "vocab.json")
+    trained = save_tiny(tmp_path / "run" / "m.pt", tiny_model(4, vocab, cell="gru", layers=1), vocab)
+    args = ["inspect", "gradients", "-c", str(trained), "--cell", "rnn", "--cell", "lstm", "--hidden-size", "8",
+            "--layers", "1", "--max-k", "20", "--samples", "3", "--seed", "2", "--data-dir", str(prepared)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    stream = load_split(prepared, "val")
+    expected = {"gru 1x16 (run/m.pt)": introspect.gradient_norms(checkpoint.load(trained).model, stream, 20, 3, 2)}
+    for cell in ("rnn", "lstm"):
+        fresh = introspect.fresh_model(len(vocab), cell, 8, 1, seed=2)
+        expected[f"{cell} 1x8 (fresh)"] = introspect.gradient_norms(fresh, stream, 20, 3, 2)
+    data = json.loads(result.stdout)
+    assert (data["max_k"], data["samples"], list(data["curves"])) == (20, 3, list(expected))
+    for label, curve in expected.items():
+        assert len(curve) == 21 and curve[0] == 1.0 and curve[20] > 0
+        assert data["curves"][label] == pytest.approx(curve, rel=1e-6), label
+    assert expected["rnn 1x8 (fresh)"] != expected["lstm 1x8 (fresh)"]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.stderr
+    rows = table_rows(text.stdout)
+    assert rows["model"] == ["k=0", "k=1", "k=2", "k=5", "k=10", "k=20"]
+    for label, curve in expected.items():
+        assert rows[label] == [f"{curve[k]:.1e}" for k in (0, 1, 2, 5, 10, 20)], label
+    nothing = runner.invoke(app, ["inspect", "gradients", "--data-dir", str(prepared)])
+    assert nothing.exit_code == 2 and "--cell" in nothing.stderr
+    other = runner.invoke(app, ["inspect", "gradients", "-c", str(save_tiny(tmp_path / "other.pt")), "--data-dir",
+                                str(prepared)])
+    assert other.exit_code == 2 and "another vocabulary" in other.stderr and "--data-dir" in other.stderr
+
+
+def gates_by_hand(model: LanguageModel, vocab: Vocab, records, chars: int, layer: int) -> dict[str, list[float]]:
+    """The mean input/forget/output gates at each position of the lines (the mark last), from the LSTM
+    equations on the module's own weights and the hidden states nn.LSTM gives layer by layer."""
+    rnn = model.rnn
+    sums, counts = np.zeros((3, chars + 1)), np.zeros(chars + 1)
+    for title, body in records:
+        ids = vocab.encode_record(title, body)[:-1]  # <bos> title <sep> body
+        with torch.no_grad():
+            x = model.embed(torch.tensor([ids]))  # (1, T, E)
+            for below in range(layer):  # the layers below, one at a time
+                one = torch.nn.LSTM(x.size(-1), rnn.hidden_size, batch_first=True)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(one, f"{name}_l0").copy_(getattr(rnn, f"{name}_l{below}"))
+                x, _ = one(x)
+            one = torch.nn.LSTM(x.size(-1), rnn.hidden_size, batch_first=True)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(one, f"{name}_l0").copy_(getattr(rnn, f"{name}_l{layer}"))
+            h, _ = one(x)
+            h_before = torch.cat([torch.zeros(1, 1, rnn.hidden_size), h[:, :-1]], 1)
+            z = x @ getattr(rnn, f"weight_ih_l{layer}").T + h_before @ getattr(rnn, f"weight_hh_l{layer}").T \
+                + getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+            i, f, _, o = z[0].chunk(4, dim=-1)  # nn.LSTM's order: input, forget, cell, output
+            gates = torch.stack([i.sigmoid(), f.sigmoid(), o.sigmoid()]).mean(-1).numpy()  # (3, T)
+        column = 0
+        for t in range(ids.index(vocab.sep_id) + 1, len(ids)):
+            mark = vocab.tokens[ids[t]] in "，。？！；：、"
+            sums[:, chars if mark else column] += gates[:, t]
+            counts[chars if mark else column] += 1
+            column = 0 if mark else column + 1
+    means = sums / counts
+    return {"input gate": means[0].tolist(), "forget gate": means[1].tolist(), "output gate": means[2].tolist()}
+
+
+def test_inspect_gates_cli_gives_the_mean_gates_along_the_line(prepared, tmp_path):
+    vocab = Vocab.load(prepared / "vocab.json")
+    model = tiny_model(5, vocab, emb_size=8, hidden_size=8)
+    path = save_tiny(tmp_path / "m.pt", model, vocab)
+    records = [r for r in corpus.val_records(prepared, 1000, "traditional")
+               if (form := detect(r[1])) is not None and form.chars == 5]
+    assert len(records) >= 2
+    expected = gates_by_hand(model, vocab, records[:2], chars=5, layer=1)
+    args = ["inspect", "gates", "-c", str(path), "--chars", "5", "--layer", "1", "--poems", "2", "--data-dir",
+            str(prepared)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["layer"], data["chars"], data["poems"]) == (1, 5, 2)
+    assert data["positions"] == ["1", "2", "3", "4", "5", "mark"]
+    assert list(data["means"]) == list(expected)
+    for gate, values in expected.items():
+        assert data["means"][gate] == pytest.approx(values, abs=1e-5), gate
+    text = runner.invoke(app, [*args, "-o", str(tmp_path / "gates.png")])
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout.splitlines()[0] == "layer 1, 2 poems of 5-character lines"
+    rows = table_rows(text.stdout)
+    for gate, values in expected.items():
+        assert [float(v) for v in rows[gate]] == pytest.approx(values, abs=5e-4), gate
+    assert png_size(tmp_path / "gates.png") == (700, 400) and "wrote" in text.stderr
+    too_deep = runner.invoke(app, ["inspect", "gates", "-c", str(path), "--layer", "2", "--data-dir", str(prepared)])
+    assert too_deep.exit_code == 2 and "the model has 2 layers" in too_deep.stderr
+    six = runner.invoke(app, ["inspect", "gates", "-c", str(path), "--chars", "6", "--data-dir", str(prepared)])
+    assert six.exit_code == 2 and "no lines of 6 characters" in six.stderr
+    gru = save_tiny(tmp_path / "gru.pt", tiny_model(5, vocab, cell="gru"), vocab)
+    not_lstm = runner.invoke(app, ["inspect", "gates", "-c", str(gru), "--chars", "5", "--data-dir", str(prepared)])
+    assert not_lstm.exit_code == 2 and "LSTM" in not_lstm.stderr
+
+
+def test_inspect_cells_find_ranks_the_planted_unit_first_and_shows_it(prepared, tmp_path):
+    vocab = Vocab.load(prepared / "vocab.json")
+    path = save_tiny(tmp_path / "planted.pt", planted_model(vocab), vocab)
+    args = ["inspect", "cells", "-c", str(path), "--find", "--poems", "30", "--data-dir", str(prepared)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data["find"]) == set(introspect.PROPERTIES)
+    (unit, r), *_ = data["find"]["position in line"]
+    assert unit == "0:hidden 0" and r > 0.9
+    assert data["find"]["distance to punctuation"][0][0] == "0:hidden 0"
+    assert data["unit"] == "0:hidden 0"  # no --unit: the best for position in line
+    _, first_body = corpus.val_records(prepared, 1, "traditional")[0]  # no --poem: the first val poem
+    assert "".join(data["chars"]) == first_body
+    line = [v for ch, v in zip(data["chars"], data["activations"], strict=True) if ch not in "，。？！"][:5]
+    assert line == sorted(line)  # it climbs along the first line
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout.startswith(f"position in line: 0:hidden 0 (r = {r:+.2f})")
+    assert "\n\nunit 0:hidden 0\n" in text.stdout

@@ -3,21 +3,20 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from independent_checker import independent_check
 from synth import ALPHABET
+from tiny import save_tiny, tiny_model
 from typer.testing import CliRunner
 
-from poetgen import checkpoint, prosody
-from poetgen.checkpoint import ModelMeta
+from poetgen import prosody
 from poetgen.cli import app
 from poetgen.forms import FORMS
 from poetgen.masks import ProsodyMasks, verse_rules
-from poetgen.model import LanguageModel, ModelConfig
 from poetgen.prosody import RhymeTable, ToneTable, check_poem, normalize_poem, templates
 from poetgen.sample import Generator, SampleOptions
+from poetgen.text import to_script
 from poetgen.vocab import SPECIALS, Vocab
 
 runner = CliRunner()
@@ -33,8 +32,9 @@ RHYMES = RhymeTable({"上平声一甲": set(PING_A), "上平声二乙": set(PING
 VOCAB = Vocab([*SPECIALS, *ALPHABET, *"，。？！"])
 
 
-def compose(template, rhyme_chars=PING_A) -> str:
-    """A poem that follows `template` exactly: 平 from group 甲's members (rhymes distinct), 仄 from ZE."""
+def compose(template, rhyme_chars=PING_A, ping=PING_B, ze=ZE) -> str:
+    """A poem that follows `template` exactly: its rhymes from `rhyme_chars` (distinct), its other 平
+    from `ping` and its 仄 from `ze`."""
     rhymes = iter(rhyme_chars)
     out = []
     for i, pattern in enumerate(template.patterns()):
@@ -43,7 +43,7 @@ def compose(template, rhyme_chars=PING_A) -> str:
             if p == len(pattern) - 1 and i in template.rhyme_lines():
                 line.append(next(rhymes))
             else:
-                line.append(PING_B[p] if tone == "平" else ZE[p + i])
+                line.append(ping[p] if tone == "平" else ze[p + i])
         out.append("".join(line) + ("，" if i % 2 == 0 else "。"))
     return "".join(out)
 
@@ -154,9 +154,8 @@ def test_real_rhyme_data_has_the_thirty_level_groups():
 
 # --- strict sampling -------------------------------------------------------------------------------
 
-def tiny(seed: int) -> LanguageModel:
-    torch.manual_seed(seed)
-    return LanguageModel(ModelConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=2)).eval()
+def tiny(seed: int):
+    return tiny_model(seed, VOCAB)
 
 
 MASKS = ProsodyMasks(VOCAB, TONES, RHYMES)
@@ -223,12 +222,27 @@ def test_rare_readings_are_reported_and_never_placed_under_strict():
             assert check_poem(p.body, tones, RHYMES).rare_reading == [], p.body
 
 
-def test_check_cli(tmp_path, prepared):
-    poem = compose(templates(FORMS["wujue"])[0])
-    result = runner.invoke(app, ["check", poem, "--json", "--data-dir", str(prepared)])
+def test_check_cli(tmp_path, prepared, real_rhyme_model):
+    """A poem that follows a template passes (exit 0); the same with a wrong tone at a strict position
+    fails (exit 1) and names the place; bad input is exit 2."""
+    path, dong, ze = real_rhyme_model
+    template = next(t for t in templates(FORMS["wujue"]) if t.key == "ze-plain")
+    poem = compose(template, rhyme_chars=dong[10:], ping=dong, ze=ze)
+    result = runner.invoke(app, ["check", poem, "--json", "-c", str(path)])
     data = json.loads(result.stdout)
     assert {"form", "ok", "template", "violations", "rhyme_group", "warnings"} <= set(data)
-    assert result.exit_code == (0 if data["ok"] else 1)
+    assert data["ok"] and result.exit_code == 0, data
+    assert (data["form"], data["template"], data["rhyme_group"], data["violations"]) == ("五绝", template.name, "一东",
+                                                                                       [])
+    second = template.patterns()[1]  # line 2's 2nd character is strict: give it the other tone
+    wrong = list(poem)
+    wrong[6 + 1] = ze[0] if second[1] == "平" else dong[0]
+    result = runner.invoke(app, ["check", "".join(wrong), "--json", "-c", str(path)])
+    data = json.loads(result.stdout)
+    assert result.exit_code == 1 and not data["ok"], data
+    assert {"line": 2, "position": 2} in [{k: v[k] for k in ("line", "position")} for v in data["violations"]]
+    text = runner.invoke(app, ["check", "".join(wrong), "-c", str(path)])
+    assert text.exit_code == 1 and text.stdout.startswith("五绝")
     broken = runner.invoke(app, ["check", "一丁七", "--data-dir", str(prepared)])
     assert broken.exit_code == 1 and "not regulated" in broken.stdout
     empty = runner.invoke(app, ["check", "  ", "--data-dir", str(prepared)])
@@ -259,22 +273,23 @@ def test_check_does_not_import_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
-def real_rhyme_model(path):
+@pytest.fixture(scope="module")
+def real_rhyme_model(tmp_path_factory):
     """A tiny model whose vocabulary holds 20 members of the real 平水韵 group 一东 (平 in its tone table)
-    and 30 synthetic characters marked 仄: enough for every strict form, checked with the real rhyme data."""
-    dong = sorted(prosody.load_rhymes("simplified").groups["上平声一东"])[:20]
-    ze = [c for c in ALPHABET if c not in dong][:30]
+    and 30 synthetic characters marked 仄 (the same in both scripts): enough for every strict form, checked
+    with the real rhyme data. (path, the 一东 characters, the 仄 characters)"""
+    rhymes = prosody.load_rhymes("simplified")
+    dong = sorted(rhymes.groups["上平声一东"])[:20]
+    ze = [c for c in ALPHABET if c not in dong and c not in rhymes.of_char and to_script(c, "simplified") == c][:30]
     vocab = Vocab([*SPECIALS, *dong, *ze, *"，。？！"])
     tones = {**{c: [9, 0] for c in dong}, **{c: [0, 9] for c in ze}}
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(len(vocab), emb_size=12, hidden_size=16, num_layers=2)).eval()
-    checkpoint.save(path, model, vocab, ModelMeta(script="simplified"), tones=tones)
-    return path, dong
+    path = save_tiny(tmp_path_factory.mktemp("rhyme") / "m.pt", tiny_model(0, vocab), vocab, "simplified", tones)
+    return path, dong, ze
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
-def test_sample_strict_cli_pipes_into_check(tmp_path, form):
-    path, dong = real_rhyme_model(tmp_path / "m.pt")
+def test_sample_strict_cli_pipes_into_check(real_rhyme_model, form):
+    path, dong, _ = real_rhyme_model
     title = ["--title", dong[0] + dong[1]] if form == "wujue" else []  # else the model writes one, shown in 《》
     sampled = runner.invoke(app, ["sample", "-c", str(path), "--form", form, "--strict", "--num", "3", "--seed", "5",
                                   *title])
@@ -287,9 +302,8 @@ def test_sample_strict_cli_pipes_into_check(tmp_path, form):
     assert len(results) == 3 and all(r["ok"] and r["form"] == FORMS[form].name for r in results)
 
 
-def test_sample_strict_cli_refusals(tmp_path):
-    path = tmp_path / "m.pt"
-    checkpoint.save(path, tiny(0), VOCAB, ModelMeta(script="traditional"))
+def test_sample_strict_cli_refusals(untoned_checkpoint, real_rhyme_model):
+    path = untoned_checkpoint
     bad = runner.invoke(app, ["sample", "-c", str(path), "--strict"])
     assert bad.exit_code == 2 and "--strict needs a regulated form" in bad.stderr
     nostrict = runner.invoke(app, ["sample", "-c", str(path), "--template", "ze-plain", "--form", "wujue"])
@@ -300,6 +314,6 @@ def test_sample_strict_cli_refusals(tmp_path):
     assert unrhymed.exit_code == 0, unrhymed.stderr  # the plain model needs no tone table
     both = runner.invoke(app, ["sample", "-c", str(path), "--form", "wujue", "--no-rhyme", "--rhyme", "东"])
     assert both.exit_code == 2 and "contradict" in both.stderr
-    path, _ = real_rhyme_model(tmp_path / "r.pt")
+    path, _, _ = real_rhyme_model
     badt = runner.invoke(app, ["sample", "-c", str(path), "--strict", "--form", "wujue", "--template", "x"])
     assert badt.exit_code == 2 and "unknown template" in badt.stderr
