@@ -8,13 +8,12 @@ import json
 import pytest
 import torch
 from synth import make_corpus
+from tiny import save_tiny, tiny_model
 from typer.testing import CliRunner
 
-from poetgen import checkpoint, corpus
-from poetgen.checkpoint import ModelMeta
+from poetgen import corpus
 from poetgen.cli import app
 from poetgen.glyphs import LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, drawable, in_gb2312
-from poetgen.model import LanguageModel, ModelConfig
 from poetgen.sample import Generator, SampleOptions
 from poetgen.text import to_script
 from poetgen.vocab import SPECIALS, Vocab
@@ -92,15 +91,13 @@ def test_build_normalizes_counts_and_lists_every_pair(tmp_path):
 def test_a_model_never_writes_a_variant_form_and_user_text_is_normalized(tmp_path):
     chars = [chr(0x4E00 + 7 * k) for k in range(30)] + ["剑", "劒"]
     vocab = Vocab([*SPECIALS, *chars, *"，。？！；："])
-    torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(len(vocab), emb_size=8, hidden_size=8, num_layers=1)).eval()
+    model = tiny_model(0, vocab, layers=1, emb_size=8, hidden_size=8)  # its own: the test changes a weight
     with torch.no_grad():
         model.head.bias[vocab.stoi["劒"]] = 30.0  # the model loves the variant
     poems = Generator(model, vocab, "simplified").generate(SampleOptions(num=4, seed=1, best_of=1))
     assert all("劒" not in p.body for p in poems) and any(p.body for p in poems)
     assert any("劒" in p.body for p in Generator(model, vocab).generate(SampleOptions(num=4, seed=1, best_of=1)))
-    path = tmp_path / "m.pt"
-    checkpoint.save(path, model, vocab, ModelMeta(script="simplified"))
+    path = save_tiny(tmp_path / "m.pt", model, vocab, "simplified")
     result = runner.invoke(app, ["sample", "-c", str(path), "--prompt", "劒", "--seed", "1", "--format", "jsonl"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["text"].startswith("剑")

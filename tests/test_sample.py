@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import tiny
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,12 +14,11 @@ from synth import ALPHABET
 from typer.testing import CliRunner
 
 from poetgen import checkpoint, config
-from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
 from poetgen.config import SampleRequest, VerseOptions, sample_request
 from poetgen.errors import UsageError
 from poetgen.forms import FORMS, STOPS, detect_form, split_lines
-from poetgen.model import LanguageModel, ModelConfig
+from poetgen.model import LanguageModel
 from poetgen.sample import Generator, SampleOptions, Stepper, draw, filter_logits, prepare
 from poetgen.vocab import SPECIALS, Vocab
 
@@ -28,15 +28,12 @@ VOCAB = Vocab([*SPECIALS, *CHARS, *"，。？！；：、"])
 
 
 def tiny_model(seed: int, cell: str = "lstm", layers: int = 2) -> LanguageModel:
-    torch.manual_seed(seed)
-    return LanguageModel(ModelConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=layers, cell=cell)).eval()
+    return tiny.tiny_model(seed, VOCAB, cell=cell, layers=layers)
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    checkpoint.save(path, tiny_model(0), VOCAB, ModelMeta(script="simplified"))
-    return path
+    return tiny.save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.pt", tiny_model(0), VOCAB, "simplified")
 
 
 FORM_KEYS = st.sampled_from(sorted(FORMS))

@@ -9,12 +9,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synth import ALPHABET
+from tiny import tiny_model
 
 from poetgen import prosody
 from poetgen.config import SampleOptions
 from poetgen.forms import FORMS, detect_form
 from poetgen.masks import ProsodyMasks, verse_rules
-from poetgen.model import LanguageModel, ModelConfig
+from poetgen.model import LanguageModel
 from poetgen.sample import Generator
 from poetgen.vocab import SPECIALS, Vocab
 
@@ -29,8 +30,7 @@ PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[Healt
 
 
 def tiny(seed: int) -> LanguageModel:
-    torch.manual_seed(seed)
-    return LanguageModel(ModelConfig(len(VOCAB), emb_size=12, hidden_size=16, num_layers=2)).eval()
+    return tiny_model(seed, VOCAB)
 
 
 def uses(body: str) -> Counter:
