@@ -59,38 +59,33 @@ def one_line_error(result) -> bool:
     return "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("poetgen: error:")
 
 
-@pytest.fixture
-def model_file(tiny_checkpoint) -> Path:
-    return tiny_checkpoint
-
-
 # --- output files ---------------------------------------------------------------------------------
 
-def test_output_writes_through_a_symlink_and_into_special_files(model_file, tmp_path):
+def test_output_writes_through_a_symlink_and_into_special_files(tiny_checkpoint, tmp_path):
     target = tmp_path / "target.txt"
     target.write_text("old")
     link = tmp_path / "link.txt"
     link.symlink_to(target)
-    result = cli("sample", "-c", str(model_file), "--form", "wujue", "--seed", "1", "-o", str(link))
+    result = cli("sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "1", "-o", str(link))
     assert result.exit_code == 0, result.stderr
     lines = target.read_text(encoding="utf-8").strip().splitlines()
     assert link.is_symlink() and len(lines) == 5 and detect_form("".join(lines[1:])) == "五绝"  # title + 4 lines
-    result = cli("sample", "-c", str(model_file), "--seed", "1", "-o", os.devnull)
+    result = cli("sample", "-c", str(tiny_checkpoint), "--seed", "1", "-o", os.devnull)
     assert result.exit_code == 0 and result.stdout == "" and stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
-def test_an_output_that_is_an_input_is_refused(model_file, tmp_path):
+def test_an_output_that_is_an_input_is_refused(tiny_checkpoint, tmp_path):
     copy = tmp_path / "m.pt"
-    copy.write_bytes(model_file.read_bytes())
+    copy.write_bytes(tiny_checkpoint.read_bytes())
     result = cli("sample", "-c", str(copy), "-o", str(copy))
     assert result.exit_code == 2 and one_line_error(result)
     result = cli("export", "-c", str(copy), "-o", str(copy), "--no-test")
     assert result.exit_code == 2 and one_line_error(result)
-    assert copy.read_bytes() == model_file.read_bytes()
+    assert copy.read_bytes() == tiny_checkpoint.read_bytes()
 
 
-def test_a_checkpoint_never_replaces_a_device(model_file):
-    result = cli("export", "-c", str(model_file), "-o", os.devnull, "--no-test")
+def test_a_checkpoint_never_replaces_a_device(tiny_checkpoint):
+    result = cli("export", "-c", str(tiny_checkpoint), "-o", os.devnull, "--no-test")
     assert result.exit_code == 1 and one_line_error(result) and "not a regular file" in result.stderr
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
@@ -102,16 +97,16 @@ WRITERS = [pytest.param("corpus stats --data-dir {prepared}", id="stats"),
            pytest.param("sample -c {model} --num 50 --best-of 1 --seed 1", id="sample", marks=pytest.mark.slow)]
 
 
-def test_full_disk_on_output_is_one_line(model_file):
+def test_full_disk_on_output_is_one_line(tiny_checkpoint):
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    result = cli("sample", "-c", str(model_file), "--seed", "1", "-o", "/dev/full")
+    result = cli("sample", "-c", str(tiny_checkpoint), "--seed", "1", "-o", "/dev/full")
     assert result.exit_code == 1 and one_line_error(result) and "space" in result.stderr
 
 
 @pytest.mark.parametrize("command", WRITERS)
-def test_a_full_or_closed_stdout_is_one_line(model_file, prepared, command):
-    command = command.format(model=model_file, prepared=prepared)
+def test_a_full_or_closed_stdout_is_one_line(tiny_checkpoint, prepared, command):
+    command = command.format(model=tiny_checkpoint, prepared=prepared)
     if os.path.exists("/dev/full"):
         full = shell(f"{POETGEN} {command} > /dev/full")
         assert full.returncode == 1 and one_line_error(full) and b"space" in full.stderr, full.stderr
@@ -281,25 +276,25 @@ def test_resume_keeps_the_schedule(prepared, tmp_path):
 
 @pytest.mark.parametrize("args", [["--temperature", "1e-40"], ["--top-p", "1e-300"],
                                   ["--temperature", "1e-40", "--top-p", "1e-300"]])
-def test_extreme_settings_keep_the_form(model_file, args):
-    result = runner.invoke(app, ["sample", "-c", str(model_file), "--form", "wujue", "--num", "3", "--seed", "1",
+def test_extreme_settings_keep_the_form(tiny_checkpoint, args):
+    result = runner.invoke(app, ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--num", "3", "--seed", "1",
                                  "--title", ALPHABET[0], "--format", "jsonl", *args])
     assert result.exit_code == 0, result.stderr
     for line in result.stdout.splitlines():
         assert detect_form(json.loads(line)["text"]) == "五绝"
 
 
-def test_a_long_free_prompt_is_kept_verbatim(model_file):
+def test_a_long_free_prompt_is_kept_verbatim(tiny_checkpoint):
     prompt = "".join(ALPHABET[i % 40] for i in range(300)) + "。"
-    result = runner.invoke(app, ["sample", "-c", str(model_file), "--prompt", prompt, "--seed", "1", "--format",
+    result = runner.invoke(app, ["sample", "-c", str(tiny_checkpoint), "--prompt", prompt, "--seed", "1", "--format",
                                  "jsonl"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["text"].startswith(prompt)
 
 
-def test_prompt_accepts_ascii_punctuation(model_file):
+def test_prompt_accepts_ascii_punctuation(tiny_checkpoint):
     prompt = "".join(ALPHABET[:5]) + ","
-    result = runner.invoke(app, ["sample", "-c", str(model_file), "--form", "wujue", "--prompt", prompt, "--seed",
+    result = runner.invoke(app, ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--prompt", prompt, "--seed",
                                  "1", "--format", "jsonl"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["text"].startswith(prompt[:-1] + "，")
@@ -321,9 +316,9 @@ SAMPLE_ARGS = st.fixed_dictionaries({}, optional={
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(options=SAMPLE_ARGS)
-def test_fuzzed_sample_arguments_give_poems_or_one_line(model_file, options):
+def test_fuzzed_sample_arguments_give_poems_or_one_line(tiny_checkpoint, options):
     args = [x for k, v in options.items() for x in (k, str(v))]
-    result = runner.invoke(app, ["sample", "-c", str(model_file), "--format", "jsonl", *args])
+    result = runner.invoke(app, ["sample", "-c", str(tiny_checkpoint), "--format", "jsonl", *args])
     assert result.exit_code in (0, 2), (args, result.exception, result.stderr)
     if result.exit_code == 2:
         assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == "", (args, result.stderr)
@@ -336,47 +331,47 @@ def test_fuzzed_sample_arguments_give_poems_or_one_line(model_file, options):
         assert all(detect_form(r["text"]) == name for r in records), args
 
 
-def test_too_many_poems_are_refused_before_loading(model_file, monkeypatch):
+def test_too_many_poems_are_refused_before_loading(tiny_checkpoint, monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded")
 
     monkeypatch.setattr(checkpoint, "load", no_loading)
-    result = cli("sample", "-c", str(model_file), "--num", "100000")
+    result = cli("sample", "-c", str(tiny_checkpoint), "--num", "100000")
     assert result.exit_code == 2 and one_line_error(result) and "--num" in result.stderr
 
 
 # --- check ----------------------------------------------------------------------------------------
 
-def test_check_input_faults(tmp_path, model_file):
-    result = cli("check", "-c", str(model_file), input=b"\xff\xfe bad bytes\n")
+def test_check_input_faults(tmp_path, tiny_checkpoint):
+    result = cli("check", "-c", str(tiny_checkpoint), input=b"\xff\xfe bad bytes\n")
     assert result.exit_code == 2 and one_line_error(result) and "UTF-8" in result.stderr
-    result = cli("check", "-c", str(model_file), "--file", str(tmp_path))
+    result = cli("check", "-c", str(tiny_checkpoint), "--file", str(tmp_path))
     assert result.exit_code == 2 and one_line_error(result) and "folder" in result.stderr
-    result = cli("check", "-c", str(model_file), ALPHABET[0], ALPHABET[1])
+    result = cli("check", "-c", str(tiny_checkpoint), ALPHABET[0], ALPHABET[1])
     assert result.exit_code == 2 and one_line_error(result) and "quote it" in result.stderr
-    closed = shell(f"{POETGEN} check -c {model_file} <&-")  # a real process without a stdin
+    closed = shell(f"{POETGEN} check -c {tiny_checkpoint} <&-")  # a real process without a stdin
     assert closed.returncode == 2 and one_line_error(closed)
 
 
-def test_check_keeps_its_verdict_when_the_reader_goes_away(model_file):
+def test_check_keeps_its_verdict_when_the_reader_goes_away(tiny_checkpoint):
     poem = "，".join("".join(ALPHABET[i * 5:(i + 1) * 5]) for i in range(3)) + "。"
     many = ("\n\n".join([poem] * 5000) + "\n").encode()  # far more verdicts than a pipe holds
-    proc = shell(f"{POETGEN} check -c {model_file} | head -n 1 > /dev/null; echo ${{PIPESTATUS[0]}}", input=many)
+    proc = shell(f"{POETGEN} check -c {tiny_checkpoint} | head -n 1 > /dev/null; echo ${{PIPESTATUS[0]}}", input=many)
     assert proc.stdout.decode().strip() == "1", proc.stderr  # not regulated: the verdict, not 0
     assert b"Traceback" not in proc.stderr
 
 
-def test_no_color_means_no_escape_codes(model_file, prepared):
-    for args in (["info", "-c", str(model_file)], ["corpus", "stats", "--data-dir", str(prepared)]):
+def test_no_color_means_no_escape_codes(tiny_checkpoint, prepared):
+    for args in (["info", "-c", str(tiny_checkpoint)], ["corpus", "stats", "--data-dir", str(prepared)]):
         result = cli(*args)  # NO_COLOR=1 (conftest)
         assert result.exit_code == 0 and "\x1b" not in result.stdout + result.stderr, args
 
 
 # --- damaged checkpoints, full disks, read-only places, locks ---------------------------------------
 
-def damaged_copies(model_file: Path, folder: Path) -> dict[str, Path]:
+def damaged_copies(tiny_checkpoint: Path, folder: Path) -> dict[str, Path]:
     """Five kinds of damage a checkpoint can have inside a valid file."""
-    base = torch.load(model_file, weights_only=True)
+    base = torch.load(tiny_checkpoint, weights_only=True)
     kinds = {
         "config": {**base, "model_config": {**base["model_config"], "hidden_size": 999}},
         "vocab_size": {**base, "vocab": base["vocab"][:-3]},
@@ -391,8 +386,8 @@ def damaged_copies(model_file: Path, folder: Path) -> dict[str, Path]:
     return paths
 
 
-def test_damaged_checkpoints_are_one_line_everywhere(model_file, prepared, tmp_path):
-    for kind, path in damaged_copies(model_file, tmp_path).items():
+def test_damaged_checkpoints_are_one_line_everywhere(tiny_checkpoint, prepared, tmp_path):
+    for kind, path in damaged_copies(tiny_checkpoint, tmp_path).items():
         for args in (["info", "-c", str(path)], ["info", "-c", str(path), "--json"],
                      ["sample", "-c", str(path), "--seed", "1"], ["check", "-c", str(path), "一二三"],
                      ["train", "--init-from", str(path), "--out", str(tmp_path / f"w-{kind}"), "--data-dir",
@@ -428,9 +423,9 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_good_files(p
     assert (out / "last.pt").read_bytes() == before and not list(out.glob(".*.tmp"))
 
 
-def test_read_only_places_are_one_line(model_file, prepared):
+def test_read_only_places_are_one_line(tiny_checkpoint, prepared):
     for args in (["corpus", "prepare", "--data-dir", "/proc/poetgen-test"],
-                 ["sample", "-c", str(model_file), "-o", "/proc/poetgen-test/poems.txt"],
+                 ["sample", "-c", str(tiny_checkpoint), "-o", "/proc/poetgen-test/poems.txt"],
                  ["train", "--out", "/proc/poetgen-test/run", "--data-dir", str(prepared), "--max-steps", "1"]):
         result = cli(*args)
         assert result.exit_code != 0 and one_line_error(result), (args, result.stderr)
@@ -483,8 +478,8 @@ def test_stale_partial_downloads_are_removed(synthetic_package, tmp_path):
 
 
 @pytest.mark.parametrize("command", WRITERS)
-def test_readers_going_away_end_quietly(model_file, prepared, command):
-    proc = shell(f"{POETGEN} {command.format(model=model_file, prepared=prepared)} | head -c 1 > /dev/null")
+def test_readers_going_away_end_quietly(tiny_checkpoint, prepared, command):
+    proc = shell(f"{POETGEN} {command.format(model=tiny_checkpoint, prepared=prepared)} | head -c 1 > /dev/null")
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
 
 
