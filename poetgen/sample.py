@@ -16,7 +16,7 @@ from .config import Request, SampleOptions, SampleRequest, VerseOptions
 from .forms import TOKEN_CLASSES, TokenClass, split_lines
 from .glyphs import drawable
 from .masks import VerseRules, token_class_masks
-from .model import LanguageModel, Stepper
+from .model import Int8Stepper, LanguageModel, Stepper, int8_engines
 from .text import to_script
 from .vocab import MAX_TITLE, Vocab
 
@@ -113,10 +113,12 @@ class Generator:
     """Samples poems from a model under SampleOptions: titles first (one per poem), then the bodies,
     `best_of` candidates per poem in one batch, the best kept by `score`."""
 
-    def __init__(self, model: LanguageModel, vocab: Vocab, script: str | None = None):
+    def __init__(self, model: LanguageModel, vocab: Vocab, script: str | None = None, int8: bool = False):
         self.model = model
         self.vocab = vocab
-        self.stepper = Stepper(model)
+        cpu = next(model.parameters()).device.type == "cpu"
+        use_int8 = int8 and cpu and model.config.cell == "lstm" and int8_engines() is not None
+        self.stepper = Int8Stepper(model) if use_int8 else Stepper(model)
         # in simplified script, a model trained before glyph normalization never writes a variant form
         is_in_class, self.class_index = token_class_masks(vocab, drawable if script == "simplified" else None)
         self.class_masks = is_in_class.float()  # (classes + 2, V) 0/1: a row per token class, then the title rows
@@ -358,18 +360,19 @@ class Generator:
 # A checked request made ready for one model
 
 
-def prepare(ckpt, request: SampleRequest | SampleOptions, legacy: Request | None = None
+def prepare(ckpt, request: SampleRequest | SampleOptions, legacy: Request | None = None, int8: bool = False
             ) -> tuple[Generator, SampleOptions, VerseRules | None]:
     """A request checked by config.sample_request made ready for the checkpoint's model: (generator,
     new options with the text in the model's script, the rules of verse or None). Raises UsageError
     for what this model cannot do: characters outside its vocabulary, --strict without a tone table,
-    a --rhyme group it has no character of, given characters no template allows. The old call
+    a --rhyme group it has no character of, given characters no template allows. `int8`: sample
+    through model.Int8Stepper where the model allows it (an LSTM on the CPU). The old call
     `prepare(ckpt, opts, Request(...))` still works until the CLI calls sample_request."""
     if not isinstance(request, SampleRequest):
         request = (legacy or Request()).with_options(request)
     opts = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
     verse = _verse_rules(ckpt, opts, request.verse)
-    return Generator(ckpt.model, ckpt.vocab, ckpt.meta.script), opts, verse
+    return Generator(ckpt.model, ckpt.vocab, ckpt.meta.script, int8=int8), opts, verse
 
 
 def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> SampleOptions:

@@ -84,3 +84,37 @@ def test_int8_language_model_carries_state_like_the_module_and_keeps_the_loss():
         ref, _ = model(x)
     loss = lambda logits: float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 60), x[:, 1:].reshape(-1)))  # noqa: E731
     assert math.isclose(loss(whole), loss(ref), rel_tol=0.01)
+
+
+def test_sample_int8_through_the_cli_is_repeatable_and_keeps_the_form(tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from poetgen.cli import app
+
+    args = ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "4", "--num", "2", "--int8"]
+    first, again = CliRunner().invoke(app, args), CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert first.stdout == again.stdout
+    bodies = [p for p in first.stdout.split("\n\n") if p.strip()]
+    assert len(bodies) == 2
+    assert all(len([line for line in p.splitlines() if not line.startswith("《")]) == 4 for p in bodies)
+
+
+def test_eval_int8_through_the_cli_is_close_to_fp32(tiny_checkpoint, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from poetgen.cli import app
+
+    poems = tmp_path / "poems.txt"
+    text = CliRunner().invoke(app, ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "1",
+                                    "--num", "3", "--format", "jsonl"]).stdout
+    poems.write_text("\n".join(json.loads(line)["text"] for line in text.splitlines()) + "\n", encoding="utf-8")
+    runs = {}
+    for flag in ([], ["--int8"]):
+        r = CliRunner().invoke(app, ["eval", "-c", str(tiny_checkpoint), "--file", str(poems), "--json", "-q", *flag])
+        assert r.exit_code == 0, r.output
+        runs[bool(flag)] = json.loads(r.stdout)
+    assert runs[True]["path"] == "int8" and runs[False]["path"] == "fp32"
+    assert math.isclose(runs[True]["body"]["perplexity"], runs[False]["body"]["perplexity"], rel_tol=0.05)

@@ -20,6 +20,7 @@ from ..options import (
     SplitOpt,
     data_root,
     examples,
+    flag,
 )
 from ..progress import StageProgress
 
@@ -36,6 +37,8 @@ def eval_cmd(
                                                  "title<TAB>body).", metavar="FILE", show_default="none")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
+    int8: Annotated[bool, flag("--int8", "Measure the int8 CPU sampling path (`sample --int8`) instead of the "
+                               "fp32 model.")] = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -47,6 +50,6 @@ def eval_cmd(
 
     with StageProgress(quiet) as progress:
         result = evaluate.run(checkpoint_path, split=split, file=file,
-                              data_dir=data_root(data_dir) if split else None, device=device,
+                              data_dir=data_root(data_dir) if split else None, device=device, int8=int8,
                               progress=lambda done, total: progress(f"evaluating {split or file}", done, total))
     write_stdout(json.dumps(result) + "\n" if as_json else eval_result(result))
