@@ -51,7 +51,7 @@ import numpy as np
 from poetgen import corpus
 from poetgen.forms import FORMS, detect
 from poetgen.paths import resolve_data_dir
-from poetgen.text import LINE_END
+from poetgen.repetition import lines_of
 
 DEFAULT_SETTINGS = {"plain": "--no-rhyme --best-of 1", "default": ""}
 
@@ -62,16 +62,7 @@ DEFAULT_SETTINGS = {"plain": "--no-rhyme --best-of 1", "default": ""}
 
 def feature_names(body: str) -> list[str]:
     """The n-gram features of one body (with repeats; presence is what counts)."""
-    lines, line = [], ""
-    for ch in body:
-        if ch in LINE_END:
-            if line:
-                lines.append(line)
-            line = ""
-        elif not ch.isspace():
-            line += ch
-    if line:
-        lines.append(line)
+    lines = lines_of(body)
     out = []
     for i, line in enumerate(lines):
         for j in range(len(line)):

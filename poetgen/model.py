@@ -201,6 +201,17 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
+def _lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LSTM cell from pre-activation gates (B, 4H) in (i, f, o, g) order, in place on `gates`:
+    the new hidden and cell states."""
+    H = gates.size(1) // 4
+    gates[:, :3 * H].sigmoid_()
+    gates[:, 3 * H:].tanh_()
+    i, f, o, g = gates.chunk(4, dim=1)
+    c = torch.addcmul(f * c, i, g)
+    return o * torch.tanh(c), c
+
+
 class Stepper:
     """Token-at-a-time inference without per-call module overhead.
 
@@ -282,12 +293,7 @@ class Stepper:
             if layer > 0:
                 h, c = state[layer]
                 gates = torch.addmm(self.b_cat[layer - 1], torch.cat([x, h], dim=1), self.w_cat[layer - 1])
-            H = gates.size(1) // 4
-            gates[:, :3 * H].sigmoid_()
-            gates[:, 3 * H:].tanh_()
-            i, f, o, g = gates.chunk(4, dim=1)
-            c = torch.addcmul(f * c, i, g)
-            x = o * torch.tanh(c)
+            x, c = _lstm_update(gates, c)
             new_state.append((x, c))
         if self.proj is not None:
             x = torch.addmm(self.proj[1], x, self.proj[0])
@@ -396,12 +402,7 @@ class Int8Stepper(Stepper):
                 gates = self.input_gates(ids).add_(linear(h, layers[0], True))  # (B, 4H)
             else:
                 gates = linear(torch.cat([x, h], 1), layers[layer], True)
-            H = gates.size(1) // 4
-            gates[:, :3 * H].sigmoid_()
-            gates[:, 3 * H:].tanh_()
-            i, f, o, g = gates.chunk(4, dim=1)
-            c = torch.addcmul(f * c, i, g)
-            x = o * torch.tanh(c)
+            x, c = _lstm_update(gates, c)
             new_state.append((x, c))
         if proj is not None:
             x = linear(x, proj, True)
