@@ -1,104 +1,134 @@
-"""Sampling speed: characters/s at batch 1 (free form), and the time for 100 七律 in one batch: plain
-(best of 1) and as `poetgen sample --form qilv --num 100` runs by default (best of 8, rhyme, no 重字).
+"""Sampling speed, every target of the shipped model in one run, for the int8 path (what `poetgen
+sample` uses on a CPU) and the fp32 path (`sample --fp32`, what eval and inspect use):
 
-    python benchmarks/sample_speed.py                       # a random 2x512 model, vocab 7,271
-    python benchmarks/sample_speed.py --checkpoint checkpoints/poetgen-default.pt
+- characters/s at batch 1 (free form, best of 1);
+- one 七律 as `poetgen sample --form qilv` makes it (best of SampleOptions.best_of, rhyme, no 重字);
+- 100 七律 the same way (`--num 100`), in one call;
+- cold: `poetgen sample --prompt 春 --form qijue --seed 1` in a fresh process, start to end;
+- the checkpoint's size.
 
-Also times a naive loop (one nn.LSTM module call per character) on the same model for comparison.
-Prints one JSON object on stdout."""
+    python benchmarks/sample_speed.py                                   # the shipped default
+    python benchmarks/sample_speed.py --checkpoint runs/x/best.pt --path int8
+    python benchmarks/sample_speed.py --beside-train --data-dir DIR     # also next to a training run
+
+--beside-train starts `poetgen train --preset tiny` on the prepared corpus in DIR (a scratch run
+folder, deleted after), waits until it trains, and measures 100 七律 again while it runs: the ratio
+to the idle time (measured in the same run) is what a user who samples while training sees.
+Prints one JSON object on stdout; the targets beside the figures."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from poetgen import checkpoint
-from poetgen.forms import FORMS
-from poetgen.model import LanguageModel, ModelConfig
-from poetgen.sample import Generator, Request, SampleOptions, prepare
-from poetgen.vocab import SPECIALS, Vocab
+from poetgen.checkpoint import default_checkpoint
+from poetgen.config import sample_request
+from poetgen.sample import prepare
+
+TARGETS = {"chars_per_s_batch1": ">= 700", "qilv_1_default_s": "<= 0.25", "qilv_100_default_s": "<= 5",
+           "cold_cli_s": "<= 3", "file_mb": "<= 40", "beside_train_ratio": "<= 3"}
 
 
-def random_model(vocab_size: int, emb: int, hidden: int, layers: int) -> tuple[LanguageModel, Vocab]:
-    chars = [chr(0x4E00 + i) for i in range(vocab_size - len(SPECIALS) - 6)] + list("，。？！；：")
-    vocab = Vocab([*SPECIALS, *chars])
-    torch.manual_seed(0)
-    return LanguageModel(ModelConfig(len(vocab), emb, hidden, layers)).eval(), vocab
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        fn(r)
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
-@torch.inference_mode()
-def naive_chars_per_s(model: LanguageModel, steps: int) -> float:
-    x = torch.tensor([[1]])
-    state = None
-    t = time.perf_counter()
-    for _ in range(steps):
-        logits, state = model(x, state)
-        x = torch.multinomial(logits[0, -1].softmax(-1), 1)[None]
-    return steps / (time.perf_counter() - t)
+def measure(loaded, int8: bool, repeats: int) -> dict:
+    free, free_opts, _ = prepare(loaded, sample_request(title="", max_chars=400, best_of=1), int8=int8)
+    chars = []
+
+    def batch1(r):
+        chars.append(len(free.generate(replace(free_opts, seed=r))[0].body) + 1)  # +1: the end token
+    t1 = best_time(batch1, repeats)
+    one, one_opts, one_verse = prepare(loaded, sample_request(form="qilv", num=1), int8=int8)
+    hundred, opts, verse = prepare(loaded, sample_request(form="qilv", num=100), int8=int8)
+    return {
+        "path": "int8" if int8 and type(free.stepper).__name__ == "Int8Stepper" else "fp32",
+        "chars_per_s_batch1": round(min(chars) / t1, 1),
+        "qilv_1_default_s": round(best_time(lambda r: one.generate(replace(one_opts, seed=r), verse=one_verse),
+                                            repeats), 3),
+        "qilv_100_default_s": round(best_time(lambda r: hundred.generate(replace(opts, seed=r), verse=verse),
+                                              repeats), 2),
+        "best_of": opts.best_of,
+    }
+
+
+def cold_cli(path: Path, extra: list[str], repeats: int) -> float:
+    cmd = [sys.executable, "-m", "poetgen", "sample", "--prompt", "春", "--form", "qijue", "--seed", "1",
+           "-c", str(path), *extra]
+    return round(best_time(lambda r: subprocess.run(cmd, check=True, capture_output=True), repeats), 2)
+
+
+def beside_train(loaded, int8: bool, data_dir: str, repeats: int) -> dict:
+    """100 七律 while a `poetgen train` runs on the same cores, and the same idle, measured now."""
+    hundred, opts, verse = prepare(loaded, sample_request(form="qilv", num=100), int8=int8)
+    run = lambda r: hundred.generate(replace(opts, seed=r), verse=verse)  # noqa: E731
+    idle = best_time(run, repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = open(Path(tmp) / "train.log", "w+")
+        train = subprocess.Popen([sys.executable, "-m", "poetgen", "train", "--preset", "tiny", "--data-dir",
+                                  data_dir, "--out", str(Path(tmp) / "run"), "--max-minutes", "30"],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while "step" not in Path(log.name).read_text() and time.monotonic() < deadline:
+                if train.poll() is not None:
+                    raise SystemExit(f"the training run ended early: {Path(log.name).read_text()[-500:]}")
+                time.sleep(1)
+            time.sleep(5)  # into its steps
+            busy = [time.perf_counter()]
+            run(0)
+            busy = time.perf_counter() - busy[0]
+        finally:
+            train.terminate()
+            train.wait()
+    return {"qilv_100_idle_s": round(idle, 2), "qilv_100_beside_train_s": round(busy, 2),
+            "beside_train_ratio": round(busy / idle, 2)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", help="a poetgen checkpoint (default: a random model of the given size)")
-    ap.add_argument("--emb", type=int, default=256)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=7271)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--checkpoint", help="a poetgen checkpoint (default: the shipped model)")
+    ap.add_argument("--path", choices=["int8", "fp32", "both"], default="both")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: poetgen's default)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--beside-train", action="store_true", help="also 100 七律 next to a training run")
+    ap.add_argument("--data-dir", help="the prepared corpus the training run of --beside-train uses")
     args = ap.parse_args()
+    if args.beside_train and not args.data_dir:
+        ap.error("--beside-train needs --data-dir (a prepared corpus for the training run)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    if args.checkpoint:
-        loaded = checkpoint.load(args.checkpoint)
-        model, vocab = loaded.model, loaded.vocab
-    else:
-        model, vocab = random_model(args.vocab, args.emb, args.hidden, args.layers)
-    load_s = time.perf_counter() - t0
-    gen = Generator(model, vocab)
-
-    best_cps = 0.0
-    for r in range(args.repeats):
-        t = time.perf_counter()
-        poem = gen.generate(SampleOptions(seed=r, max_chars=400, title="", best_of=1))[0]
-        best_cps = max(best_cps, (len(poem.body) + 1) / (time.perf_counter() - t))  # +1: the end token
-
-    best_batch = float("inf")
-    for r in range(args.repeats):
-        t = time.perf_counter()
-        poems = gen.generate(SampleOptions(seed=r, num=100, form=FORMS["qilv"], best_of=1))
-        best_batch = min(best_batch, time.perf_counter() - t)
-    assert len(poems) == 100
-
-    default = SampleOptions(num=100, form=FORMS["qilv"])  # best of SampleOptions.best_of; rhymed, no 重字
-    verse = None  # (with a checkpoint: as `poetgen sample --form qilv --num 100` decodes)
-    if args.checkpoint:
-        gen, default, verse = prepare(loaded, default, Request())
-    best_default = float("inf")
-    for r in range(args.repeats):
-        t = time.perf_counter()
-        gen.generate(replace(default, seed=r), verse=verse)
-        best_default = min(best_default, time.perf_counter() - t)
-
-    naive = naive_chars_per_s(model, 300)
-    print(json.dumps({
-        "model": f"{model.config.num_layers}x{model.config.hidden_size} {model.config.cell}, emb "
-                 f"{model.config.emb_size}, vocab {len(vocab)}",
-        "threads": torch.get_num_threads(),
-        "load_s": round(load_s, 3),
-        "chars_per_s_batch1": round(best_cps, 1),
-        "naive_chars_per_s_batch1": round(naive, 1),
-        "speedup_vs_naive": round(best_cps / naive, 2),
-        "qilv_100_s": round(best_batch, 3),
-        "poems_per_s_batch100": round(100 / best_batch, 1),
-        f"qilv_100_best_of_{default.best_of}_s": round(best_default, 3),
-        "qilv_100_verse_rules": verse is not None,
-    }))
+    path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
+    t = time.perf_counter()
+    loaded = checkpoint.load(path)
+    c = loaded.model.config
+    out = {"model": f"{c.num_layers}x{c.hidden_size} {c.cell}, emb {c.emb_size}, vocab {c.vocab_size}",
+           "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "load_s": round(time.perf_counter() - t, 2), "file_mb": round(path.stat().st_size / 1e6, 1)}
+    paths = ["int8", "fp32"] if args.path == "both" else [args.path]
+    for p in paths:
+        out[p] = measure(loaded, p == "int8", args.repeats)
+        out[p]["cold_cli_s"] = cold_cli(path, [] if p == "int8" else ["--fp32"], args.repeats)
+    if args.beside_train:
+        out["beside_train"] = beside_train(loaded, paths[0] == "int8", args.data_dir, args.repeats)
+    out["targets"] = TARGETS
+    print(json.dumps(out, ensure_ascii=False, indent=1))
 
 
 if __name__ == "__main__":

@@ -205,13 +205,6 @@ class SampleOptions:
         """The grammar of one body under these options (the budget never cuts the prompt short)."""
         return BodyGrammar(self.form, self.acrostic, max(self.max_chars, len(self.prompt) + 1))
 
-    def validate(self) -> SampleOptions:
-        """The checks of sample_request that concern these options alone. Kept for the CLI until it
-        calls sample_request (then to be removed)."""
-        check_decoding(self)
-        check_text(self)
-        return self
-
 
 @dataclass(frozen=True)
 class VerseOptions:
@@ -299,25 +292,3 @@ def check_text(opts: SampleOptions) -> None:
     if opts.acrostic:
         check_heads(opts.acrostic, opts.form)
     check_prompt(opts.prompt, opts.body_grammar())
-
-
-@dataclass(frozen=True)
-class Request:
-    """The text and verse options of a request as the CLI gives them today beside SampleOptions;
-    sample.prepare turns the pair into a SampleRequest. Kept until the CLI calls sample_request."""
-
-    prompt: str = ""
-    title: str | None = None
-    acrostic: str = ""
-    strict: bool = False
-    template: str | None = None
-    rhyme: str | None = None
-    no_rhyme: bool = False
-
-    def with_options(self, opts: SampleOptions) -> SampleRequest:
-        """This request's text and verse options with the decoding settings of `opts`, checked by
-        sample_request."""
-        return sample_request(prompt=self.prompt, title=self.title, form=opts.form.key if opts.form else "free",
-                              acrostic=self.acrostic, num=opts.num, temperature=opts.temperature, top_k=opts.top_k,
-                              top_p=opts.top_p, seed=opts.seed, max_chars=opts.max_chars, best_of=opts.best_of,
-                              strict=self.strict, template=self.template, rhyme=self.rhyme, no_rhyme=self.no_rhyme)

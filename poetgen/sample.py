@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Request, SampleOptions, SampleRequest, VerseOptions
+from .config import SampleOptions, SampleRequest, VerseOptions
 from .forms import TOKEN_CLASSES, TokenClass, split_lines
 from .glyphs import drawable
 from .masks import VerseRules, token_class_masks
@@ -22,7 +22,7 @@ from .vocab import MAX_TITLE, Vocab
 
 MAX_ROWS = 800  # candidate rows decoded at once (memory: a few (rows, vocabulary) tensors)
 
-__all__ = ["GeneratedPoem", "Generator", "Request", "SampleOptions", "SampleRequest", "draw", "filter_logits",
+__all__ = ["GeneratedPoem", "Generator", "SampleOptions", "SampleRequest", "draw", "filter_logits",
            "in_model_script", "poem_record", "prepare"]
 
 
@@ -360,16 +360,12 @@ class Generator:
 # A checked request made ready for one model
 
 
-def prepare(ckpt, request: SampleRequest | SampleOptions, legacy: Request | None = None, int8: bool = False
-            ) -> tuple[Generator, SampleOptions, VerseRules | None]:
+def prepare(ckpt, request: SampleRequest, int8: bool = False) -> tuple[Generator, SampleOptions, VerseRules | None]:
     """A request checked by config.sample_request made ready for the checkpoint's model: (generator,
     new options with the text in the model's script, the rules of verse or None). Raises UsageError
     for what this model cannot do: characters outside its vocabulary, --strict without a tone table,
     a --rhyme group it has no character of, given characters no template allows. `int8`: sample
-    through model.Int8Stepper where the model allows it (an LSTM on the CPU). The old call
-    `prepare(ckpt, opts, Request(...))` still works until the CLI calls sample_request."""
-    if not isinstance(request, SampleRequest):
-        request = (legacy or Request()).with_options(request)
+    through model.Int8Stepper where the model allows it (an LSTM on the CPU)."""
     opts = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
     verse = _verse_rules(ckpt, opts, request.verse)
     return Generator(ckpt.model, ckpt.vocab, ckpt.meta.script, int8=int8), opts, verse

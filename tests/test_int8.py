@@ -91,9 +91,10 @@ def test_sample_int8_through_the_cli_is_repeatable_and_keeps_the_form(tiny_check
 
     from poetgen.cli import app
 
-    args = ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "4", "--num", "2", "--int8"]
+    args = ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "4", "--num", "2"]  # int8 by default
     first, again = CliRunner().invoke(app, args), CliRunner().invoke(app, args)
-    assert first.exit_code == 0, first.output
+    full = CliRunner().invoke(app, [*args, "--fp32"])
+    assert first.exit_code == 0 and full.exit_code == 0, first.output + full.output
     assert first.stdout == again.stdout
     bodies = [p for p in first.stdout.split("\n\n") if p.strip()]
     assert len(bodies) == 2

@@ -212,16 +212,6 @@ def test_a_request_is_checked_once_and_prepare_makes_new_options(ckpt, monkeypat
     assert isinstance(converted, SampleRequest)
 
 
-def test_old_calls_still_prepare_the_same_request(ckpt):
-    from poetgen.config import Request
-
-    loaded = checkpoint.load(ckpt)
-    old = prepare(loaded, SampleOptions(form=FORMS["wujue"], num=2, seed=3), Request(prompt=CHARS[0], no_rhyme=True))
-    new = prepare(loaded, sample_request(prompt=CHARS[0], form="wujue", num=2, seed=3, no_rhyme=True))
-    assert old[1] == new[1] and old[2] is None and new[2] is None
-    assert [p.body for p in old[0].generate(old[1])] == [p.body for p in new[0].generate(new[1])]
-
-
 # --- CLI -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("vocab", [5, 64, 130, 7271])

@@ -5,13 +5,18 @@ The work is done by the library; defaults come from its dataclasses (config.py).
 (torch, numpy, opencc) are imported inside the commands, after the arguments are checked, so
 `poetgen --help`, `check` and argument errors stay fast."""
 
+import os
+
 from . import commands  # noqa: F401 - registers the commands on the app
 from .app import app
 from .errors import run
 
 
 def main() -> None:
-    """Entry point of the `poetgen` console script: usage errors too end in one line on stderr."""
+    """Entry point of the `poetgen` console script: usage errors too end in one line on stderr. Idle
+    OpenMP threads sleep rather than spin (OMP_WAIT_POLICY=PASSIVE unless set): a spinning pool takes
+    the cores a training run or a second poetgen needs. Set before torch loads, which reads it once."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     run(app)
 
 

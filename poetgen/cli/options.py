@@ -118,6 +118,9 @@ PoemsOpt = Annotated[int, typer.Option("--poems", help="How many val poems to me
 DEFAULT_DEVICE = TrainConfig.device  # train and eval alike
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.",
                                         **one_of("device", DEVICES))]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", help="CPU threads to compute with (OMP_NUM_THREADS is honoured too).", min=1, metavar="N",
+    show_default="the free cores: all, less the load of other processes")]
 ScriptOpt = Annotated[str, typer.Option("--script", help="simplified (OpenCC t2s) or traditional.",
                                         **one_of("script", SCRIPTS))]
 FormOpt = Annotated[str, typer.Option("--form", "-f", help="free, wujue (五绝), qijue (七绝), wulv (五律) or qilv "

@@ -8,6 +8,7 @@ import time
 
 import typer
 
+from ..events import Note, RunStarted, Tick, TrainEvent, TrainLog, Validated, Validating
 from ..text import plural
 from .render import console, fmt, plain_output
 
@@ -60,7 +61,8 @@ class StageProgress:
 
 
 class TrainProgress:
-    """The progress of `poetgen train` on stderr: a live bar in a terminal, a line per evaluation otherwise."""
+    """The progress of `poetgen train` on stderr, fed by the trainer's typed events (poetgen.events): a
+    live bar in a terminal, a line per validation otherwise. It reads nothing but the events."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -68,7 +70,6 @@ class TrainProgress:
         self.task = None
         self.val_ppl = None
         self.plain = False
-        self.trainer = None
 
     def __enter__(self):
         self.plain = not self.quiet and plain_output()
@@ -84,49 +85,50 @@ class TrainProgress:
             self.progress.__enter__()
         return self
 
-    def start(self, trainer) -> None:
-        c = trainer.cfg
-        if not self.quiet:
-            budget = [f"{trainer.total_steps:,} steps" if trainer.stop_steps else None,
-                      f"{c.max_minutes:g} min" if c.max_minutes else None]
-            what = "resuming" if trainer.step else "training"
-            typer.echo(f"{what} {trainer.model_config.num_layers}x{trainer.model_config.hidden_size} "
-                       f"{trainer.model_config.cell} on {trainer.device} from step {trainer.step:,}; budget "
-                       f"{' or '.join(b for b in budget if b)}; validation every {plural(c.eval_every, 'step')}"
-                       + (f"; sampled softmax, {c.sampled_softmax:,} negatives (train loss over the sampled "
-                          "columns)" if c.sampled_softmax else ""), err=True)
-        if self.progress is not None:
-            ppl = trainer.last_val["record"]["perplexity"] if trainer.last_val and "record" in trainer.last_val \
-                else None
-            self.task = self.progress.add_task("train", total=trainer.total_steps, completed=trainer.step,
-                                               epoch=trainer.epoch, loss="-", ppl=fmt(ppl), tps="-", note="")
-
-    def event(self, e: dict) -> None:
-        if e["event"] == "start":
-            self.start(self.trainer)
-            return
-        if e["event"] == "note":
+    def __call__(self, e: TrainEvent) -> None:
+        if isinstance(e, RunStarted):
+            self._started(e)
+        elif isinstance(e, Note):
             if not self.quiet:
-                typer.echo(e["message"], err=True)
+                typer.echo(e.message, err=True)
+        elif isinstance(e, Validating):
+            if self.task is not None:
+                self.progress.update(self.task, note="(validating)")
+        elif isinstance(e, Validated):
+            self.val_ppl = e.val_ppl
+            if self.plain:
+                typer.echo(f"step {e.step} epoch {e.epoch}: train loss {fmt(e.train_loss, 3)}, val loss "
+                           f"{fmt(e.val_loss, 4)}, val ppl {fmt(e.val_ppl)} (body {fmt(e.val_body_ppl)}), "
+                           f"{e.tokens_per_s:,.0f} tok/s, {e.elapsed_s:.0f} s", err=True)
+            self._bar(e.step, e.epoch, e.train_loss, e.tokens_per_s)
+        elif isinstance(e, (TrainLog, Tick)):
+            self._bar(e.step, e.epoch, e.train_loss, e.tokens_per_s, e.total_steps)
+
+    def _started(self, e: RunStarted) -> None:
+        self.val_ppl = e.val_ppl
+        if not self.quiet:
+            budget = [f"{e.stop_steps:,} steps" if e.stop_steps else None,
+                      f"{e.max_minutes:g} min" if e.max_minutes else None]
+            typer.echo(f"{'resuming' if e.step else 'training'} {e.num_layers}x{e.hidden_size} {e.cell} on "
+                       f"{e.device} from step {e.step:,}; budget {' or '.join(b for b in budget if b)}; "
+                       f"validation every {plural(e.eval_every, 'step')}"
+                       + (f"; sampled softmax, {e.sampled_softmax:,} negatives (train loss over the sampled "
+                          "columns)" if e.sampled_softmax else ""), err=True)
+        if self.progress is not None:
+            self.task = self.progress.add_task("train", total=e.total_steps, completed=e.step, epoch=e.epoch,
+                                               loss="-", ppl=fmt(e.val_ppl), tps="-", note="")
+
+    def _bar(self, step: int, epoch: int, train_loss: float | None, tokens_per_s: float | None,
+             total_steps: int | None = None) -> None:
+        if self.task is None:
             return
-        if self.plain and e["event"] == "eval":
-            typer.echo(f"step {e['step']} epoch {e['epoch']}: train loss {fmt(e['train_loss'], 3)}, val loss "
-                       f"{e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f} (body {e['val_body_ppl']:.2f}), "
-                       f"{e['tokens_per_s']:,.0f} tok/s, {e['elapsed_s']:.0f} s", err=True)
-        if self.progress is None or self.task is None:
-            return
-        if e["event"] == "evaluating":
-            self.progress.update(self.task, note="(validating)")
-            return
-        if e["event"] == "eval":
-            self.val_ppl = e["val_ppl"]
-        fields = {"epoch": e.get("epoch", 0), "ppl": fmt(self.val_ppl), "note": ""}
-        if e.get("train_loss") is not None:
-            fields["loss"] = fmt(e["train_loss"], 3)
-        if e.get("tokens_per_s"):
-            fields["tps"] = f"{e['tokens_per_s']:,.0f}"
-        total = e.get("total_steps")
-        self.progress.update(self.task, completed=e["step"], **({"total": total} if total else {}), **fields)
+        fields = {"epoch": epoch, "ppl": fmt(self.val_ppl), "note": ""}
+        if train_loss is not None:
+            fields["loss"] = fmt(train_loss, 3)
+        if tokens_per_s:
+            fields["tps"] = f"{tokens_per_s:,.0f}"
+        self.progress.update(self.task, completed=step, **({"total": total_steps} if total_steps else {}),
+                             **fields)
 
     def __exit__(self, *exc):
         if self.progress is not None:

@@ -18,6 +18,7 @@ from ..options import (
     JsonOpt,
     QuietOpt,
     SplitOpt,
+    ThreadsOpt,
     data_root,
     examples,
     flag,
@@ -37,8 +38,9 @@ def eval_cmd(
                                                  "title<TAB>body).", metavar="FILE", show_default="none")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
-    int8: Annotated[bool, flag("--int8", "Measure the int8 CPU sampling path (`sample --int8`) instead of the "
+    int8: Annotated[bool, flag("--int8", "Measure the int8 path `poetgen sample` uses on a CPU instead of the "
                                "fp32 model.")] = False,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -46,8 +48,10 @@ def eval_cmd(
     if (split is None) == (file is None):
         raise fail("give exactly one of --split val|test or --file TEXT", 2)
     from ... import evaluate
+    from ...device import set_cpu_threads
     from ..render import eval_result
 
+    set_cpu_threads(threads)
     with StageProgress(quiet) as progress:
         result = evaluate.run(checkpoint_path, split=split, file=file,
                               data_dir=data_root(data_dir) if split else None, device=device, int8=int8,

@@ -22,6 +22,7 @@ from ..options import (
     PrecisionOpt,
     PresetOpt,
     QuietOpt,
+    ThreadsOpt,
     TrainSplitOpt,
     cell_option,
     data_root,
@@ -110,6 +111,7 @@ def train_cmd(
                                  "options --epochs, --max-steps, --max-minutes, --eval-every, --log-every, "
                                  "--patience may change).")] = False,
     as_json: Annotated[bool, json_option("Print a JSON summary on stdout at the end.")] = False,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train the language model with truncated backpropagation through time."""
@@ -128,22 +130,24 @@ def train_cmd(
     check_out(out)
     from ... import corpus, train
     from ...data import load_split, load_train
+    from ...device import set_cpu_threads
     from ...vocab import Vocab
     from ..progress import TrainProgress
     from ..render import print_train_summary
 
+    set_cpu_threads(threads)
     root = data_root(data_dir)
     meta = corpus.load_meta(root)
     vocab = Vocab.load(root / "vocab.json")
     plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
-    train_stream, val_stream = load_train(root, plan.train_config.train_split), load_split(root, "val")
+    train_stream = load_train(root, plan.train_config.train_split, meta=meta)
+    val_stream = load_split(root, "val", meta=meta)
     with TrainProgress(quiet) as progress:
         trainer = train.Trainer(plan.model_config, plan.train_config, vocab, train_stream, val_stream, out, meta,
-                                on_event=progress.event, tones=corpus.corpus_tones(root),
-                                data_dir=data_dir.resolve() if data_dir else None)
+                                tones=corpus.corpus_tones(root), data_dir=data_dir.resolve() if data_dir else None,
+                                on_train_event=progress, init_checkpoint=plan.init_checkpoint)
         if plan.resume_from is not None:
             trainer.resume(plan.resume_from)
-        progress.trainer = trainer
         summary = trainer.run()
     if not quiet:
         print_train_summary(summary)
