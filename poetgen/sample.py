@@ -37,8 +37,8 @@ class GeneratedPoem:
 
 
 def score(logprob: float, body: str) -> float:
-    """The reranking score: mean log-probability per character, the end token counted. Repetition
-    needs no penalty here: the masks already forbid it in the fixed forms."""
+    """The reranking score: mean log-probability per character, the end token counted. Repetition is
+    weighed while drawing, by the rules of verse (masks.SECOND_USE_WEIGHT), not here."""
     return logprob / (len(body) + 1)
 
 

@@ -128,3 +128,35 @@ def test_verse_rules_need_a_fixed_form():
     assert verse_rules(free, MASKS) is None  # free form has no rules of verse
     with pytest.raises(ValueError, match="fixed form"):  # sample_request refuses this before any model loads
         verse_rules(free, MASKS, strict=True)
+
+
+def test_second_uses_and_doubles_weigh_what_the_rules_say():
+    from poetgen.masks import VerseRules
+
+    rules = VerseRules(MASKS, rhyme=False, max_uses=2, again=0.25, doubled=0.5)
+    state = rules.start(FORMS["wujue"], 2, 0)
+    a, b, c = (VOCAB.stoi[ch] for ch in OTHER[:3])
+    _, soft = state.masks(0, 0)
+    assert float(soft[0, a]) == 1.0
+    state.advance(0, 0, torch.tensor([a, b]))
+    _, soft = state.masks(0, 1)
+    # the character just written may come again at once as a 叠字 (its weight), later as a second use
+    assert float(soft[0, a]) == 0.5 and float(soft[1, b]) == 0.5 and float(soft[0, b]) == 1.0
+    state.advance(0, 1, torch.tensor([b, a]))
+    _, soft = state.masks(0, 2)
+    assert float(soft[0, a]) == 0.25 and float(soft[1, b]) == 0.25  # used once, not just before
+    state.advance(0, 2, torch.tensor([a, b]))
+    state.masks(0, 3)
+    state.advance(0, 3, torch.tensor([c, c]))
+    _, soft = state.masks(0, 4)
+    assert float(soft[0, a]) == 0.0 and float(soft[1, b]) == 0.0  # a third use never
+
+
+def test_default_rules_weigh_second_uses_per_form_and_no_rhyme_does_not():
+    from poetgen.masks import SECOND_USE_WEIGHT
+
+    for key in ("wujue", "qilv"):
+        rules = verse_rules(SampleOptions(form=FORMS[key]), MASKS)
+        assert (rules.again, rules.doubled) == SECOND_USE_WEIGHT[key] and rules.again < 1
+        plain = verse_rules(SampleOptions(form=FORMS[key]), MASKS, rhyme=False)
+        assert (plain.again, plain.doubled) == (1.0, 1.0)
