@@ -313,7 +313,7 @@ SAMPLE_ARGS = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(options=SAMPLE_ARGS)
 def test_fuzzed_sample_arguments_give_poems_or_one_line(tiny_checkpoint, options):

@@ -37,7 +37,7 @@ def ckpt(tmp_path_factory):
 
 
 FORM_KEYS = st.sampled_from(sorted(FORMS))
-PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
@@ -331,7 +331,7 @@ def test_cli_missing_and_foreign_checkpoints(tmp_path):
 
 
 def test_piping_into_head_ends_quietly(ckpt):
-    cmd = f"{sys.executable} -m poetgen sample -c {ckpt} --num 400 --form qilv --seed 1 | head -n 1"
+    cmd = f"{sys.executable} -m poetgen sample -c {ckpt} --num 200 --form qilv --seed 1 | head -n 1"
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
