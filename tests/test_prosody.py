@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -234,6 +235,9 @@ def test_check_cli(tmp_path, prepared, real_rhyme_model):
     assert data["ok"] and result.exit_code == 0, data
     assert (data["form"], data["template"], data["rhyme_group"], data["violations"]) == ("五绝", template.name, "一东",
                                                                                        [])
+    lines = [line for line in re.split("[，。]", poem) if line]  # unquoted: one argument per line
+    as_args = runner.invoke(app, ["check", *lines, "--json", "-c", str(path)])
+    assert as_args.exit_code == 0 and json.loads(as_args.stdout) == data, as_args.output
     second = template.patterns()[1]  # line 2's 2nd character is strict: give it the other tone
     wrong = list(poem)
     wrong[6 + 1] = ze[0] if second[1] == "平" else dong[0]

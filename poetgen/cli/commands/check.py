@@ -19,7 +19,8 @@ from ..options import CheckpointOpt, data_dir_option, examples, json_option
                                       "poetgen sample --form qilv --strict | poetgen check"))
 @handle_errors
 def check_cmd(
-    poem: Annotated[Optional[str], typer.Argument(help="The poem, quoted (- reads stdin).",
+    poem: Annotated[Optional[str], typer.Argument(help="The poem (- reads stdin); several arguments are its "
+                                                  "lines, as if separated by spaces.",
                                                   show_default="--file, else stdin")
                     ] = None,
     extra: Annotated[Optional[list[str]], typer.Argument(hidden=True)] = None,
@@ -37,8 +38,10 @@ def check_cmd(
     from ...text import is_han, iter_lines, to_script
     from ..render import check_result
 
-    if extra:
-        raise fail("the poem is more than one argument: quote it (poetgen check '秋色无限春，…') or use --file", 2)
+    if extra:  # `poetgen check 床前明月光 疑是地上霜 …`: the shell split the lines at the spaces
+        if poem == "-":
+            raise fail("- reads the poem from stdin: give no other argument", 2)
+        poem = " ".join([poem, *extra])
     if poem == "-" and file is None:  # the usual name of stdin
         poem, file = None, Path("-")
     if poem is not None and file is not None:
