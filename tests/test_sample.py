@@ -353,3 +353,11 @@ def test_cli_best_of_and_no_rhyme(ckpt):
                for r, p in zip(records, plain, strict=True))
     bad = runner.invoke(app, ["sample", "-c", str(ckpt), "--best-of", "0"])
     assert bad.exit_code == 2 and "--best-of" in bad.stderr
+
+
+def test_a_drawn_seed_is_shown_and_makes_the_poems_again(ckpt):
+    drawn = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "wujue"])
+    assert drawn.exit_code == 0, drawn.output
+    seed = drawn.stderr.split()[1]
+    again = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "wujue", "--seed", seed])
+    assert again.stdout == drawn.stdout and again.stderr == ""  # a given seed is not echoed

@@ -83,6 +83,8 @@ def sample_cmd(
         if same_file(output, checkpoint_path):
             raise UsageError(f"--output {output} is the checkpoint: choose another path")
     generator, opts, rules = prepare(checkpoint.load(path), request, int8=not fp32)
+    if seed is None:  # a drawn seed: say it, so the poems can be made again
+        typer.echo(f"seed {opts.seed} (--seed {opts.seed} makes these poems again)", err=True)
     show_title = title is None
     candidates = opts.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
