@@ -347,8 +347,8 @@ def test_check_input_faults(tmp_path, tiny_checkpoint):
     assert result.exit_code == 2 and one_line_error(result) and "UTF-8" in result.stderr
     result = cli("check", "-c", str(tiny_checkpoint), "--file", str(tmp_path))
     assert result.exit_code == 2 and one_line_error(result) and "folder" in result.stderr
-    result = cli("check", "-c", str(tiny_checkpoint), ALPHABET[0], ALPHABET[1])
-    assert result.exit_code == 2 and one_line_error(result) and "quote it" in result.stderr
+    result = cli("check", "-c", str(tiny_checkpoint), "-", ALPHABET[1])
+    assert result.exit_code == 2 and one_line_error(result) and "stdin" in result.stderr
     closed = shell(f"{POETGEN} check -c {tiny_checkpoint} <&-")  # a real process without a stdin
     assert closed.returncode == 2 and one_line_error(closed)
 

@@ -83,12 +83,11 @@ def sample_cmd(
         if same_file(output, checkpoint_path):
             raise UsageError(f"--output {output} is the checkpoint: choose another path")
     generator, opts, rules = prepare(checkpoint.load(path), request, int8=not fp32)
-    if seed is None:  # a drawn seed: say it, so the poems can be made again
-        typer.echo(f"seed {opts.seed} (--seed {opts.seed} makes these poems again)", err=True)
     show_title = title is None
     candidates = opts.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
         _stream(generator, opts, rules, show_title)
+        _say_seed(seed, opts)
         return
 
     def render(batch, start: int) -> str:
@@ -102,6 +101,13 @@ def sample_cmd(
 
     _write_batches(generator.iter_generate(opts, verse=rules), render, fmt, output, path,
                    f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
+    _say_seed(seed, opts)
+
+
+def _say_seed(given: int | None, opts) -> None:
+    """A drawn seed, once the poems are out (stderr): with it the poems can be made again."""
+    if given is None:
+        typer.echo(f"seed {opts.seed} (--seed {opts.seed} makes these poems again)", err=True)
 
 
 def _stream(generator, opts, rules, show_title: bool) -> None:
