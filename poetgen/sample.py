@@ -165,8 +165,8 @@ class Generator:
             weights = allowed
             choice = shifted.masked_fill_(allowed == 0, float("-inf")).argmax(-1)
         else:
-            weights = filter_logits(shifted.div_(T).masked_fill_(allowed == 0, float("-inf")),
-                                    opts.top_k, opts.top_p).exp_()
+            # log of the masks' product: 0/1 masks exclude, the repetition weights of the verse rules weigh
+            weights = filter_logits(shifted.div_(T).add_(allowed.log()), opts.top_k, opts.top_p).exp_()
             choice = draw(weights, gen)
         return self._repair(choice, weights, logits, masks, opts, gen), log_norm
 
