@@ -81,6 +81,13 @@ class Checkpoint:
     train_state: dict | None = field(default=None, repr=False)
     version: int = FORMAT_VERSION
     model: LanguageModel | None = field(default=None, repr=False)
+    rerank: dict | None = field(default=None, repr=False)  # the critic of best-of-N (rerank.Reranker's payload)
+
+    def reranker(self):
+        """The model's critic as a rerank.Reranker, or None when it ships without one."""
+        from .rerank import Reranker
+
+        return None if self.rerank is None else Reranker.from_payload(self.rerank, self.vocab)
 
     def require_vocab(self, vocab: Vocab, fix: str) -> None:
         """UsageError unless this model was trained on `vocab`."""
@@ -143,11 +150,10 @@ def carry_vocab(weights: dict, old: Vocab, new: Vocab, fresh: dict) -> tuple[dic
 
 
 def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: ModelMeta,
-         tones: dict | None = None, train_state: dict | None = None, half: bool = False) -> None:
+         tones: dict | None = None, train_state: dict | None = None, half: bool = False,
+         rerank: dict | None = None) -> None:
     """Write a checkpoint atomically (temp file, fsync, rename): a crash leaves the previous file intact.
     `half` stores floating-point weights as fp16 (a shipped model); they load back as fp32."""
-    import torch
-
     weights = model_state(model)
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
@@ -162,6 +168,15 @@ def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: Mode
     }
     if train_state is not None:
         payload["train_state"] = train_state
+    if rerank is not None:
+        payload["rerank"] = rerank
+    _write(path, payload)
+
+
+def _write(path: str | os.PathLike, payload: dict) -> None:
+    """torch.save through a temp file and a rename."""
+    import torch
+
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -300,8 +315,18 @@ def read(path: str | os.PathLike) -> Checkpoint:
     train_state = payload.get("train_state")
     if train_state is not None and not isinstance(train_state, dict):
         raise _damaged(path, "its training state is malformed")
+    if not all(torch.isfinite(v).all() for v in payload["state_dict"].values() if v.is_floating_point()):
+        raise _damaged(path, "its weights are not finite numbers")
+    rerank = payload.get("rerank")
+    if rerank is not None:
+        from .rerank import Reranker
+
+        try:
+            Reranker.from_payload(rerank, vocab)
+        except ValueError as e:
+            raise _damaged(path, str(e)) from None
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
-                      payload["format_version"])
+                      payload["format_version"], rerank=rerank)
 
 
 def _weight_shapes(state_dict: dict) -> dict | None:
@@ -345,8 +370,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpo
 def export(source: Path, output: Path, tones: dict | None = None, half: bool = True,
            measure=None) -> Checkpoint:
     """Write a shipped model from a trained one: weights only (fp16 by default), with the tone table
-    (`tones`, else the source's own). `measure(path) -> {split: figures}` evaluates the file as written;
-    its figures are recorded in it."""
+    (`tones`, else the source's own) and the source's critic, if any. `measure(path) -> {split: figures}`
+    evaluates the weights as they will be written (a temp file beside `output`); the figures are recorded
+    in the file, and `output` is written once, at the end: a failure or a signal before then leaves any
+    previous file intact."""
     if same_file(source, output):
         raise UsageError(f"--output {output} is the checkpoint being exported: choose another path")
     ckpt = load(source)
@@ -355,11 +382,26 @@ def export(source: Path, output: Path, tones: dict | None = None, half: bool = T
     if tones is None:
         raise UsageError(f"{source} has no tone table and no prepared corpus gives one: pass --data-dir with "
                          "the corpus it was trained on")
-    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half)
     if measure is not None:
-        for split, figures in measure(output).items():
-            setattr(meta, split, figures)
-        save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half)
+        trial = Path(output).with_name(f".{Path(output).name}.measuring.{os.getpid()}.tmp")
+        try:
+            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank)
+            for split, figures in measure(trial).items():
+                setattr(meta, split, figures)
+        finally:
+            trial.unlink(missing_ok=True)
+    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank)
+    return read(output)
+
+
+def attach_rerank(source: Path, output: Path, rerank: dict) -> Checkpoint:
+    """Write `output`: the checkpoint `source` as it is, with `rerank` (a critic's payload) as its critic."""
+    import torch
+
+    read(source)  # checked like any checkpoint
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    payload["rerank"] = rerank
+    _write(output, payload)
     return read(output)
 
 

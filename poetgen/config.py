@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: cuda > mps > cpu
 SCRIPTS = ("simplified", "traditional")  # of a prepared corpus (and of the models trained on it)
 EVAL_SPLITS = ("val", "test")  # the splits `poetgen eval --split` measures
 SAMPLE_FORMATS = ("text", "json", "jsonl")  # what `poetgen sample --format` writes
+SCORES = ("critic", "logprob")  # what best-of-N ranks by: see SampleOptions.score
 # the --template keys (prosody.Template.key) and the Chinese names also accepted (Template.name)
 TEMPLATES = {"ping-plain": "平起首句不入韵", "ping-rhymed": "平起首句入韵", "ze-plain": "仄起首句不入韵",
              "ze-rhymed": "仄起首句入韵"}
@@ -195,6 +196,8 @@ class SampleOptions:
     seed: int = 0
     max_chars: int = 120
     best_of: int = 8  # candidates per poem, the best kept by sample.score; 1 is plain sampling
+    score: str = "critic"  # best-of-N in a fixed form: log-probability + the model's critic (rerank.py), or
+    # "logprob" alone; a model without a critic, and free form, rank by log-probability
 
     @property
     def candidates_per_poem(self) -> int:
@@ -229,7 +232,7 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                    max_chars: int = SampleOptions.max_chars, best_of: int = SampleOptions.best_of,
                    strict: bool = False, template: str | None = None, rhyme: str | None = None,
-                   no_rhyme: bool = False) -> SampleRequest:
+                   no_rhyme: bool = False, score: str = SampleOptions.score) -> SampleRequest:
     """The one validation of a sampling request, from the user's words and before torch loads: the
     form by name, the text normalized (ASCII marks made full-width, spaces trimmed), a random seed
     when none is given. Raises UsageError naming the first value no sampler can use, a verse option
@@ -239,7 +242,7 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
         prompt=full_width_marks(prompt.strip()), title="".join(title.split()) if title is not None else None,
         form=get_form(form), acrostic=acrostic.strip(), num=num, temperature=temperature, top_k=top_k,
         top_p=top_p, seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
-        best_of=best_of)
+        best_of=best_of, score=score)
     verse = VerseOptions(strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme)
     check_decoding(options)
     check_verse(options.form, verse)
@@ -259,6 +262,8 @@ def check_decoding(opts: SampleOptions) -> None:
     if not 1 <= opts.num <= MAX_NUM:
         raise UsageError(f"--num must be between 1 and {MAX_NUM:,}, got {opts.num}: run the command again "
                          "for more")
+    if opts.score not in SCORES:
+        raise UsageError(f"unknown score {opts.score!r}: choose one of {', '.join(SCORES)}")
     if not 1 <= opts.best_of <= 64:
         raise UsageError(f"--best-of must be between 1 and 64, got {opts.best_of}")
     if opts.num * opts.best_of > MAX_NUM * 8:

@@ -112,13 +112,12 @@ class VerseRules:
     doubled: float = 1.0  # the weight of a 叠字: the previous character again, at once
     strict_templates: list[Template] | None = None  # --strict: one of these per row, drawn by the seed
 
-    def start(self, form: Form, rows: int, seed: int) -> VerseState:
+    def start(self, form: Form, rows: int, seed: int, first_row: int = 0) -> VerseState:
         """The state of these rules at the start of a poem, for `rows` rows (under --strict, each row's
-        template drawn by the seed)."""
+        template drawn by the seed and the row's index in the request, first_row + r)."""
         picks = None
         if self.strict_templates:
-            rng = random.Random(seed)
-            picks = [rng.choice(self.strict_templates) for _ in range(rows)]
+            picks = [random.Random(f"{seed}:{first_row + r}").choice(self.strict_templates) for r in range(rows)]
         return VerseState(self, form, rows, picks)
 
 

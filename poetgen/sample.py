@@ -6,6 +6,7 @@ by construction; nothing is patched afterwards."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from .forms import TOKEN_CLASSES, TokenClass, split_lines
 from .glyphs import drawable
 from .masks import VerseRules, token_class_masks
 from .model import Int8Stepper, LanguageModel, Stepper, int8_engines
+from .rerank import Reranker
 from .text import to_script
 from .vocab import MAX_TITLE, Vocab
 
@@ -32,7 +34,8 @@ class GeneratedPoem:
     body: str
     logprob: float  # under the unconstrained model at temperature 1: the body and its end, given the title
     lines: list[str] = field(default_factory=list)
-    score: float = 0.0  # what best-of-N ranks by: logprob per character (the end token counted)
+    score: float = 0.0  # what best-of-N ranks by: logprob per character (the end token counted), plus the
+    # critic's term when the generator has a reranker (rerank.Reranker)
     candidates: int = 1  # how many were drawn for it
 
 
@@ -61,11 +64,49 @@ EXP_SAFE = 60.0  # log-normalizers within ±this: exp needs no max-shift in floa
 DRAW_BLOCK = 64  # columns summed together in draw's first level
 
 
-def draw(weights: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def poem_seed(seed: int, index: int) -> int:
+    """The seed of poem `index` of a request seeded `seed` (64 bits, well mixed)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest(), "little")
+
+
+class Streams:
+    """Random numbers, one stream per poem, seeded by the request's seed and the poem's index: a poem
+    never depends on the poems drawn beside it (the first poem of --num 2 is the poem of --num 1, and
+    poem i of any run is poem i of a run with --num i+1). `owner[r]` is the stream of row r."""
+
+    def __init__(self, gens: list[torch.Generator], owner: list[int]):
+        self.gens, self.owner = gens, owner
+        self._runs: list[tuple[torch.Generator, int]] = []  # consecutive rows of one stream
+        for r, o in enumerate(owner):
+            if r and owner[r - 1] == o:
+                self._runs[-1] = (self._runs[-1][0], self._runs[-1][1] + 1)
+            else:
+                self._runs.append((gens[o], 1))
+
+    @classmethod
+    def for_poems(cls, seed: int, first: int, poems: int) -> Streams:
+        """The streams of poems first … first + poems - 1, one row each."""
+        gens = [torch.Generator().manual_seed(poem_seed(seed, first + p)) for p in range(poems)]
+        return cls(gens, list(range(poems)))
+
+    def rows(self, rows: list[int]) -> Streams:
+        """The same streams for a subset of the rows (their owners, in this order)."""
+        return Streams(self.gens, [self.owner[r] for r in rows])
+
+    def per_row(self, repeat: int) -> Streams:
+        """Each row's stream owning `repeat` consecutive rows (a poem's best-of-N candidates)."""
+        return Streams(self.gens, [o for o in self.owner for _ in range(repeat)])
+
+    def uniform(self) -> torch.Tensor:
+        """One number in [0, 1) per row (B,), each from its row's stream."""
+        return torch.cat([torch.rand(n, generator=g) for g, n in self._runs])
+
+
+def draw(weights: torch.Tensor, gen: Streams | Streams) -> torch.Tensor:
     """One token per row from weights (B, V), probabilities or unnormalized, by inverse CDF in two
     levels (a block of DRAW_BLOCK columns, then a column in it): one pass over (B, V) instead of a
-    cumulative sum, and much faster on CPU than torch.multinomial. A row with no weight gives a token
-    of weight 0 (the caller checks)."""
+    cumulative sum, and much faster on CPU than torch.multinomial. The random numbers come from
+    `gen`, or from each row's stream. A row with no weight gives a token of weight 0 (the caller checks)."""
     B, V = weights.shape
     n = V // DRAW_BLOCK
     weights = weights.contiguous()
@@ -73,7 +114,8 @@ def draw(weights: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     if V > n * DRAW_BLOCK:
         block_sums = torch.cat([block_sums, weights[:, n * DRAW_BLOCK:].sum(-1, keepdim=True)], dim=1)
     block_cdf = block_sums.cumsum(-1)
-    target = torch.rand(B, 1, generator=gen, dtype=block_cdf.dtype) * block_cdf[:, -1:]
+    u = torch.rand(B, 1, generator=gen) if isinstance(gen, torch.Generator) else gen.uniform()[:, None]
+    target = u.to(block_cdf.dtype) * block_cdf[:, -1:]
     block = torch.searchsorted(block_cdf, target, right=True).clamp_(max=block_cdf.size(1) - 1)
     before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
     cols = block * DRAW_BLOCK + torch.arange(DRAW_BLOCK)  # (B, DRAW_BLOCK); past V only in the last block
@@ -113,9 +155,11 @@ class Generator:
     """Samples poems from a model under SampleOptions: titles first (one per poem), then the bodies,
     `best_of` candidates per poem in one batch, the best kept by `score`."""
 
-    def __init__(self, model: LanguageModel, vocab: Vocab, script: str | None = None, int8: bool = False):
+    def __init__(self, model: LanguageModel, vocab: Vocab, script: str | None = None, int8: bool = False,
+                 reranker: Reranker | None = None):
         self.model = model
         self.vocab = vocab
+        self.reranker = reranker  # best-of-N in a fixed form ranks by it when given (rerank.py)
         cpu = next(model.parameters()).device.type == "cpu"
         use_int8 = int8 and cpu and model.config.cell == "lstm" and int8_engines() is not None
         self.stepper = Int8Stepper(model) if use_int8 else Stepper(model)
@@ -135,7 +179,7 @@ class Generator:
         return self._buffers
 
     def _choose(self, logits: torch.Tensor, masks: list[torch.Tensor], opts: SampleOptions,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                gen: Streams) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per row at the options' temperature, top-k and top-p among the tokens all `masks`
         allow (float 0/1, (V,) or (B, V)); where they leave a row no token, the last masks are dropped
         for it, never the first. Also the log-normalizer of the unmasked logits at temperature 1 (for
@@ -171,15 +215,15 @@ class Generator:
         return self._repair(choice, weights, logits, masks, opts, gen), log_norm
 
     def _repair(self, choice: torch.Tensor, weights: torch.Tensor, logits: torch.Tensor, masks: list[torch.Tensor],
-                opts: SampleOptions, gen: torch.Generator) -> torch.Tensor:
+                opts: SampleOptions, gen: Streams) -> torch.Tensor:
         """A row its masks left no token, or whose allowed tokens all underflowed, drew a token of
         weight 0: choose again for it, dropping masks as _choose says (rare)."""
         for r in torch.nonzero(~(weights.gather(1, choice[:, None]).squeeze(1) > 0)).squeeze(1).tolist():
-            choice[r] = self._choose_row(logits[r], _row_mask(masks, r), opts, gen)
+            choice[r] = self._choose_row(logits[r], _row_mask(masks, r), opts, gen.rows([r]))
         return choice
 
     @staticmethod
-    def _choose_row(logits: torch.Tensor, allowed: torch.Tensor, opts: SampleOptions, gen: torch.Generator) -> int:
+    def _choose_row(logits: torch.Tensor, allowed: torch.Tensor, opts: SampleOptions, gen: Streams) -> int:
         """_choose for one row whose masks needed narrowing less, or whose allowed tokens all underflowed."""
         masked = logits.masked_fill(~allowed, float("-inf"))[None]
         if opts.temperature > 0:
@@ -189,7 +233,7 @@ class Generator:
                 return int(draw(weights, gen)[0])
         return int(masked.argmax())
 
-    def _titles(self, opts: SampleOptions, gen: torch.Generator, on_title) -> tuple[list[str], torch.Tensor, object]:
+    def _titles(self, opts: SampleOptions, gen: Streams, on_title) -> tuple[list[str], torch.Tensor, object]:
         """One title per poem (given, or written by the model), with the logits and state after its <sep>."""
         vocab, num = self.vocab, opts.num
         if opts.title is not None:
@@ -204,7 +248,7 @@ class Generator:
         for _ in range(MAX_TITLE + 1):
             poems = alive.tolist()
             rows = torch.tensor([self.title_start_row if not titles[r] else self.title_row for r in poems])
-            choice, _ = self._choose(logits.float(), [self.class_masks[rows]], opts, gen)
+            choice, _ = self._choose(logits.float(), [self.class_masks[rows]], opts, gen.rows(poems))
             choice[torch.tensor([len(titles[r]) >= MAX_TITLE for r in poems])] = vocab.sep_id
             for i, r in enumerate(poems):
                 if int(choice[i]) == vocab.sep_id:
@@ -240,36 +284,42 @@ class Generator:
         seed give the same poems. The options are trusted: config.sample_request checks them."""
         best_of = opts.candidates_per_poem
         per_batch = max(1, MAX_ROWS // best_of)
-        for k, start in enumerate(range(0, opts.num, per_batch)):
-            part = replace(opts, num=min(per_batch, opts.num - start), seed=opts.seed + k)
-            candidates = self.candidates(part, best_of, on_char, on_title, verse)
+        for start in range(0, opts.num, per_batch):
+            part = replace(opts, num=min(per_batch, opts.num - start))
+            candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start)
+            if self.reranker is not None and best_of > 1 and opts.form is not None:
+                scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates])
+                for c, s in zip(candidates, scores, strict=True):
+                    c.score = s
             yield [max(candidates[p * best_of:(p + 1) * best_of], key=lambda c: c.score) for p in range(part.num)]
 
     def candidates(self, opts: SampleOptions, best_of: int, on_char=None, on_title=None,
-                   verse: VerseRules | None = None) -> list[GeneratedPoem]:
+                   verse: VerseRules | None = None, first: int = 0) -> list[GeneratedPoem]:
         """All opts.num * best_of candidates of one batch, poem by poem (best_of rows per poem, sharing
-        its title), each with its score. `verse` applies to the fixed forms only."""
-        gen = torch.Generator().manual_seed(opts.seed)
-        titles, logits, state = self._titles(opts, gen, on_title)
+        its title), each with its score; the poems are those of index first … first + num - 1 of the
+        request (see Streams). `verse` applies to the fixed forms only."""
+        streams = Streams.for_poems(opts.seed, first, opts.num)
+        titles, logits, state = self._titles(opts, streams, on_title)
+        gen = streams.per_row(best_of)
         rows = opts.num * best_of
         poem_of_row = torch.arange(opts.num).repeat_interleave(best_of)
         logits, state = logits[poem_of_row], self.stepper.select(state, poem_of_row)
         if opts.form is None:
             bodies, logprob = self._decode_free_form(opts, rows, logits, state, gen, on_char)
         else:
-            bodies, logprob = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char)
+            bodies, logprob = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char, first * best_of)
         return [GeneratedPoem(title=titles[r // best_of], body=bodies[r], logprob=float(logprob[r]),
                               lines=split_lines(bodies[r]), score=score(float(logprob[r]), bodies[r]),
                               candidates=best_of) for r in range(rows)]
 
-    def _decode_fixed_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: torch.Generator,
-                           verse: VerseRules | None, on_char) -> tuple[list[str], torch.Tensor]:
+    def _decode_fixed_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,
+                           verse: VerseRules | None, on_char, first_row: int = 0) -> tuple[list[str], torch.Tensor]:
         """The bodies of `rows` candidates of the fixed form opts.form, from the logits and state after
         their titles, and their log-probabilities (float64). Every row stands at the same line and
         column, so one grammar serves them all, and all reach the end at the same step."""
         vocab, form = self.vocab, opts.form
         grammar = opts.body_grammar()
-        verse_state = verse.start(form, rows, opts.seed) if verse is not None else None
+        verse_state = verse.start(form, rows, opts.seed, first_row) if verse is not None else None
         prompt = list(opts.prompt)
         logprob = torch.zeros(rows, dtype=torch.float64)
         columns: list[torch.Tensor] = []  # (rows,): the token each row took at each step
@@ -298,7 +348,7 @@ class Generator:
             logits, state = self.stepper.step(choice, state)
         return ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()], logprob
 
-    def _decode_free_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: torch.Generator,
+    def _decode_free_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,
                           on_char) -> tuple[list[str], torch.Tensor]:
         """The bodies of `rows` free-form candidates, from the logits and state after their titles, and
         their log-probabilities (float64). Each row follows its own grammar and ends when it draws the
@@ -341,13 +391,14 @@ class Generator:
         return ["".join(b) for b in bodies], logprob
 
     def _next_tokens(self, logits: torch.Tensor, masks: list[torch.Tensor], forced: torch.Tensor,
-                     opts: SampleOptions, gen: torch.Generator, only_one: bool = False
+                     opts: SampleOptions, gen: Streams, only_one: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's next token: `forced` where given (-1: none), else one drawn by _choose under `masks`
         (or, when `only_one` says the first mask allows a single token, that token); and its
         log-probability under the unmasked model at temperature 1."""
         logits = logits.float()
         if only_one or bool((forced >= 0).all()):  # nothing to draw
+            gen.uniform()  # but each row's stream moves on as if it drew (its poem keeps its numbers)
             choice = torch.where(forced >= 0, forced, masks[0].expand(len(forced), -1).argmax(-1))
             log_norm = torch.logsumexp(logits, -1)
         else:
@@ -365,10 +416,12 @@ def prepare(ckpt, request: SampleRequest, int8: bool = False) -> tuple[Generator
     new options with the text in the model's script, the rules of verse or None). Raises UsageError
     for what this model cannot do: characters outside its vocabulary, --strict without a tone table,
     a --rhyme group it has no character of, given characters no template allows. `int8`: sample
-    through model.Int8Stepper where the model allows it (an LSTM on the CPU)."""
+    through model.Int8Stepper where the model allows it (an LSTM on the CPU). Best-of-N in a fixed form
+    ranks with the checkpoint's critic unless the options say score="logprob"."""
     opts = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
     verse = _verse_rules(ckpt, opts, request.verse)
-    return Generator(ckpt.model, ckpt.vocab, ckpt.meta.script, int8=int8), opts, verse
+    reranker = ckpt.reranker() if opts.score == "critic" and opts.form is not None else None
+    return Generator(ckpt.model, ckpt.vocab, ckpt.meta.script, int8=int8, reranker=reranker), opts, verse
 
 
 def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> SampleOptions:

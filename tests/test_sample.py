@@ -19,7 +19,7 @@ from poetgen.config import SampleRequest, VerseOptions, sample_request
 from poetgen.errors import UsageError
 from poetgen.forms import FORMS, STOPS, detect_form, split_lines
 from poetgen.model import LanguageModel
-from poetgen.sample import Generator, SampleOptions, Stepper, draw, filter_logits, prepare
+from poetgen.sample import Generator, SampleOptions, Stepper, Streams, draw, filter_logits, prepare
 from poetgen.vocab import SPECIALS, Vocab
 
 runner = CliRunner()
@@ -244,7 +244,7 @@ def test_choose_drops_the_last_masks_only_where_they_leave_nothing(options):
     soft[1, 6:11] = 0.0  # row 1: one token left by all three
     opts = SampleOptions(**options)
     for seed in range(20):
-        choice, log_norm = gen._choose(logits.clone(), [base, hard, soft], opts, torch.Generator().manual_seed(seed))
+        choice, log_norm = gen._choose(logits.clone(), [base, hard, soft], opts, Streams.for_poems(seed, 0, 3))
         assert 6 <= int(choice[0]) < 12
         assert int(choice[1]) == 11
         assert 6 <= int(choice[2]) < 12 and int(choice[2]) != 0 and not bool(soft[2, choice[2]] == 0)
@@ -254,8 +254,7 @@ def test_choose_drops_the_last_masks_only_where_they_leave_nothing(options):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_each_title_leaves_the_state_its_own_text_gives(cell):
     gen = Generator(tiny_model(2, cell), VOCAB)
-    titles, logits, state = gen._titles(SampleOptions(num=6, seed=3, temperature=1.5), torch.Generator().manual_seed(3),
-                                        None)
+    titles, logits, state = gen._titles(SampleOptions(num=6, seed=3, temperature=1.5), Streams.for_poems(3, 0, 6), None)
     assert len({len(t) for t in titles}) > 1  # rows finished at different steps and left the batch
     for r, title in enumerate(titles):
         ids = torch.tensor([[VOCAB.bos_id, *VOCAB.encode(title), VOCAB.sep_id]])
@@ -274,7 +273,7 @@ def test_cli_text_json_jsonl_and_output(ckpt, tmp_path):
     titles = [json.loads(line)["title"] for line in same.stdout.splitlines()]
     assert [p.split("\n")[0] for p in poems] == [f"《{t}》" for t in titles]
     given = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "七绝", "--seed", "5", "--title", "汉"])
-    assert len(given.stdout.strip().split("\n")) == 4  # a title the user gave is not repeated
+    assert given.stdout.strip().split("\n")[0] == "《汉》" and len(given.stdout.strip().split("\n")) == 5  # echoed
     js = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "wujue", "--num", "2", "--seed", "5",
                              "--format", "json"])
     records = json.loads(js.stdout)
@@ -361,3 +360,23 @@ def test_a_drawn_seed_is_shown_and_makes_the_poems_again(ckpt):
     seed = drawn.stderr.split()[1]
     again = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "wujue", "--seed", seed])
     assert again.stdout == drawn.stdout and again.stderr == ""  # a given seed is not echoed
+
+
+@pytest.mark.parametrize("options", [dict(form=FORMS["qijue"], best_of=4), dict(form=None, best_of=2, max_chars=30),
+                                     dict(form=FORMS["wujue"], best_of=1, acrostic="汉春风汉")])
+def test_a_poem_is_the_same_whatever_is_drawn_beside_it(options):
+    gen = Generator(tiny_model(4), VOCAB)
+    five = gen.generate(SampleOptions(num=5, seed=11, **options))
+    assert [p.body for p in gen.generate(SampleOptions(num=1, seed=11, **options))] == [five[0].body]
+    assert [p.title for p in gen.generate(SampleOptions(num=3, seed=11, **options))] == [p.title for p in five[:3]]
+    assert len({p.body for p in five}) > 1  # and the poems differ from each other
+
+
+def test_poems_past_a_batch_are_those_of_a_longer_run(monkeypatch):
+    import poetgen.sample as sample
+
+    gen = Generator(tiny_model(4), VOCAB)
+    opts = SampleOptions(num=7, seed=2, form=FORMS["wujue"], best_of=2)
+    whole = [p.body for p in gen.generate(opts)]
+    monkeypatch.setattr(sample, "MAX_ROWS", 6)  # batches of 3 poems
+    assert [p.body for p in gen.generate(opts)] == whole

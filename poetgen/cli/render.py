@@ -156,9 +156,9 @@ def model_card(card: dict) -> str:
 # -- sample and check -----------------------------------------------------------------------------------
 
 
-def poems_text(batch, start: int, show_title: bool) -> str:
-    """Poems one line per verse line, a blank line between poems, the model's title first in 《》."""
-    return "".join(("\n" if start + i else "") + (f"《{p.title}》\n" if show_title and p.title else "")
+def poems_text(batch, start: int) -> str:
+    """Poems one line per verse line, a blank line between poems, the title first in 《》."""
+    return "".join(("\n" if start + i else "") + (f"《{p.title}》\n" if p.title else "")
                    + "\n".join(p.lines) + "\n" for i, p in enumerate(batch))
 
 

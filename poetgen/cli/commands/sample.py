@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ...config import SampleOptions
+from ...config import SCORES, SampleOptions
 from ...errors import UsageError
 from ...text import plural
 from ..app import app
 from ..errors import emit, handle_errors, write_stdout
-from ..options import CheckpointOpt, FormatOpt, FormOpt, TemplateOpt, ThreadsOpt, examples, flag, output_option
+from ..options import CheckpointOpt, FormatOpt, FormOpt, TemplateOpt, ThreadsOpt, examples, flag, one_of, output_option
 from ..progress import StageProgress
 
 
@@ -52,8 +52,11 @@ def sample_cmd(
     no_rhyme: Annotated[bool, flag("--no-rhyme", "Fixed forms without rhyme or the 重字 rule (the plain model).")
                         ] = False,
     best_of: Annotated[int, typer.Option("--best-of", "-N", help="Draw N candidates per poem in one batch and keep "
-                                         "the likeliest (mean log-probability per character); 1 is plain sampling.")
-                       ] = SampleOptions.best_of,
+                                         "the best by --score; 1 is plain sampling.")] = SampleOptions.best_of,
+    score: Annotated[str, typer.Option("--score", help="What best-of-N ranks by in a fixed form: critic (the mean "
+                                       "log-probability per character plus the model's critic, which learned to tell "
+                                       "poets' poems from the model's own) or logprob (the likeliest).",
+                                       **one_of("score", SCORES))] = SampleOptions.score,
     fp32: Annotated[bool, flag("--fp32", "Sample through the full-precision weights. Without it an LSTM on a CPU "
                                "samples through int8 weights, about 1.3 times faster for the 2x1024 and within "
                                "0.1% in perplexity (`poetgen eval --int8`); either way the same seed gives the "
@@ -64,13 +67,14 @@ def sample_cmd(
     output: Annotated[Optional[Path], output_option("Write to this file (atomically) instead of stdout.",
                                                     show_default="stdout")] = None,
 ) -> None:
-    """Write poems. Poems go to stdout, one line per verse line, a blank line between poems; when the
-    model writes the title, it comes first, in 《》."""
+    """Write poems. Poems go to stdout, one line per verse line, a blank line between poems; the title
+    (the model's, or the one given) comes first, in 《》."""
     from ...config import sample_request
 
     request = sample_request(prompt=prompt, title=title, form=form, acrostic=acrostic, num=num,
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_chars=max_chars,
-                             best_of=best_of, strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme)
+                             best_of=best_of, strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme,
+                             score=score)
     from ... import checkpoint
     from ...device import set_cpu_threads
     from ...sample import prepare
@@ -83,10 +87,9 @@ def sample_cmd(
         if same_file(output, checkpoint_path):
             raise UsageError(f"--output {output} is the checkpoint: choose another path")
     generator, opts, rules = prepare(checkpoint.load(path), request, int8=not fp32)
-    show_title = title is None
     candidates = opts.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
-        _stream(generator, opts, rules, show_title)
+        _stream(generator, opts, rules)
         _say_seed(seed, opts)
         return
 
@@ -95,7 +98,7 @@ def sample_cmd(
         from ..render import poem_records, poems_text
 
         if fmt == "text":
-            return poems_text(batch, start, show_title)
+            return poems_text(batch, start)
         strict = request.verse.strict
         return poem_records([poem_record(p, start + i, opts, strict, path) for i, p in enumerate(batch)], fmt)
 
@@ -110,17 +113,19 @@ def _say_seed(given: int | None, opts) -> None:
         typer.echo(f"seed {opts.seed} (--seed {opts.seed} makes these poems again)", err=True)
 
 
-def _stream(generator, opts, rules, show_title: bool) -> None:
+def _stream(generator, opts, rules) -> None:
     """One poem, written to the terminal character by character as it is drawn."""
     from ...text import LINE_END
 
     def on_title(row: int, text: str) -> None:
-        if show_title and text:
+        if text:
             write_stdout(f"《{text}》\n")
 
     def on_char(row: int, ch: str) -> None:
         write_stdout(ch + ("\n" if ch in LINE_END else ""))
 
+    if opts.title:  # a given title is not drawn: say it first
+        on_title(0, opts.title)
     poems = generator.generate(opts, on_char=on_char, on_title=on_title, verse=rules)
     write_stdout("\n" if poems[0].body and poems[0].body[-1] not in LINE_END else "")
 

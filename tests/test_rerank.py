@@ -1,0 +1,151 @@
+"""The critic of best-of-N (poetgen/rerank.py): its figures, its place in the checkpoint, its ranking."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import tiny
+import torch
+from typer.testing import CliRunner
+
+from poetgen import checkpoint
+from poetgen.cli import app
+from poetgen.config import sample_request
+from poetgen.errors import CheckpointError
+from poetgen.forms import FORMS
+from poetgen.rerank import Critic, CriticConfig, Reranker, auc, choose_weight, critic_logits, fit, record_logprobs
+from poetgen.sample import Generator, SampleOptions, prepare
+
+runner = CliRunner()
+VOCAB = tiny.VOCAB
+FAVOURED = tiny.ALPHABET[3]
+
+
+class Favouring(Critic):
+    """A critic that reads a poem as real by how often it holds FAVOURED (a known ranking to test by)."""
+
+    def forward(self, tokens, lengths):
+        return 3.0 * (tokens == VOCAB.stoi[FAVOURED]).float().sum(1)
+
+
+def favouring() -> Reranker:
+    torch.manual_seed(0)
+    return Reranker(Favouring(CriticConfig(vocab_size=len(VOCAB))), VOCAB, weight=1.0)
+
+
+def test_auc_is_the_share_of_pairs_ranked_right():
+    rng = np.random.default_rng(0)
+    scores, labels = rng.integers(0, 5, 40).astype(float), rng.integers(0, 2, 40)
+    pairs = [(p, n) for p, n in itertools.product(scores[labels == 1], scores[labels == 0])]
+    expected = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs])
+    assert auc(scores, labels) == pytest.approx(expected)
+
+
+def test_the_weight_is_the_one_that_ranks_real_poems_first():
+    # the log-probability prefers the generated poems, the critic the real ones: the critic must weigh
+    labels = np.array([1, 1, 1, 0, 0, 0] * 2)
+    logprob = np.where(labels == 1, -4.0, -3.0)
+    critic = np.where(labels == 1, 1.0, -1.0)
+    groups = np.array(["a"] * 6 + ["b"] * 6)
+    weight, table = choose_weight(logprob, critic, labels, groups)
+    assert table["0.0"] == 0.0 and table[str(weight)] == 1.0
+    assert weight == 0.75  # the smallest weight of the grid with 2w > 1, where every real poem ranks first
+
+
+def test_a_critic_learns_what_tells_the_classes_apart():
+    real = ["".join(tiny.ALPHABET[i % 20] for i in range(k, k + 10)) for k in range(60)]
+    fake = [body[:4] + body[4] * 2 + body[6:] for body in real]  # an odd doubled character in each
+    train = (real[:50] + fake[:50], [1] * 50 + [0] * 50)
+    val = (real[50:] + fake[50:], [1] * 10 + [0] * 10)
+    critic, figures = fit(VOCAB, train, val, epochs=8, batch=16, lr=5e-3)
+    assert figures["val_auc"] > 0.9
+    assert 1 <= figures["epoch"] <= 8 and len(figures["history"]) == 8
+
+
+def test_record_logprobs_are_what_the_sampler_ranks_by(tiny_model):
+    opts = SampleOptions(form=FORMS["wujue"], num=3, seed=5, best_of=1)
+    poems = Generator(tiny_model, VOCAB).generate(opts)
+    measured = record_logprobs(tiny_model, VOCAB, [(p.title, p.body) for p in poems])
+    assert measured == pytest.approx([p.score for p in poems], abs=1e-4)
+
+
+def test_the_payload_round_trips_and_bad_ones_are_refused():
+    torch.manual_seed(1)
+    critic = Critic(CriticConfig(vocab_size=len(VOCAB), dim=8, channels=8, hidden=8))
+    payload = Reranker(critic, VOCAB, 0.5).to_payload()
+    bodies = ["甲乙丙丁，戊己庚辛。", "甲甲甲甲，甲甲甲甲。"]
+    again = Reranker.from_payload(payload, VOCAB)
+    assert again.weight == 0.5
+    assert critic_logits(again.critic, VOCAB, bodies) == pytest.approx(critic_logits(critic, VOCAB, bodies), abs=1e-2)
+    for bad in ({**payload, "weight": float("nan")}, {**payload, "kind": "other"},
+                {**payload, "config": {**payload["config"], "vocab_size": 5}},
+                {**payload, "state_dict": {k: v * float("inf") for k, v in payload["state_dict"].items()}}):
+        with pytest.raises(ValueError):
+            Reranker.from_payload(bad, VOCAB)
+
+
+def test_best_of_n_keeps_the_candidate_of_best_combined_score(tiny_model):
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8)
+    plain = Generator(tiny_model, VOCAB)
+    ranked = Generator(tiny_model, VOCAB, reranker=favouring())
+    candidates = plain.candidates(opts, 8)
+    expected = []
+    for p in range(opts.num):
+        group = candidates[p * 8:(p + 1) * 8]
+        expected.append(max(group, key=lambda c: c.score + 3.0 * c.body.count(FAVOURED)).body)
+    chosen = [poem.body for poem in ranked.generate(opts)]
+    assert chosen == expected
+    assert chosen != [poem.body for poem in plain.generate(opts)]  # the critic changed some choices
+
+
+def test_the_critic_travels_in_the_checkpoint_and_score_logprob_ignores_it(tiny_checkpoint, tmp_path):
+    torch.manual_seed(2)
+    critic = Critic(CriticConfig(vocab_size=len(VOCAB), dim=8, channels=8, hidden=8))
+    with_critic = checkpoint.attach_rerank(tiny_checkpoint, tmp_path / "ranked.pt",
+                                           Reranker(critic, VOCAB, 5.0).to_payload())
+    reranker = with_critic.reranker()
+    assert reranker is not None and reranker.weight == 5.0 and checkpoint.read(tiny_checkpoint).reranker() is None
+
+    def records(path, *extra):
+        result = runner.invoke(app, ["sample", "--form", "wujue", "--num", "6", "--seed", "2", "--format", "jsonl",
+                                     "-c", str(path), *extra])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    plain = records(tiny_checkpoint)
+    assert records(tmp_path / "ranked.pt", "--score", "logprob") == [{**r, "checkpoint": str(tmp_path / "ranked.pt")}
+                                                                     for r in plain]
+    ranked = records(tmp_path / "ranked.pt")
+    assert [r["text"] for r in ranked] != [r["text"] for r in plain]
+    for r in ranked:  # each score is the mean log-probability plus the weighed critic
+        expected = reranker.scores([r["text"]], [r["logprob"] / (len(r["text"]) + 1)])[0]
+        assert r["score"] == pytest.approx(expected, abs=1e-3)
+    generator, _, _ = prepare(checkpoint.load(tmp_path / "ranked.pt"), sample_request(form="free"))
+    assert generator.reranker is None  # free form: the critic knows the regulated forms only
+
+
+def test_a_damaged_critic_is_refused_in_one_line(tiny_checkpoint, tmp_path):
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["rerank"] = {**favouring().to_payload(), "weight": -1.0}
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="critic weight"):
+        checkpoint.read(tmp_path / "bad.pt")
+    result = runner.invoke(app, ["sample", "--form", "wujue", "-c", str(tmp_path / "bad.pt")])
+    assert result.exit_code != 0 and "damaged" in result.stderr and "Traceback" not in result.output
+
+
+def test_non_finite_weights_are_refused_on_load(tiny_checkpoint, tmp_path):
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    name = next(iter(raw["state_dict"]))
+    raw["state_dict"][name] = raw["state_dict"][name] * float("nan")
+    torch.save(raw, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match="not finite"):
+        checkpoint.read(tmp_path / "nan.pt")
+
+
+def test_unknown_score_is_refused():
+    result = runner.invoke(app, ["sample", "--form", "wujue", "--score", "judge"])
+    assert result.exit_code == 2 and "choose one of critic, logprob" in result.stderr
