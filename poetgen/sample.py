@@ -37,6 +37,12 @@ class GeneratedPoem:
     score: float = 0.0  # what best-of-N ranks by: logprob per character (the end token counted), plus the
     # critic's term when the generator has a reranker (rerank.Reranker)
     candidates: int = 1  # how many were drawn for it
+    seed: int | None = None  # the request's seed and the poem's index in it: together they make it again
+    index: int | None = None
+
+    def __str__(self) -> str:
+        """The poem as `poetgen sample` writes it: the title in 《》, then one line per verse line."""
+        return (f"《{self.title}》\n" if self.title else "") + "\n".join(self.lines)
 
 
 def score(logprob: float, body: str) -> float:
@@ -291,7 +297,10 @@ class Generator:
                 scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates])
                 for c, s in zip(candidates, scores, strict=True):
                     c.score = s
-            yield [max(candidates[p * best_of:(p + 1) * best_of], key=lambda c: c.score) for p in range(part.num)]
+            chosen = [max(candidates[p * best_of:(p + 1) * best_of], key=lambda c: c.score) for p in range(part.num)]
+            for p, poem in enumerate(chosen):
+                poem.seed, poem.index = opts.seed, start + p
+            yield chosen
 
     def candidates(self, opts: SampleOptions, best_of: int, on_char=None, on_title=None,
                    verse: VerseRules | None = None, first: int = 0) -> list[GeneratedPoem]:

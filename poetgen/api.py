@@ -1,0 +1,74 @@
+"""The Python API: load a model, write poems, check 格律, in three calls.
+
+    import poetgen
+
+    model = poetgen.load()                       # the shipped model (or poetgen.load("runs/x/best.pt"))
+    for poem in model.generate(form="qijue", prompt="春", num=2, seed=1):
+        print(poem)                              # 《title》 and the lines
+    result = poetgen.check("床前明月光，疑是地上霜。举头望明月，低头思故乡。")
+    result.ok, result.form, result.to_dict()
+
+`generate` takes the words of `poetgen sample` (the same checks, the same defaults, the same poems for
+the same seed); errors are poetgen.errors.UsageError or CheckpointError, with the CLI's messages."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Model", "check", "load"]
+
+
+@dataclass
+class Model:
+    """A loaded model, ready to write poems (poetgen.load makes one)."""
+
+    checkpoint: object  # checkpoint.Checkpoint: config, vocabulary, metadata, the model itself
+    int8: bool = True  # sample through int8 weights where that is faster (an LSTM on a CPU)
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.path
+
+    def generate(self, *, prompt: str = "", title: str | None = None, form: str = "free", acrostic: str = "",
+                 num: int = 1, seed: int | None = None, **options) -> list:
+        """Poems (sample.GeneratedPoem: title, body, lines, logprob, score), as `poetgen sample` writes
+        them. `form`: free, wujue, qijue, wulv, qilv (or 五绝 …); `options`: temperature, top_k, top_p,
+        max_chars, best_of, score, strict, template, rhyme, no_rhyme, as the CLI's options. Without
+        `seed`, one is drawn: each poem's `seed` and `index` attributes make it again."""
+        from .config import sample_request
+        from .sample import prepare
+
+        request = sample_request(prompt=prompt, title=title, form=form, acrostic=acrostic, num=num, seed=seed,
+                                 **options)
+        generator, opts, rules = prepare(self.checkpoint, request, int8=self.int8)
+        return generator.generate(opts, verse=rules)
+
+    def info(self) -> dict:
+        """What `poetgen info --json` says of this model."""
+        from .checkpoint import describe
+
+        return describe(self.checkpoint)
+
+
+def load(path: str | os.PathLike | None = None, int8: bool = True) -> Model:
+    """The model at `path` (a .pt file `poetgen train` or `export` wrote), else the shipped one, on the
+    CPU, where poems are written (`int8=False`: through the full-precision weights)."""
+    from . import checkpoint
+
+    return Model(checkpoint.load(path if path is not None else checkpoint.default_checkpoint()), int8=int8)
+
+
+def check(poem: str, model: str | os.PathLike | None = None):
+    """The 格律 of one poem (prosody.CheckResult: ok, form, template, violations, rhyme, to_dict()), with
+    the tone table of `model` (a checkpoint path; the shipped model's by default). Never imports torch."""
+    from . import checkpoint, prosody
+    from .errors import UsageError
+    from .text import is_han, to_script
+
+    poems = list(prosody.read_poems(poem.splitlines()))
+    if len(poems) != 1 or not any(is_han(c) for c in poems[0]):
+        raise UsageError(f"give one poem's text (found {len(poems)} poems with Chinese characters)")
+    tones = prosody.ToneTable.from_counts(checkpoint.tone_counts(model, None))
+    return prosody.check_poem(to_script(poems[0], "simplified"), tones, prosody.load_rhymes("simplified"))

@@ -1,0 +1,48 @@
+"""The Python API, called as a notebook user would: import poetgen, load, generate, check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from synth import ALPHABET
+
+import poetgen
+from poetgen.errors import UsageError
+from poetgen.forms import detect_form
+
+
+def test_import_poetgen_loads_no_torch():
+    code = "import sys, poetgen; print('torch' in sys.modules, callable(poetgen.load))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+
+
+def test_load_generate_and_make_a_poem_again(tiny_checkpoint):
+    model = poetgen.load(tiny_checkpoint)
+    poems = model.generate(form="qijue", num=3, seed=7)
+    assert len(poems) == 3 and all(detect_form(p.body) == "七绝" for p in poems)
+    assert [(p.seed, p.index) for p in poems] == [(7, 0), (7, 1), (7, 2)]
+    again = model.generate(form="七绝", num=poems[2].index + 1, seed=poems[2].seed)[-1]
+    assert (again.title, again.body) == (poems[2].title, poems[2].body)
+    text = str(poems[0])
+    assert text.split("\n")[0] == f"《{poems[0].title}》" and text.split("\n")[1:] == poems[0].lines
+    drawn = model.generate(form="wujue", title=ALPHABET[0])[0]
+    assert isinstance(drawn.seed, int) and drawn.title == ALPHABET[0]
+
+
+def test_generate_refuses_what_sample_refuses(tiny_checkpoint):
+    model = poetgen.load(tiny_checkpoint)
+    with pytest.raises(UsageError, match="--temperature"):
+        model.generate(form="qijue", temperature=-1)
+    with pytest.raises(UsageError, match="form"):
+        model.generate(form="sonnet")
+
+
+def test_check_a_poem(tiny_checkpoint):
+    poem = "".join(ALPHABET[i] for i in range(5)) + "，" + "".join(ALPHABET[i] for i in range(5, 10)) + "。"
+    result = poetgen.check(poem * 2, model=tiny_checkpoint)
+    assert result.form == "五绝" and isinstance(result.ok, bool) and result.to_dict()["form"] == "五绝"
+    with pytest.raises(UsageError, match="one poem"):
+        poetgen.check("hello", model=tiny_checkpoint)
