@@ -67,6 +67,13 @@ class ModelConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell]
+        h, e = self.hidden_size, self.emb_size
+        parameters = self.vocab_size * e * 2 + gates * h * (e + h + 2) + (self.num_layers - 1) * gates * h * (2 * h + 2)
+        if parameters > MAX_PARAMETERS:
+            raise UsageError(f"a model of about {parameters:.2g} parameters is beyond poetgen (at most "
+                             f"{MAX_PARAMETERS:.0e}, {MAX_PARAMETERS * 16 / 2**30:.0f} GiB to train): choose a smaller "
+                             "--hidden-size, --emb-size or --num-layers")
         return self
 
     def to_dict(self) -> dict:
@@ -93,6 +100,9 @@ PRESETS: dict[str, dict] = {
     "large": dict(emb_size=512, hidden_size=1536, num_layers=2, emb_dropout=0.15, dropout=0.6),
 }
 DEFAULT_PRESET = "small"
+MAX_PARAMETERS = 1_000_000_000  # weights, gradients and AdamW's two moments: 16 bytes each
+MAX_BPTT = 10_000  # characters per truncated-BPTT window (a 七律 record is ~70)
+MAX_BATCH = 65_536
 
 
 TRAIN_SPLITS = ("train", "song", "song+train")  # Tang train, the 全宋诗 (corpus prepare --with-song), or both
@@ -139,6 +149,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.bptt > MAX_BPTT or self.batch_size > MAX_BATCH:
+            raise UsageError(f"--bptt is at most {MAX_BPTT:,} and --batch-size at most {MAX_BATCH:,}, got "
+                             f"{self.bptt:,} and {self.batch_size:,}: choose smaller ones")
         for name in ("epochs", "max_steps", "patience"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -176,6 +189,7 @@ class TrainConfig:
 
 
 MAX_NUM = 10_000  # poems per sample command; larger requests are refused
+MAX_PROMPT = 1000  # characters of a --prompt: as long as the longest free-form body (--max-chars)
 MAX_TEMPERATURE = 100.0  # beyond this every allowed character is equally likely anyway
 NEEDS_FORM = "needs a regulated form: --form wujue, qijue, wulv or qilv"
 
@@ -239,7 +253,8 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
     without what it needs, or text the form cannot hold. What depends on the model (its vocabulary,
     script and tone table) sample.prepare checks."""
     options = SampleOptions(
-        prompt=full_width_marks(prompt.strip()), title="".join(title.split()) if title is not None else None,
+        prompt=full_width_marks(prompt.strip()),
+        title=full_width_marks("".join(title.split())) if title is not None else None,
         form=get_form(form), acrostic=acrostic.strip(), num=num, temperature=temperature, top_k=top_k,
         top_p=top_p, seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
         best_of=best_of, score=score)
@@ -296,4 +311,7 @@ def check_text(opts: SampleOptions) -> None:
         raise UsageError(f"--title has {len(opts.title)} characters; titles have at most {MAX_TITLE}: shorten it")
     if opts.acrostic:
         check_heads(opts.acrostic, opts.form)
+    if len(opts.prompt) > MAX_PROMPT:
+        raise UsageError(f"--prompt has {len(opts.prompt):,} characters; a prompt has at most {MAX_PROMPT:,}: "
+                         "shorten it")
     check_prompt(opts.prompt, opts.body_grammar())

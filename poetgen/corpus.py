@@ -432,7 +432,7 @@ def build(
     the same rules, in the Tang train split's vocabulary, without any poem whose body a Tang split
     holds; the Tang splits are byte for byte what they are without it."""
     if min_count < 1:
-        raise CorpusError("--min-count must be at least 1")
+        raise UsageError(f"--min-count must be at least 1, got {min_count}")
     converter(script)  # an unknown script, or no OpenCC, is said before any work
     with corpus_lock(Path(data_dir)):
         return _build(Path(data_dir), source, script, min_count, integrity, progress, with_song)

@@ -29,7 +29,14 @@ LN2 = math.log(2)
 
 def metrics_from_loss(nats: float) -> dict:
     """nats/char → {nats_per_char, bits_per_char, perplexity}."""
-    return {"nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": math.exp(min(nats, 50.0))}
+    return {"nats_per_char": nats, "bits_per_char": nats / LN2, "perplexity": perplexity(nats)}
+
+
+def perplexity(nats: float) -> float:
+    """exp(nats), capped at exp(50) (a diverged run's loss overflows exp; NaN stays NaN)."""
+    return math.exp(min(nats, 50.0)) if not math.isnan(nats) else nats
+
+
 
 
 @torch.inference_mode()

@@ -119,9 +119,14 @@ def write_output(target: str | os.PathLike, text: str) -> None:
 @contextlib.contextmanager
 def exclusive_lock(folder: str | os.PathLike, busy: Exception):
     """Hold an exclusive lock on `folder` (a .lock file in it); raise `busy` at once when another
-    process holds it. The lock goes with the process, even on SIGKILL."""
+    process holds it. The lock goes with the process, even on SIGKILL. Re-entrant within a process:
+    a caller can hold it around a check and the work the check allows (no other process between)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        yield
+        return
     f = open(folder / ".lock", "a+")  # noqa: SIM115 - held open for the lock's life
     try:
         try:
@@ -137,6 +142,13 @@ def exclusive_lock(folder: str | os.PathLike, busy: Exception):
                 raise busy from None
         except OSError:
             raise busy from None
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         f.close()
+
+
+_HELD: set[str] = set()  # the folders this process holds the lock of

@@ -70,12 +70,22 @@ def read_run(folder: str | Path) -> Run:
     label = f"{first.get('cell', '?')} {first.get('num_layers', '?')}x{first.get('hidden_size', '?')}"
     run = Run(folder, f"{label} ({folder.name})")
     for e in evals:
-        run.steps.append(int(e["step"]))
-        run.seconds.append(float(e["elapsed_s"]))
-        run.val_bpc.append(float(e["val_bpc"]))
-        loss = e.get("train_loss")
-        run.train_bpc.append(loss / math.log(2) if isinstance(loss, (int, float)) and math.isfinite(loss) else math.nan)
+        step, seconds = _number(e.get("step")), _number(e.get("elapsed_s"))
+        if math.isnan(step) or math.isnan(seconds):
+            continue  # a malformed line: nothing to place it by
+        loss = _number(e.get("train_loss"))
+        run.steps.append(int(step))
+        run.seconds.append(seconds)
+        run.val_bpc.append(_number(e.get("val_bpc")))  # NaN (a gap in the curve) where the run diverged
+        run.train_bpc.append(loss / math.log(2))
+    if not run.steps:
+        raise UsageError(f"{path} has no readable evaluation: pass another run")
     return run
+
+
+def _number(value) -> float:
+    """A figure of a log line as a float; NaN for null, a string or anything else."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -95,8 +105,11 @@ def runs_text(runs: list[Run]) -> str:
     width = max(len(r.label) for r in runs)
     lines = [f"{'run':<{width}}  {'steps':>7}  {'time':>7}  {'best':>6}  {'last':>6}  val bits/char"]
     for r in runs:
-        lines.append(f"{r.label:<{width}}  {r.steps[-1]:>7,}  {r.seconds[-1] / 60:>6.1f}m  {min(r.val_bpc):>6.3f}  "
-                     f"{r.val_bpc[-1]:>6.3f}  {sparkline(r.val_bpc)}")
+        finite = [v for v in r.val_bpc if math.isfinite(v)]
+        best = f"{min(finite):>6.3f}" if finite else f"{'-':>6}"
+        last = f"{r.val_bpc[-1]:>6.3f}" if math.isfinite(r.val_bpc[-1]) else f"{'-':>6}"
+        lines.append(f"{r.label:<{width}}  {r.steps[-1]:>7,}  {r.seconds[-1] / 60:>6.1f}m  {best}  {last}  "
+                     f"{sparkline(r.val_bpc)}")
     return "\n".join(lines)
 
 

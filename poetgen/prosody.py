@@ -29,26 +29,29 @@ class ToneTable:
     """Tone class per character: 平, 仄, or * (both: 多音字, or used in both tones); and its usual
     reading, the tone of at least SURE_SHARE of its uses in the corpus (none when neither is)."""
 
-    def __init__(self, classes: dict[str, str], usual: dict[str, str] | None = None):
+    def __init__(self, classes: dict[str, str], usual: dict[str, str] | None = None,
+                 ping_share: dict[str, float] | None = None):
         self.classes = classes
         self.usual_tones = usual if usual is not None else {c: t for c, t in classes.items() if t in (PING, ZE)}
+        self.ping_share = ping_share or {}  # the share of a character's uses read 平, where counts are known
 
     @classmethod
     def from_counts(cls, counts: dict[str, list[int]], min_share: float = MIN_SHARE,
                     sure_share: float = SURE_SHARE) -> ToneTable:
         """From {char: [平 count, 仄 count]}."""
-        classes, usual = {}, {}
+        classes, usual, shares = {}, {}, {}
         for ch, (ping, ze) in counts.items():
             total = ping + ze
             if total == 0:
                 continue
+            shares[ch] = ping / total
             p, z = ping / total >= min_share, ze / total >= min_share
             classes[ch] = BOTH if p and z else PING if p else ZE
             if ping / total >= sure_share:
                 usual[ch] = PING
             elif ze / total >= sure_share:
                 usual[ch] = ZE
-        return cls(classes, usual)
+        return cls(classes, usual, shares)
 
     def tone(self, ch: str) -> str | None:
         """平, 仄, * or None when the character was never seen with a tone."""
@@ -257,7 +260,9 @@ def rare_readings(lines: list[str], template: Template, tones: ToneTable) -> lis
             c, want = line[p], pattern[p]
             usual = tones.usual(c)
             if tones.tone(c) is not None and tones.fits(c, want) and usual != want:
-                out.append({"line": i + 1, "position": p + 1, "char": c, "expected": want, "usual": usual})
+                share = tones.ping_share.get(c)
+                out.append({"line": i + 1, "position": p + 1, "char": c, "expected": want, "usual": usual,
+                            "share": None if share is None else round(share if want == PING else 1 - share, 3)})
     return out
 
 
@@ -311,6 +316,12 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     lines = [line[:-1] if line and line[-1] in LINE_END else line for line in raw_lines]
     form = detect(text)
     tone_lines = [tone_string(line, tones) for line in lines]
+    foreign = [(i, "".join(c for c in line if not is_han(c))) for i, line in enumerate(lines)]
+    foreign = [(i, chars) for i, chars in foreign if chars]
+    if foreign:  # letters, digits, □: no tone, no rhyme, no poem
+        i, chars = foreign[0]
+        return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines,
+                           f"line {i + 1} holds characters that are not Chinese ({chars[:20]})")
     if form is None:
         return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines,
                            irregular_reason(lines))
@@ -339,10 +350,11 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     if unknown:
         warnings.append(f"tone unknown for: {''.join(unknown)}")
     rare = rare_readings(lines, best, tones)
-    for r in rare:
-        usually = f"usually {r['usual']}" if r["usual"] else "no usual reading"
-        warnings.append(f"rare reading: line {r['line']} character {r['position']} {r['char']} read as "
-                        f"{r['expected']} ({usually})")
+    for r in rare:  # information, not doubt: a 多音字 or a character poets read both ways
+        share = f"{r['expected']} in {r['share']:.0%} of its uses in the corpus" if r["share"] is not None else \
+            f"usually {r['usual']}" if r["usual"] else "read both ways"
+        warnings.append(f"note: line {r['line']} character {r['position']} {r['char']} is read {r['expected']} "
+                        f"here ({share})")
     ok = not violations and rhyme_group is not None
     return CheckResult(form.name, ok, best.name, violations, rhymes.short(rhyme_group) if rhyme_group else None,
                        rhyme_info, warnings, raw_lines, tone_lines, rare_reading=rare)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -111,3 +112,15 @@ def iter_lines(path: str | os.PathLike | None = None, option: str = "--file") ->
 def plural(n: int, word: str) -> str:
     """'1 line', '2 lines', '1,000 lines'."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def finite(obj):
+    """`obj` with every NaN or infinite float made None, tables and lists walked: what JSON can hold
+    (json.dumps would write NaN or Infinity, which no JSON parser reads)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

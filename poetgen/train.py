@@ -23,11 +23,12 @@ from .config import PRESETS, REGULARIZERS, ModelConfig, TrainConfig
 from .data import batchify, get_batch, num_windows
 from .device import autocast, pick_device, use_bf16
 from .errors import CheckpointError, PoetgenError, UsageError
-from .evaluate import evaluate_stream
+from .evaluate import evaluate_stream, perplexity
 from .events import Note, RunEnded, RunStarted, Tick, TrainEvent, TrainLog, Validated, Validating
 from .model import LanguageModel, NegativeSampler, State, detach_state
 from .paths import exclusive_lock
 from .schedule import Schedule
+from .text import finite
 from .vocab import Vocab
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C, schedulers, a closed terminal
@@ -416,8 +417,12 @@ class Trainer:
                         optimizer=self.optimizer.state_dict(), rng=_rng_state(self.device))
 
     def save_last(self) -> Path:
-        """Write last.pt: the weights and the run's state, everything --resume needs."""
+        """Write last.pt: the weights and the run's state, everything --resume needs. Weights that are
+        not finite numbers are never saved (TrainingDiverged): the file keeps its last good state."""
         path = self.out / "last.pt"
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingDiverged(f"the weights became infinite or NaN by step {self.step}: lower --lr (now "
+                                   f"{self.cfg.peak_lr:g}) or --clip; the run's checkpoints keep their last good state")
         checkpoint.save(path, self.model, self.vocab, self.meta(), tones=self.tones,
                         train_state=self.run_state().to_dict())
         return path
@@ -468,7 +473,7 @@ class Trainer:
         record = event.record()
         if event.logged:
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(finite(record), allow_nan=False) + "\n")
         if self.on_event:
             self.on_event(record)
         if self.on_train_event:
@@ -522,6 +527,9 @@ class Trainer:
         self.evaluated_step = self.step
         self.pending_eval = None
         nats = val["record"]["nats_per_char"]
+        if not math.isfinite(nats):
+            raise TrainingDiverged(f"the validation loss became {nats} at step {self.step}: lower --lr (now "
+                                   f"{self.cfg.peak_lr:g}) or --clip; the run's checkpoints keep their last good state")
         improved = nats < self.best_val
         if improved:
             self.best_val = nats
@@ -635,7 +643,7 @@ class Trainer:
                        epochs=round(self.tokens_seen / max(1, self.train_data.numel()), 3),
                        tokens_seen=self.tokens_seen, elapsed_s=round(self.elapsed, 1),
                        tokens_per_s=round(self.tokens_seen / max(self.elapsed, 1e-9), 1),
-                       best_val_loss=self.best_val, best_val_ppl=math.exp(self.best_val), last_val=self.last_val,
+                       best_val_loss=self.best_val, best_val_ppl=perplexity(self.best_val), last_val=self.last_val,
                        stop_reason=stop_reason, parameters=self.model.num_parameters(), out=str(self.out))
         self._emit(end)
         return end.summary()

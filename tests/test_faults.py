@@ -226,16 +226,6 @@ def test_a_signal_to_a_real_training_process_saves_and_the_run_resumes_exactly(p
         assert torch.equal(v, b.state_dict[k]), k
 
 
-def test_two_trainings_on_one_folder_are_refused(prepared, tmp_path):
-    from poetgen.train import run_lock
-
-    out = tmp_path / "run"
-    with run_lock(out):  # an flock on its own open file: another holder even in this process
-        result = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "2", *TINY_RUN)
-    assert result.exit_code == 2 and one_line_error(result) and "another" in result.stderr
-    assert not (out / "last.pt").exists()
-
-
 @pytest.mark.parametrize("args", [["--lr", "inf"], ["--lr", "nan"], ["--clip", "nan"], ["--weight-decay", "nan"],
                                   ["--seed", str(2**64)], ["--max-minutes", "-1"], ["--batch-size", "0"]])
 def test_impossible_training_values_are_refused_before_training(prepared, tmp_path, args):
@@ -531,3 +521,113 @@ def test_check_reads_stdin_as_dash_and_through_a_pipe_path():
     assert outputs[0].startswith("五绝") and len(set(outputs)) == 1
     both = cli("check", "-", "--file", "x.txt", input=poem)
     assert both.exit_code == 2 and one_line_error(both)
+
+
+# --- round 2 of the fault audit -------------------------------------------------------------------
+
+def test_a_nan_validation_saves_nothing(prepared, tmp_path):
+    out = tmp_path / "r"
+    result = real_poetgen("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "5", *TINY_RUN,
+                          "--lr", "1e30", "--warmup-steps", "0", "--eval-every", "1")
+    err = result.stderr.decode()
+    assert result.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("poetgen: error: the validation loss became nan")
+    assert not (out / "last.pt").exists() and not list(out.glob(".*.tmp"))
+    for line in (out / "metrics.jsonl").read_text().splitlines():  # the log stays JSON
+        json.loads(line)
+
+
+def test_export_keeps_the_old_file_when_it_cannot_measure(tiny_checkpoint, tmp_path):
+    shipped = tmp_path / "shipped.pt"
+    shipped.write_bytes(b"the previous model")
+    result = real_poetgen("export", "-c", str(tiny_checkpoint), "-o", str(shipped), "--data-dir", str(tmp_path))
+    assert result.returncode != 0 and one_line_error(result)
+    assert shipped.read_bytes() == b"the previous model" and sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]
+
+
+def test_two_trainings_into_one_folder_cannot_both_run(prepared, tmp_path, monkeypatch):
+    from poetgen import paths, train
+    from poetgen.errors import UsageError
+    from poetgen.paths import exclusive_lock
+
+    out = tmp_path / "r"
+    with exclusive_lock(out, RuntimeError("held")):  # another process's run, between its check and its start
+        second = real_poetgen("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "2", *TINY_RUN)
+    assert second.returncode == 2 and one_line_error(second) and b"another `poetgen train`" in second.stderr
+    assert not (out / "last.pt").exists()
+    # the check that the folder holds no run is made under the lock, which the run keeps to its end
+    seen = []
+
+    def plan_run(folder, *args, **kwargs):
+        seen.append(os.path.realpath(folder) in paths._HELD)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(train, "plan_run", plan_run)
+    assert cli("train", "--out", str(tmp_path / "s"), "--data-dir", str(prepared), "--max-steps", "2").exit_code == 2
+    assert seen == [True]
+
+
+@pytest.mark.parametrize("args", [["check", "白日依山尽\udcff"], ["sample", "--prompt", "\udcff"]])
+def test_arguments_that_are_not_utf8_are_refused_in_one_line(args):
+    raw = [os.fsencode(a) for a in args]
+    result = subprocess.run([sys.executable, "-m", "poetgen", *raw], capture_output=True, timeout=60)
+    assert result.returncode == 2 and one_line_error(result) and b"not UTF-8" in result.stderr
+
+
+def test_a_c_locale_still_reads_and_writes_chinese(tiny_checkpoint):
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "NO_COLOR": "1"}
+    result = subprocess.run([sys.executable, "-m", "poetgen", "check", "-c", str(tiny_checkpoint), "白日依山尽",
+                             "黄河入海流", "欲穷千里目", "更上一层楼"], capture_output=True, timeout=60, env=env)
+    assert result.returncode in (0, 1) and "五绝" in result.stdout.decode("utf-8") and result.stderr == b""
+    ascii_out = subprocess.run([sys.executable, "-m", "poetgen", "check", "-c", str(tiny_checkpoint), "白日依山尽"],
+                               capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert b"closed" not in ascii_out.stderr and "白日依山尽" in ascii_out.stdout.decode("utf-8")
+
+
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+@pytest.mark.parametrize("command", ["--version", "--help", "check --help"])
+def test_help_and_version_into_a_closed_or_full_stdout(command, redirect):
+    result = shell(f"{POETGEN} {command} {redirect}")
+    assert result.returncode == 1 and one_line_error(result)
+
+
+def test_plot_reads_a_run_with_gaps_and_damaged_lines(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"event": "eval", "step": 1, "elapsed_s": 1.0, "val_bpc": 9.0, "train_loss": 6.0},
+             {"event": "eval", "step": 2, "elapsed_s": 2.0, "val_bpc": None, "train_loss": None},
+             {"event": "eval", "step": "x"}, {"event": "eval"}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{not json\n")
+    result = cli("plot", str(run))
+    assert result.exit_code == 0, result.stderr
+    assert "9.000" in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--hidden-size", "1000000", "--max-steps", "1"], "parameters"),
+    (["train", "--bptt", "100000000", "--max-steps", "1"], "--bptt"),
+    (["sample", "--prompt", "春" * 5000], "--prompt"),
+    (["inspect", "cells", "--poem", ""], "--poem"),
+    (["corpus", "build", "--min-count", "0"], "--min-count"),
+    (["check", "-c", "/nonexistent.pt", "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"], "no checkpoint"),
+    (["check", "--data-dir", "/nonexistent", "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"], "tone table"),
+])
+def test_what_cannot_work_is_refused_at_once(args, needle, tmp_path, prepared):
+    train = ["--out", str(tmp_path / "r"), "--data-dir", str(prepared)] if args[0] == "train" else []
+    result = cli(*args, *train)
+    assert result.exit_code == 2 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_fails_a_poem_of_letters(tiny_checkpoint):
+    result = cli("check", "-c", str(tiny_checkpoint), "abcd尽，efgh流。ijkl目，mnop楼。")
+    assert result.exit_code == 1 and "not Chinese" in result.stdout
+
+
+def test_json_output_never_holds_nan(tmp_path, tiny_model, tiny_vocab):
+    from poetgen.checkpoint import ModelMeta
+
+    nan = {"record": {"nats_per_char": float("nan"), "bits_per_char": float("nan"), "perplexity": float("inf")}}
+    checkpoint.save(tmp_path / "m.pt", tiny_model, tiny_vocab, ModelMeta(script="traditional", val=nan))
+    result = cli("info", "-c", str(tmp_path / "m.pt"), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["val"]["record"]["perplexity"] is None  # strict JSON: null, not NaN

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from poetgen import prosody
 from poetgen.cli import app
-from poetgen.forms import FORMS
+from poetgen.forms import FORMS, split_lines
 from poetgen.masks import ProsodyMasks, verse_rules
 from poetgen.prosody import RhymeTable, ToneTable, check_poem, normalize_poem, templates
 from poetgen.sample import Generator, SampleOptions
@@ -213,8 +213,9 @@ def test_rare_readings_are_reported_and_never_placed_under_strict():
     result = check_poem(placed, tones, RHYMES)
     assert result.ok  # a possible reading: no violation
     assert result.rare_reading == [{"line": 1, "position": ze_at + 1, "char": mostly_ping, "expected": "仄",
-                                    "usual": "平"}]
-    assert any(w.startswith("rare reading") for w in result.warnings)
+                                    "usual": "平", "share": 0.1}]
+    assert f"note: line 1 character {ze_at + 1} {mostly_ping} is read 仄 here (仄 in 10% of its uses in the corpus)" \
+        in result.warnings
     assert check_poem(poem, tones, RHYMES).rare_reading == []
     masks = ProsodyMasks(VOCAB, tones, RHYMES)
     for seed in range(6):
@@ -321,3 +322,14 @@ def test_sample_strict_cli_refusals(untoned_checkpoint, real_rhyme_model):
     path, _, _ = real_rhyme_model
     badt = runner.invoke(app, ["sample", "-c", str(path), "--strict", "--form", "wujue", "--template", "x"])
     assert badt.exit_code == 2 and "unknown template" in badt.stderr
+
+
+@pytest.mark.parametrize("foreign", ["abcd", "1234", "□□□□"])
+def test_a_poem_of_letters_digits_or_boxes_is_no_poem(foreign):
+    template = templates(FORMS["wujue"])[0]
+    poem = compose(template)
+    lines = split_lines(poem)
+    broken = "".join(foreign + line[-2:] if i == 0 else line for i, line in enumerate(lines))
+    result = check_poem(broken, ToneTable.from_counts({c: [9, 0] for c in PING_A + PING_B} |
+                                                      {c: [0, 9] for c in ZE}), RHYMES)
+    assert not result.ok and result.form == "not regulated" and foreign[:4] in result.reason

@@ -113,6 +113,16 @@ class OneLineErrors(TyperGroup):
         except KeyboardInterrupt:
             code = 130
             fail("interrupted")
+        except BrokenPipeError:
+            silence_stdout()
+            code = 0
+        except (OSError, ValueError) as e:  # help or version text that stdout cannot take; a read-only HOME
+            if isinstance(e, ValueError) and "closed file" not in str(e):
+                raise
+            where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else "stdout is closed"
+            code = 1
+            fail(f"cannot write{where} ({reason}): redirect the output, or fix the permissions")
         except Exception as e:  # noqa: BLE001 - Click's usage errors (no such option, bad value, missing option)
             if not hasattr(e, "format_message"):
                 raise
@@ -126,10 +136,52 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def utf8_streams() -> None:
+    """Poems are UTF-8 text: standard streams that cannot carry Chinese (a C or POSIX locale,
+    PYTHONIOENCODING=ascii) are made UTF-8 rather than failing at the first character."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if encoding and hasattr(stream, "reconfigure"):
+            try:
+                "汉《》".encode(encoding)
+            except (UnicodeEncodeError, LookupError):
+                stream.reconfigure(encoding="utf-8")
+
+
+def utf8_arguments(args: list[str]) -> list[str]:
+    """The arguments as UTF-8 text (under a non-UTF-8 locale Python decodes them otherwise); an argument
+    that is not UTF-8 at all ends the run: one line on stderr, exit 2."""
+    out = []
+    for i, arg in enumerate(args, 1):
+        try:
+            out.append(os.fsencode(arg).decode("utf-8"))
+        except UnicodeDecodeError:
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+            fail(f"argument {i} ({shown[:40]}) is not UTF-8 text: pass the text in UTF-8", 2)
+            sys.exit(2)
+    return out
+
+
 def run(app: typer.Typer) -> None:
-    """Run the app as the `poetgen` console script (a closed stdout or stderr becomes an error we report)."""
+    """Run the app as the `poetgen` console script: UTF-8 in and out whatever the locale; a closed
+    stdout or stderr, or one that cannot take what is written (a full disk), becomes an error we report."""
     if sys.stdout is None:
         sys.stdout = ClosedStream()
     if sys.stderr is None:
         sys.stderr = ClosedStream()
-    app(prog_name="poetgen")
+    utf8_streams()
+    code: int | str | None = 0
+    try:
+        app(args=utf8_arguments(sys.argv[1:]), prog_name="poetgen")
+    except SystemExit as e:
+        code = e.code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+    except (OSError, ValueError) as e:  # what was left in the buffer could not be written
+        silence_stdout()
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "stdout is closed"
+        fail(f"cannot write the output ({reason}): redirect it to a file that can take it", 1)
+        code = code or 1
+    sys.exit(code)

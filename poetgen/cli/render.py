@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..text import LINE_END, plural
+from ..text import LINE_END, finite, plural
 
 
 def plain_output() -> bool:
@@ -54,6 +54,11 @@ def build_report(result) -> str:
     return "\n".join(lines)
 
 
+def to_json(obj, **kwargs) -> str:
+    """JSON as poetgen writes it: UTF-8 text as is, and a NaN or infinity (a diverged run) as null."""
+    return json.dumps(finite(obj), ensure_ascii=False, allow_nan=False, **kwargs)
+
+
 STATS_KEYS = ("poems", "tokens", "characters", "vocab_size", "dropped", "source", "script", "forms", "poems_read",
               "unknown_tokens", "glyphs", "song", "corpus_hash")
 
@@ -61,7 +66,7 @@ STATS_KEYS = ("poems", "tokens", "characters", "vocab_size", "dropped", "source"
 def corpus_stats_json(meta: dict, top: int) -> str:
     out = {k: meta.get(k) for k in STATS_KEYS}
     out["top_chars"] = meta["top_chars"][:top]
-    return json.dumps(out, ensure_ascii=False, indent=1) + "\n"
+    return to_json(out, indent=1) + "\n"
 
 
 def corpus_stats(meta: dict, top: int, glyphs_file: Path) -> str:
@@ -165,8 +170,8 @@ def poems_text(batch, start: int) -> str:
 def poem_records(records: list[dict], fmt: str) -> str:
     """jsonl: one object a line; json: indented objects joined by commas (the caller adds the brackets)."""
     if fmt == "jsonl":
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return ",\n".join(json.dumps(r, ensure_ascii=False, indent=1) for r in records)
+        return "".join(to_json(r) + "\n" for r in records)
+    return ",\n".join(to_json(r, indent=1) for r in records)
 
 
 def check_result(r) -> str:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ...errors import PoetgenError
 from ..app import app
 from ..errors import fail, handle_errors, write_stdout
 from ..options import CheckpointOpt, data_dir_option, examples, json_option
+from ..render import to_json
 
 
 @app.command("check", short_help="Check the 格律 of poems (exit 1 when one fails).",
@@ -46,7 +47,10 @@ def check_cmd(
         poem, file = None, Path("-")
     if poem is not None and file is not None:
         raise fail("give the poem as an argument or --file, not both", 2)
-    tones = prosody.ToneTable.from_counts(checkpoint.tone_counts(checkpoint_path, data_dir))
+    try:
+        tones = prosody.ToneTable.from_counts(checkpoint.tone_counts(checkpoint_path, data_dir))
+    except PoetgenError as e:  # a model or corpus that cannot be read is bad input (2), not a failing poem (1)
+        raise fail(str(e), 2) from None
     rhymes = prosody.load_rhymes("simplified")
     ok, reader_gone, count = True, False, 0
     lines = poem.splitlines() if poem is not None else iter_lines(file)
@@ -57,7 +61,7 @@ def check_cmd(
         r = prosody.check_poem(to_script(text, "simplified"), tones, rhymes)
         ok = ok and r.ok
         if not reader_gone:
-            out = json.dumps(r.to_dict(), ensure_ascii=False) + "\n" if as_json else \
+            out = to_json(r.to_dict()) + "\n" if as_json else \
                 ("\n" if count > 1 else "") + check_result(r) + "\n"
             reader_gone = not write_stdout(out)  # keep checking: the exit code is the verdict
     if count == 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +23,7 @@ from ..options import (
     flag,
 )
 from ..progress import StageProgress
+from ..render import to_json
 
 
 @app.command("eval", short_help="Perplexity of a model on a split or a file of poems.",
@@ -56,4 +56,4 @@ def eval_cmd(
         result = evaluate.run(checkpoint_path, split=split, file=file,
                               data_dir=data_root(data_dir) if split else None, device=device, int8=int8,
                               progress=lambda done, total: progress(f"evaluating {split or file}", done, total))
-    write_stdout(json.dumps(result) + "\n" if as_json else eval_result(result))
+    write_stdout(to_json(result) + "\n" if as_json else eval_result(result))

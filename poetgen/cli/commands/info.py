@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +20,7 @@ from ..options import (
     output_option,
 )
 from ..progress import StageProgress
+from ..render import to_json
 
 
 @app.command("info", short_help="A model's card: shape, corpus, val and test figures.",
@@ -32,7 +32,7 @@ def info_cmd(checkpoint_path: CheckpointOpt = None, as_json: JsonOpt = False) ->
     from ..render import model_card
 
     card = checkpoint.describe(checkpoint.read(checkpoint_path or checkpoint.default_checkpoint()))
-    write_stdout(json.dumps(card, ensure_ascii=False, indent=1) + "\n" if as_json else model_card(card))
+    write_stdout(to_json(card, indent=1) + "\n" if as_json else model_card(card))
 
 
 @app.command("export", short_help="Turn a trained best.pt into a small model to ship.",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,6 +25,7 @@ from ..options import (
     output_option,
 )
 from ..progress import StageProgress
+from ..render import to_json
 
 
 @inspect_app.command("gradients", short_help="How far back the loss reaches: ‖∂L_t/∂h_{t−k}‖ against k.",
@@ -80,7 +80,7 @@ def inspect_gradients(
 
         plot.gradient_curves(curves, output)
         typer.echo(f"wrote {output}", err=True)
-    write_stdout(json.dumps({"max_k": max_k, "samples": samples, "curves": curves}, ensure_ascii=False) + "\n"
+    write_stdout(to_json({"max_k": max_k, "samples": samples, "curves": curves}) + "\n"
                  if as_json else gradient_table(curves, max_k))
 
 
@@ -118,6 +118,8 @@ def inspect_cells(
     (in colour in a terminal, as numbers when piped or with NO_COLOR); --find ranks the units."""
     if output is not None and output.suffix.lower() not in (".png", ".html"):
         raise fail(f"--output {output}: give a .png or .html file name", 2)
+    if poem is not None and not poem.strip():
+        raise fail("--poem is empty: give the poem's text, or leave --poem out for the first val poem", 2)
     from ... import checkpoint, corpus, introspect
     from .. import render
 
@@ -135,8 +137,8 @@ def inspect_cells(
         unit = found["position in line"][0][0] if found and found["position in line"] else "0:hidden 0"
     chars, acts = introspect.body_activations(tr, unit)
     if as_json:
-        write_stdout(json.dumps({"unit": unit, "chars": chars, "activations": [round(v, 4) for v in acts],
-                                 "find": found}, ensure_ascii=False) + "\n")
+        write_stdout(to_json({"unit": unit, "chars": chars, "activations": [round(v, 4) for v in acts],
+                                 "find": found}) + "\n")
     else:
         write_stdout((render.units_found(found) if found else "") + render.activations(unit, chars, acts))
     if output is not None:
@@ -181,6 +183,6 @@ def inspect_gates(
 
         plot.gate_curves(means, labels, output)
         typer.echo(f"wrote {output}", err=True)
-    write_stdout(json.dumps({"layer": layer, "chars": chars, "poems": len(records), "positions": labels,
-                             "means": means}, ensure_ascii=False) + "\n"
+    write_stdout(to_json({"layer": layer, "chars": chars, "poems": len(records), "positions": labels,
+                             "means": means}) + "\n"
                  if as_json else gate_table(means, labels, layer, chars, len(records)))

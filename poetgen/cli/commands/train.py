@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +29,7 @@ from ..options import (
     flag,
     json_option,
 )
+from ..render import to_json
 
 
 def _from_preset(option: str, help: str):
@@ -132,27 +132,36 @@ def train_cmd(
     from ...data import load_split, load_train
     from ...device import set_cpu_threads
     from ...vocab import Vocab
-    from ..progress import TrainProgress
     from ..render import print_train_summary
 
     set_cpu_threads(threads)
     root = data_root(data_dir)
     meta = corpus.load_meta(root)
     vocab = Vocab.load(root / "vocab.json")
-    plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
-    train_stream = load_train(root, plan.train_config.train_split, meta=meta)
-    val_stream = load_split(root, "val", meta=meta)
+    with train.run_lock(out):  # from the check that the folder is free to the end of the run
+        plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
+        train_stream = load_train(root, plan.train_config.train_split, meta=meta)
+        val_stream = load_split(root, "val", meta=meta)
+        summary = _run(plan, vocab, train_stream, val_stream, out, meta, root, data_dir, quiet)
+    if not quiet:
+        print_train_summary(summary)
+    if as_json:
+        write_stdout(to_json(summary) + "\n")
+
+
+def _run(plan, vocab, train_stream, val_stream, out: Path, meta: dict, root: Path, data_dir: Path | None,
+         quiet: bool) -> dict:
+    """The run of a plan, with its progress; its summary."""
+    from ... import corpus, train
+    from ..progress import TrainProgress
+
     with TrainProgress(quiet) as progress:
         trainer = train.Trainer(plan.model_config, plan.train_config, vocab, train_stream, val_stream, out, meta,
                                 tones=corpus.corpus_tones(root), data_dir=data_dir.resolve() if data_dir else None,
                                 on_train_event=progress, init_checkpoint=plan.init_checkpoint)
         if plan.resume_from is not None:
             trainer.resume(plan.resume_from)
-        summary = trainer.run()
-    if not quiet:
-        print_train_summary(summary)
-    if as_json:
-        write_stdout(json.dumps(summary) + "\n")
+        return trainer.run()
 
 
 def given_options(ctx: typer.Context, **values) -> dict:
