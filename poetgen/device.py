@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -53,16 +54,32 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 def cpu_threads(requested: int | None = None) -> int:
     """The torch threads a command computes with: `requested` (--threads), else OMP_NUM_THREADS when set,
-    else the cores that are free now: all cores minus the load of other processes (the 1-minute load
-    average, rounded), at least one. An oversubscribed torch thread pool waits on busy cores at every
-    step: a sampler next to a training run on 2 cores is several times faster on one thread."""
+    else the cores that are free now: all cores minus those other processes keep busy (busy_cores), at
+    least one. An oversubscribed torch thread pool waits on busy cores at every step: a sampler next to
+    a training run on 2 cores is several times faster on one thread."""
     if requested:
         return requested
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores, cores - busy))
+    return max(1, min(cores, cores - busy_cores()))
+
+
+def busy_cores(reads: int = 3, pause_s: float = 0.005) -> int:
+    """The threads other processes are running now: on Linux the runnable count of /proc/loadavg (less
+    this one), the least of a few reads 5 ms apart, since a training keeps its threads runnable and a
+    passing process does not stay; elsewhere the 1-minute load average. (The load average alone lags
+    by a minute: right after a job ends it would still count it.)"""
+    try:
+        counts = []
+        for i in range(reads):
+            with open("/proc/loadavg", encoding="ascii") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+            if i + 1 < reads:
+                time.sleep(pause_s)
+        return max(0, min(counts))
+    except (OSError, ValueError, IndexError):
+        return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
 
 
 def set_cpu_threads(requested: int | None = None) -> int:

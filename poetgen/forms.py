@@ -132,12 +132,14 @@ class BodyGrammar:
             return TokenClass.EOS, None
         if self.col == 0:
             if self.last and self.last in STOPS and not self.heads:
-                return (TokenClass.EOS if self.chars >= self.max_chars else TokenClass.HAN_OR_EOS), None
+                return (TokenClass.EOS if self.chars >= self.max_chars - 1 else TokenClass.HAN_OR_EOS), None
             return TokenClass.HAN, head
         last_line = self.lines is not None and self.line == self.lines - 1
-        if self.chars >= self.max_chars or (last_line and self.col >= 2 * 7):
+        if self.chars >= self.max_chars - 1 or (last_line and self.col >= 2 * 7):  # the mark is the last
             return TokenClass.STOP, None
-        return (TokenClass.HAN_OR_STOP if last_line else TokenClass.HAN_OR_MARK), None
+        # a ， needs a character and a stop after it: none where they would not fit in max_chars
+        no_comma = last_line or self.chars >= self.max_chars - 2
+        return (TokenClass.HAN_OR_STOP if no_comma else TokenClass.HAN_OR_MARK), None
 
     def allows(self, ch: str) -> bool:
         """Whether `ch` may stand at the next position."""

@@ -76,7 +76,12 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
     shape with the given overrides; --init-from takes the checkpoint's shape; --resume takes everything
     from last.pt and applies only the budget options (TrainConfig.RESUMABLE), refusing any other change."""
     last = out / "last.pt"
+    for stale in out.glob(".*.pt.*.tmp"):  # a save cut short by a kill (the caller holds the run lock)
+        stale.unlink(missing_ok=True)
     if resume:
+        if not last.is_file() and (out / "best.pt").is_file():
+            raise UsageError(f"{out} has best.pt but no last.pt (the run was killed while saving it first): start "
+                             f"again from it with --init-from {out / 'best.pt'} and another --out")
         if not last.is_file():
             raise UsageError(f"nothing to resume in {out}: it has no last.pt; pass the --out of an earlier run, "
                              "or drop --resume")
@@ -93,7 +98,7 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
                 raise UsageError(f"{flag} cannot change on --resume (the run was started with {stored[name]}): "
                                  f"drop it, or start a new run from this one with --init-from {last}")
         return RunPlan(ckpt.config, train_config.validate(), resume_from=ckpt)
-    if last.exists():
+    if last.exists() or (out / "best.pt").exists():
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     model_given = {k: v for k, v in given.items() if k in SHAPE_OPTIONS + DROPOUT_OPTIONS}
     train_given = {k: v for k, v in given.items() if k not in model_given}

@@ -451,9 +451,9 @@ def test_two_corpus_builds_on_one_folder_are_refused(synthetic_package, tmp_path
 
     data = tmp_path / "data"
     with exclusive_lock(data, RuntimeError("busy")):
-        result = cli("corpus", "build", "--from", str(synthetic_package), "--data-dir", str(data),
-                     "--script", "traditional")
-    assert result.exit_code == 1 and one_line_error(result) and "another poetgen" in result.stderr
+        result = real_poetgen("corpus", "build", "--from", str(synthetic_package), "--data-dir", str(data),
+                              "--script", "traditional")  # another process: the lock is re-entrant within one
+    assert result.returncode == 1 and one_line_error(result) and b"another poetgen" in result.stderr
     assert not (data / "meta.json").exists()
 
 
@@ -542,7 +542,8 @@ def test_export_keeps_the_old_file_when_it_cannot_measure(tiny_checkpoint, tmp_p
     shipped.write_bytes(b"the previous model")
     result = real_poetgen("export", "-c", str(tiny_checkpoint), "-o", str(shipped), "--data-dir", str(tmp_path))
     assert result.returncode != 0 and one_line_error(result)
-    assert shipped.read_bytes() == b"the previous model" and sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]
+    assert shipped.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]
 
 
 def test_two_trainings_into_one_folder_cannot_both_run(prepared, tmp_path, monkeypatch):
@@ -631,3 +632,32 @@ def test_json_output_never_holds_nan(tmp_path, tiny_model, tiny_vocab):
     result = cli("info", "-c", str(tmp_path / "m.pt"), "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["val"]["record"]["perplexity"] is None  # strict JSON: null, not NaN
+
+
+def test_a_run_killed_in_its_first_save_is_neither_lost_nor_overwritten(prepared, tiny_checkpoint, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
+    (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    resumed = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume")
+    assert resumed.exit_code == 2 and "--init-from" in resumed.stderr
+    assert not (out / ".last.pt.k1ll3d.tmp").exists()  # the stale temp file is cleaned
+    fresh = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "1", *TINY_RUN)
+    assert fresh.exit_code == 2 and "already holds a run" in fresh.stderr
+    assert (out / "best.pt").read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_eval_of_text_the_model_cannot_read_says_so(tiny_checkpoint, tmp_path):
+    (tmp_path / "t.txt").write_text("hello world\n", encoding="utf-8")
+    result = cli("eval", "-c", str(tiny_checkpoint), "--file", str(tmp_path / "t.txt"))
+    assert result.exit_code == 0, result.stderr
+    assert "outside the model's vocabulary" in result.stderr and "unknown, " in result.stdout
+
+
+def test_no_color_set_but_empty_keeps_colour(monkeypatch):
+    from poetgen.cli.render import no_color
+
+    monkeypatch.setenv("NO_COLOR", "")
+    assert not no_color()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert no_color()

@@ -308,7 +308,7 @@ def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):
     cases = [
         (["--hidden-size", "0"], "hidden-size"),
         (["--dropout", "1.5"], "dropout"),
-        (["--batch-size", "100000"], "too small for --batch-size"),
+        (["--batch-size", "60000"], "too small for --batch-size"),
         (["--preset", "huge"], "unknown preset"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--cell", "transformer"], "unknown cell"),
@@ -646,3 +646,31 @@ def test_a_training_state_of_an_older_poetgen_is_refused_with_the_way_on(prepare
     resumed = _scripted_trainer(prepared, tmp_path / "a", [], max_steps=2)
     with pytest.raises(CheckpointError, match="older poetgen .no pending_eval.: start a new run .* --init-from"):
         resumed.resume(tmp_path / "a" / "last.pt")
+
+
+def test_threads_follow_the_request_the_environment_then_the_free_cores(monkeypatch):
+    import subprocess
+    import sys
+
+    from poetgen import device
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert device.cpu_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert device.cpu_threads() == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(device, "busy_cores", lambda: 1)
+    assert device.cpu_threads() == 3
+    monkeypatch.setattr(device, "busy_cores", lambda: 9)
+    assert device.cpu_threads() == 1  # never fewer than one
+    monkeypatch.undo()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert device.busy_cores() >= 1  # a process that keeps a core busy is counted
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -13,14 +13,19 @@ from ..text import LINE_END, finite, plural
 
 
 def plain_output() -> bool:
-    """No colours, styles or cursor movement: NO_COLOR is set, or stderr is not a terminal."""
-    return "NO_COLOR" in os.environ or not sys.stderr.isatty()
+    """No colours, styles or cursor movement: NO_COLOR is set (and not empty), or stderr is not a terminal."""
+    return no_color() or not sys.stderr.isatty()
+
+
+def no_color() -> bool:
+    """NO_COLOR set to a value that is not empty (the convention of no-color.org)."""
+    return bool(os.environ.get("NO_COLOR"))
 
 
 def console(stderr: bool = True):
     from rich.console import Console
 
-    no_style = "NO_COLOR" in os.environ
+    no_style = no_color()
     return Console(stderr=stderr, color_system=None if no_style else "auto", no_color=no_style,
                    highlight=False, emoji=False)
 
@@ -134,8 +139,20 @@ def figures(r: dict) -> str:
 
 
 def eval_result(result: dict) -> str:
+    """The headline of `poetgen eval`, with the share of characters the model does not know."""
+    share = result["unknown"] / max(1, result["chars"])
     return (f"{result['source']}: {figures(result)} over {plural(result['chars'], 'character')} "
-            f"({result['unknown']:,} unknown)\n")
+            f"({result['unknown']:,} unknown, {share:.1%})\n")
+
+
+def unknown_warning(result: dict) -> str | None:
+    """A warning (stderr) when 5% or more of the text is outside the vocabulary: a low perplexity then
+    says little (every <unk> is one easy guess)."""
+    share = result["unknown"] / max(1, result["chars"])
+    if share < 0.05:
+        return None
+    return (f"warning: {share:.0%} of the characters are outside the model's vocabulary and read as <unk>: "
+            "the perplexity measures little")
 
 
 CARD_KEYS = ("checkpoint", "size_mb", "format_version", "architecture", "parameters", "vocab_size", "script",

@@ -49,11 +49,14 @@ def eval_cmd(
         raise fail("give exactly one of --split val|test or --file TEXT", 2)
     from ... import evaluate
     from ...device import set_cpu_threads
-    from ..render import eval_result
+    from ..render import eval_result, unknown_warning
 
     set_cpu_threads(threads)
     with StageProgress(quiet) as progress:
         result = evaluate.run(checkpoint_path, split=split, file=file,
                               data_dir=data_root(data_dir) if split else None, device=device, int8=int8,
                               progress=lambda done, total: progress(f"evaluating {split or file}", done, total))
+    warning = unknown_warning(result)
+    if warning:
+        typer.echo(warning, err=True)
     write_stdout(to_json(result) + "\n" if as_json else eval_result(result))
