@@ -49,6 +49,7 @@ class ModelMeta:
     device: str | None = None
     time: str | None = None
     exported_from: str | None = None
+    software: dict | None = None  # what trained it: {"poetgen": version, "torch": version, "commit": sha or None}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelMeta:
@@ -428,9 +429,20 @@ def describe(ckpt: Checkpoint) -> dict:
         "test": m.test,
         "trained": m.time,
         "device": m.device,
+        "software": m.software,
         "train_config": m.train_config,
         "resumable": ckpt.train_state is not None,
+        "critic": _critic_card(ckpt.rerank),
     }
+
+
+def _critic_card(rerank: dict | None) -> dict | None:
+    """What the card says of the critic of best-of-N: its weight and its val figures."""
+    if rerank is None:
+        return None
+    figures = rerank.get("figures") or {}
+    return {"weight": rerank.get("weight"), "val_auc": figures.get("val_auc"),
+            "trained_on": {k: figures.get(k) for k in ("train_real", "train_generated")}}
 
 
 def train_config_of(ckpt: Checkpoint) -> TrainConfig:

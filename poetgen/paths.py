@@ -21,6 +21,23 @@ def checkout_root() -> Path | None:
     return None
 
 
+def source_commit() -> str | None:
+    """The git commit of a source checkout poetgen runs from (with "+dirty" when files changed), else None."""
+    import subprocess
+
+    root = checkout_root()
+    if root is None or not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def user_data_dir() -> Path:
     """The per-user data folder used by a wheel install (XDG on Linux, the usual places elsewhere)."""
     if sys.platform == "win32":

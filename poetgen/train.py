@@ -339,6 +339,10 @@ class Trainer:
         self.data_dir = data_dir  # named in the resume command
         self.out = Path(out)
         self.corpus_meta = corpus_meta or {}
+        from . import __version__
+        from .paths import source_commit
+
+        self.software = {"poetgen": __version__, "torch": torch.__version__, "commit": source_commit()}
         self.on_event = on_event
         self.on_train_event = on_train_event
         self.device = pick_device(self.cfg.device)
@@ -407,6 +411,7 @@ class Trainer:
             train_config=asdict(self.cfg),
             device=str(self.device),
             time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            software=self.software,
         )
 
     def run_state(self) -> RunState:

@@ -186,6 +186,7 @@ def test_stop_signals_save_last_pt_and_the_run_resumes(prepared, tmp_path, monke
     assert "Traceback" not in result.stderr and "Resume with: poetgen train --out" in result.stderr
     assert f"stopped by {signal.Signals(sig).name} at step 7" in result.stderr and "--data-dir" in result.stderr
     assert f"'{out}'" in result.stderr  # the path with a space is quoted
+    assert "error" not in result.stderr.strip().splitlines()[-1]  # a stop asked for is not an error
     assert checkpoint.read(out / "last.pt").train_state["step"] == 7
     monkeypatch.undo()
     resumed = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--max-steps", "10", "--quiet",
@@ -661,3 +662,15 @@ def test_no_color_set_but_empty_keeps_colour(monkeypatch):
     assert not no_color()
     monkeypatch.setenv("NO_COLOR", "1")
     assert no_color()
+
+
+def test_output_into_a_missing_folder_is_refused_like_cp(tmp_path):
+    result = cli("sample", "--form", "wujue", "-o", str(tmp_path / "missing" / "x.txt"))
+    assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_piped_tables_have_no_box_characters(prepared):
+    result = cli("corpus", "stats", "--data-dir", str(prepared))
+    assert result.exit_code == 0, result.stderr
+    assert "poems" in result.stdout and not set(result.stdout) & set("│┃━─┏┗┡┩")

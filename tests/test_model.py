@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import poetgen
 from poetgen import checkpoint, corpus
 from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
@@ -369,7 +370,7 @@ def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_pa
                                   "--emb-size", "16", "--batch-size", "8", "--bptt", "16", "--max-steps", "6",
                                   "--eval-every", "3", "--quiet"])
     assert trained.exit_code == 0, trained.stderr
-    shipped = tmp_path / "ship" / "model.pt"
+    shipped = tmp_path / "model.pt"
     result = runner.invoke(app, ["export", "-c", str(out / "best.pt"), "-o", str(shipped), "--data-dir",
                                  str(prepared)])
     assert result.exit_code == 0, result.stderr
@@ -385,6 +386,7 @@ def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_pa
     assert card["parameters"] == LanguageModel(ModelConfig.from_dict(card["model_config"])).num_parameters()
     assert card["test"]["body"]["perplexity"] == pytest.approx(payload["meta"]["test"]["body"]["perplexity"])
     assert card["corpus"]["version"] == "2.0.1"
+    assert card["software"]["torch"] == torch.__version__ and card["software"]["poetgen"] == poetgen.__version__
 
 
 def test_missing_shipped_model_says_what_to_do(monkeypatch, tmp_path):

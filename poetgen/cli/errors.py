@@ -16,9 +16,11 @@ from ..errors import PoetgenError, UsageError
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print a one-line error on stderr and return the Exit to raise."""
+    """Print a one-line error on stderr and return the Exit to raise. A stop the user asked for (Ctrl-C,
+    exit 130) is not an error and is not called one."""
+    label = "" if code == 130 else "error: "
     try:
-        sys.stderr.write(f"poetgen: error: {' '.join(message.split())}\n")
+        sys.stderr.write(f"poetgen: {label}{' '.join(message.split())}\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

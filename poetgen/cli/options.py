@@ -86,7 +86,14 @@ def checkpoint_option(help: str = "Model file.", **kw):
 
 
 def output_option(help: str, **kw):
-    return typer.Option("--output", "-o", help=help, **{"metavar": "FILE", **kw})
+    return typer.Option("--output", "-o", help=help, callback=_output_in_a_folder, **{"metavar": "FILE", **kw})
+
+
+def _output_in_a_folder(value: Path | None) -> Path | None:
+    """--output names a file in a folder that exists: like cp, poetgen does not create folders."""
+    if value is not None and not value.absolute().parent.is_dir():
+        raise UnknownName(f"--output {value}: the folder {value.absolute().parent} does not exist: create it first")
+    return value
 
 
 def json_option(help: str = "Print JSON on stdout instead of text."):

@@ -39,6 +39,14 @@ def captured(*renderables) -> str:
     return capture.get()
 
 
+def table(title: str, stream):
+    """A rich table: boxed in a terminal, plain aligned columns (no box characters) into a pipe or a file."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, box=box.HEAVY_HEAD if stream.isatty() else None)
+
+
 def fmt(x, digits: int = 1) -> str:
     return "-" if x is None or x != x else f"{x:.{digits}f}"
 
@@ -75,19 +83,18 @@ def corpus_stats_json(meta: dict, top: int) -> str:
 
 
 def corpus_stats(meta: dict, top: int, glyphs_file: Path) -> str:
-    from rich.table import Table
-
     splits = ("train", "val", "test")
-    table = Table(title=f"全唐诗 corpus ({meta['script']}, {meta['source']['package']}@{meta['source']['version']})")
-    table.add_column("")
+    counts = table(f"全唐诗 corpus ({meta['script']}, {meta['source']['package']}@{meta['source']['version']})",
+                   sys.stdout)
+    counts.add_column("")
     for s in splits:
-        table.add_column(s, justify="right")
+        counts.add_column(s, justify="right")
     for label, key in (("poems", "poems"), ("tokens", "tokens"), ("body characters", "characters"),
                        ("unknown tokens", "unknown_tokens")):
-        table.add_row(label, *(f"{meta[key][s]:,}" for s in splits))
+        counts.add_row(label, *(f"{meta[key][s]:,}" for s in splits))
     for form in ("五绝", "七绝", "五律", "七律", "other"):
-        table.add_row(form, *(f"{meta['forms'][s].get(form, 0):,}" for s in splits))
-    drops = Table(title=f"dropped of {meta['poems_read']:,} poems read")
+        counts.add_row(form, *(f"{meta['forms'][s].get(form, 0):,}" for s in splits))
+    drops = table(f"dropped of {meta['poems_read']:,} poems read", sys.stdout)
     drops.add_column("reason")
     drops.add_column("poems", justify="right")
     for reason, n in meta["dropped"].items():
@@ -108,27 +115,25 @@ def corpus_stats(meta: dict, top: int, glyphs_file: Path) -> str:
                      f"{song['tokens']:,} tokens ({song['unknown_tokens']:,} outside the Tang vocabulary), "
                      f"dropped: " + ", ".join(f"{k} {v:,}" for k, v in song["dropped"].items()))
     lines.append("most frequent: " + " ".join(f"{c}{n}" for c, n in meta["top_chars"][:top]))
-    return captured(table, *lines, drops)
+    return captured(counts, *lines, drops)
 
 
 # -- train, eval, info ----------------------------------------------------------------------------------
 
 
 def print_train_summary(summary: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title="training summary")
-    table.add_column("")
-    table.add_column("value", justify="right")
-    table.add_row("steps", f"{summary['steps']:,}")
-    table.add_row("epochs", f"{summary['epochs']:.2f}")
-    table.add_row("parameters", f"{summary['parameters']:,}")
-    table.add_row("tokens/s", f"{summary['tokens_per_s']:,.0f}")
-    table.add_row("time", f"{summary['elapsed_s']:.0f} s")
-    table.add_row("best val ppl", fmt(summary["best_val_ppl"], 2))
-    table.add_row("stopped by", summary["stop_reason"])
-    table.add_row("best model", str(Path(summary["out"]) / "best.pt"))
-    console().print(table)
+    rows = table("training summary", sys.stderr)
+    rows.add_column("")
+    rows.add_column("value", justify="right")
+    rows.add_row("steps", f"{summary['steps']:,}")
+    rows.add_row("epochs", f"{summary['epochs']:.2f}")
+    rows.add_row("parameters", f"{summary['parameters']:,}")
+    rows.add_row("tokens/s", f"{summary['tokens_per_s']:,.0f}")
+    rows.add_row("time", f"{summary['elapsed_s']:.0f} s")
+    rows.add_row("best val ppl", fmt(summary["best_val_ppl"], 2))
+    rows.add_row("stopped by", summary["stop_reason"])
+    rows.add_row("best model", str(Path(summary["out"]) / "best.pt"))
+    console().print(rows)
 
 
 def figures(r: dict) -> str:
@@ -156,7 +161,8 @@ def unknown_warning(result: dict) -> str | None:
 
 
 CARD_KEYS = ("checkpoint", "size_mb", "format_version", "architecture", "parameters", "vocab_size", "script",
-             "tone_table", "corpus", "corpus_hash", "step", "val", "test", "trained", "device", "resumable")
+             "tone_table", "corpus", "corpus_hash", "step", "val", "test", "trained", "device", "software", "resumable",
+             "critic")
 
 
 def model_card(card: dict) -> str:
@@ -171,6 +177,14 @@ def model_card(card: dict) -> str:
             value = f"{value.get('package')}@{value.get('version')}"
         elif key == "parameters":
             value = f"{value:,}"
+        elif key == "software":
+            value = "not recorded" if not isinstance(value, dict) else ", ".join(
+                f"{k} {v}" for k, v in value.items() if v is not None)
+        elif key == "critic":
+            auc = value.get("val_auc") if value else None
+            value = "none (best-of-N ranks by log-probability)" if value is None else (
+                f"ranks best-of-N (weight {value['weight']:g}"
+                + (f"; tells real poems from its own at val AUC {auc:.3f})" if isinstance(auc, float) else ")"))
         lines.append(f"{key:>14}: {value}")
     return "\n".join(lines) + "\n"
 
