@@ -189,6 +189,8 @@ class TrainConfig:
 
 
 MAX_NUM = 10_000  # poems per sample command; larger requests are refused
+FREE_LINE = 6  # the budget of a free-form acrostic line: five characters and a mark
+MAX_CHARS = 1000  # the longest free-form body (--max-chars)
 MAX_PROMPT = 1000  # characters of a --prompt: as long as the longest free-form body (--max-chars)
 MAX_TEMPERATURE = 100.0  # beyond this every allowed character is equally likely anyway
 NEEDS_FORM = "needs a regulated form: --form wujue, qijue, wulv or qilv"
@@ -284,8 +286,8 @@ def check_decoding(opts: SampleOptions) -> None:
     if opts.num * opts.best_of > MAX_NUM * 8:
         raise UsageError(f"--num × --best-of is {opts.num * opts.best_of:,}; at most {MAX_NUM * 8:,} rows are "
                          "drawn at once: lower one of them")
-    if not 2 <= opts.max_chars <= 1000:
-        raise UsageError(f"--max-chars must be between 2 and 1000, got {opts.max_chars}")
+    if not 2 <= opts.max_chars <= MAX_CHARS:
+        raise UsageError(f"--max-chars must be between 2 and {MAX_CHARS:,}, got {opts.max_chars}")
     if not 0 <= opts.seed < 2**63:
         raise UsageError(f"--seed must be in [0, 2**63), got {opts.seed}")
 
@@ -311,6 +313,10 @@ def check_text(opts: SampleOptions) -> None:
         raise UsageError(f"--title has {len(opts.title)} characters; titles have at most {MAX_TITLE}: shorten it")
     if opts.acrostic:
         check_heads(opts.acrostic, opts.form)
+        if opts.form is None and opts.max_chars < FREE_LINE * len(opts.acrostic):
+            raise UsageError(f"--acrostic has {len(opts.acrostic)} heads: a free-form poem of {len(opts.acrostic)} "
+                             f"lines needs --max-chars {FREE_LINE * len(opts.acrostic)} or more (now {opts.max_chars}; "
+                             f"at most {MAX_CHARS // FREE_LINE} heads): raise --max-chars or give fewer heads")
     if len(opts.prompt) > MAX_PROMPT:
         raise UsageError(f"--prompt has {len(opts.prompt):,} characters; a prompt has at most {MAX_PROMPT:,}: "
                          "shorten it")

@@ -598,11 +598,12 @@ def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
 
 def _install(data_dir: Path, outputs: dict[str, bytes], meta: bytes) -> None:
     """Put a built corpus in place all or nothing: every file is written and fsynced in a staging
-    folder first; meta.json, the manifest readers check, is removed before the first file moves in
-    and written after the last. A reader sees the old corpus, none, or the new one, never a mix."""
+    folder first, then a READY manifest; meta.json, the manifest readers check, is removed before the
+    first file moves in and written after the last. A kill before READY leaves the old corpus as it
+    was; a kill after it leaves a complete new corpus in staging, which the next reader or build moves
+    in (_finish_install). A reader sees the old corpus or the new one, never a mix, never none."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    for stale in data_dir.glob(".build-*"):  # left by a build that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    _finish_install(data_dir)
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=data_dir))
     try:
         for name, data in [*outputs.items(), ("meta.json", meta)]:
@@ -610,18 +611,68 @@ def _install(data_dir: Path, outputs: dict[str, bytes], meta: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        (data_dir / "meta.json").unlink(missing_ok=True)
+        with open(staging / READY, "w", encoding="utf-8") as f:
+            json.dump(sorted(outputs), f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(staging)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CorpusError(f"cannot write the corpus in {data_dir} ({e.strerror or e}): free some space or "
+                          "choose another --data-dir") from None
+    _move_in(data_dir, staging)
+
+
+READY = "READY"  # in a staging folder: every file of the new corpus is written; the names of the outputs
+
+
+def _move_in(data_dir: Path, staging: Path) -> None:
+    """Move a READY staging folder's files into place, meta.json last, then remove it (idempotent: a
+    move cut short is finished by running it again)."""
+    outputs = json.loads((staging / READY).read_text(encoding="utf-8"))
+    try:
+        if (staging / "meta.json").exists():
+            (data_dir / "meta.json").unlink(missing_ok=True)
         for name in outputs:
-            os.replace(staging / name, data_dir / name)
-        os.replace(staging / "meta.json", data_dir / "meta.json")
+            if (staging / name).exists():
+                os.replace(staging / name, data_dir / name)
+        if (staging / "meta.json").exists():
+            os.replace(staging / "meta.json", data_dir / "meta.json")
         for name in SONG_FILES:  # a corpus built without the 全宋诗 leaves none of an earlier one
             if name not in outputs:
                 (data_dir / name).unlink(missing_ok=True)
+        _fsync_dir(data_dir)
     except OSError as e:
-        raise CorpusError(f"cannot write the corpus in {data_dir} ({e.strerror or e}): free some space or "
-                          "choose another --data-dir") from None
+        raise CorpusError(f"cannot move the new corpus into {data_dir} ({e.strerror or e}): free some space; "
+                          "the next poetgen command finishes the move") from None
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _finish_install(data_dir: Path) -> None:
+    """Finish an install a kill cut short (a READY staging folder), and remove the staging folders of
+    builds killed before READY (the corpus they would have replaced is intact)."""
+    for staging in sorted(data_dir.glob(".build-*")):
+        if (staging / READY).is_file():
+            try:
+                _move_in(data_dir, staging)
+            except (ValueError, CorpusError):  # a READY cut short cannot be: fsynced before; be safe
+                shutil.rmtree(staging, ignore_errors=True)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the names in `folder` durable (renames and new files); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,7 +680,14 @@ def _install(data_dir: Path, outputs: dict[str, bytes], meta: bytes) -> None:
 
 
 def load_meta(data_dir: Path) -> dict:
-    """The metadata of a prepared corpus; CorpusError telling how to prepare one if absent."""
+    """The metadata of a prepared corpus; CorpusError telling how to prepare one if absent. An install
+    a kill cut short is finished first (unless a build holds the folder now)."""
+    if any(data_dir.glob(".build-*/" + READY)):
+        try:
+            with corpus_lock(data_dir):
+                _finish_install(data_dir)
+        except CorpusError:
+            pass  # a build is running: it moves its own files in
     path = data_dir / "meta.json"
     if not path.is_file():
         raise CorpusError(f"no prepared corpus in {data_dir}: run `poetgen corpus prepare` (or pass --data-dir)")

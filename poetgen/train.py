@@ -88,8 +88,10 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
         ckpt = checkpoint.read(last)
         train_config = checkpoint.train_config_of(ckpt)
         stored = {**asdict(train_config), **ckpt.config.to_dict(), "lr": train_config.peak_lr}
-        if preset is not None:
-            raise UsageError("--preset cannot change on --resume (the run keeps its shape): drop it")
+        if preset is not None and any(getattr(ckpt.config, k) != v for k, v in PRESETS[preset].items()
+                                      if k in SHAPE_OPTIONS):
+            raise UsageError(f"--preset {preset} is not this run's shape (the run keeps its own on --resume): "
+                             "drop --preset")
         for name, value in given.items():
             if name in TrainConfig.RESUMABLE:
                 setattr(train_config, name, value)
@@ -152,11 +154,14 @@ def run_lock(out: Path):
 
 
 class _StopRequest:
-    """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop checks between steps, so the state saved is
-    always that of a finished step. A second signal stops at once (last.pt keeps the last save)."""
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop checks between steps (and a validation checks as
+    it goes), so the state saved is always that of a finished step. Signals after the first are
+    counted and otherwise ignored: a second Ctrl-C must not cut a step or the save of last.pt in half.
+    (SIGKILL still stops anything; last.pt then keeps its previous save.)"""
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.again = 0  # signals after the first
         self.previous: dict = {}
 
     def __enter__(self):
@@ -169,7 +174,8 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         if self.signal_name is not None:
-            raise KeyboardInterrupt
+            self.again += 1
+            return
         self.signal_name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
@@ -342,7 +348,7 @@ class Trainer:
         from . import __version__
         from .paths import source_commit
 
-        self.software = {"poetgen": __version__, "torch": torch.__version__, "commit": source_commit()}
+        self.software = {"poetgen": __version__, "torch": str(torch.__version__), "commit": source_commit()}
         self.on_event = on_event
         self.on_train_event = on_train_event
         self.device = pick_device(self.cfg.device)

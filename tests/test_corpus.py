@@ -312,3 +312,40 @@ def test_real_package_end_to_end(tmp_path):
     for split in ("val", "test"):
         assert 0.015 < meta["poems"][split] / total < 0.025
     assert Path(tmp_path / "cache" / corpus.TARBALL).is_file()
+
+
+@pytest.mark.parametrize("moved", [0, 2, 5])
+def test_a_build_killed_while_moving_in_is_finished_by_the_next_reader(synthetic_package, tmp_path, monkeypatch, moved):
+    data = tmp_path / "data"
+    corpus.build(data, synthetic_package, script="traditional")
+    real_replace = corpus.os.replace
+    calls = []
+
+    def killed_after_some(src, dst):  # SIGKILL stand-in: the process stops between two renames
+        if len(calls) >= moved:
+            raise SystemExit("killed")
+        calls.append(dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(corpus.os, "replace", killed_after_some)
+    with pytest.raises(SystemExit):
+        corpus.build(data, synthetic_package, script="traditional", min_count=2)
+    monkeypatch.undo()
+    meta = corpus.load_meta(data)  # the reader finishes the install
+    assert meta["min_count"] == 2 and not list(data.glob(".build-*"))
+    again = tmp_path / "again"
+    corpus.build(again, synthetic_package, script="traditional", min_count=2)
+    for name in ("vocab.json", "train.bin", "poems.val.jsonl"):
+        assert (data / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_a_build_killed_before_its_files_are_ready_leaves_the_old_corpus(synthetic_package, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    corpus.build(data, synthetic_package, script="traditional")
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    monkeypatch.setattr(corpus.os, "fsync", lambda fd: (_ for _ in ()).throw(SystemExit("killed")))
+    with pytest.raises(SystemExit):
+        corpus.build(data, synthetic_package, script="traditional", min_count=2)
+    monkeypatch.undo()
+    assert corpus.load_meta(data)["min_count"] == 1
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before

@@ -129,12 +129,14 @@ def test_an_interrupted_rebuild_leaves_no_mixed_corpus(synthetic_package, tmp_pa
         real_replace(src, dst)
 
     monkeypatch.setattr(corpus.os, "replace", crash_after_two)
-    with pytest.raises(CorpusError, match="No space left"):
+    with pytest.raises(CorpusError, match="No space left.*finishes the move"):
         corpus.build(data, synthetic_package, script="traditional", min_count=3)
     monkeypatch.setattr(corpus.os, "replace", real_replace)
-    assert len(moved) == 2 and not list(data.glob(".build-*"))  # no staging folder left
-    result = cli("corpus", "stats", "--data-dir", str(data))
-    assert result.exit_code == 1 and one_line_error(result) and "corpus prepare" in result.stderr
+    assert len(moved) == 2 and not (data / "meta.json").exists()  # no reader takes the half-moved corpus
+    result = cli("corpus", "stats", "--data-dir", str(data), "--json")  # the next command finishes the move
+    assert result.exit_code == 0, result.stderr
+    assert not list(data.glob(".build-*")) and json.loads(result.stdout)["vocab_size"] > 0
+    assert corpus.load_meta(data)["min_count"] == 3
 
 
 def test_a_mixed_corpus_is_detected(prepared, tmp_path):
@@ -674,3 +676,40 @@ def test_piped_tables_have_no_box_characters(prepared):
     result = cli("corpus", "stats", "--data-dir", str(prepared))
     assert result.exit_code == 0, result.stderr
     assert "poems" in result.stdout and not set(result.stdout) & set("│┃━─┏┗┡┩")
+
+
+def test_a_second_signal_neither_cuts_the_step_nor_the_save(monkeypatch, prepared, tmp_path):
+    from poetgen import train
+
+    out = tmp_path / "run"
+    found = signal_at_step(monkeypatch, signal.SIGINT, 7)
+    real_save = train.Trainer.save_last
+
+    def signal_again_then_save(self):
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C, while last.pt is being written
+        return real_save(self)
+
+    monkeypatch.setattr(train.Trainer, "save_last", signal_again_then_save)
+    result = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "100000", *TINY_RUN)
+    assert found == ["_StopRequest._handle"] and result.exit_code == 130, result.stderr
+    assert "stopped by SIGINT at step 7" in result.stderr
+    assert checkpoint.read(out / "last.pt").train_state["step"] == 7
+
+
+def test_resume_with_the_runs_own_preset_is_allowed_and_another_refused(prepared, tmp_path):
+    out = tmp_path / "r"
+    tiny = ["--batch-size", "4", "--bptt", "8", "--eval-every", "100000", "--log-every", "5"]
+    first = cli("train", "--out", str(out), "--data-dir", str(prepared), "--preset", "tiny", "--max-steps", "2", *tiny)
+    assert first.exit_code == 0, first.stderr
+    same = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--preset", "tiny",
+               "--max-steps", "3")
+    assert same.exit_code == 0, same.stderr
+    other = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--preset", "small",
+                "--max-steps", "4")
+    assert other.exit_code == 2 and "--preset small" in other.stderr
+
+
+def test_a_closed_stderr_costs_the_progress_not_the_work(tiny_checkpoint, tmp_path, prepared):
+    shipped = tmp_path / "shipped.pt"
+    result = shell(f"{POETGEN} export -c {tiny_checkpoint} -o {shipped} --data-dir {prepared} --no-test 2>&-")
+    assert result.returncode == 0 and shipped.is_file()

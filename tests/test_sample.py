@@ -162,6 +162,7 @@ def test_streamed_characters_are_the_poems(form):
     ({"form": "wujue", "strict": True, "template": "no-such"}, "unknown template"),
     ({"title": "春" * 31}, "titles have at most 30"),
     ({"form": "qijue", "acrostic": "春风"}, "4 lines"),
+    ({"acrostic": "春" * 21}, "--max-chars 126"),  # free form: six characters a line at least
     ({"form": "wujue", "prompt": "春风,"}, "--prompt does not fit"),
     ({"form": "wujue", "acrostic": "春风春风", "prompt": "汉"}, "acrostic head"),
 ])

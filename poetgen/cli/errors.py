@@ -169,8 +169,8 @@ def run(app: typer.Typer) -> None:
     stdout or stderr, or one that cannot take what is written (a full disk), becomes an error we report."""
     if sys.stdout is None:
         sys.stdout = ClosedStream()
-    if sys.stderr is None:
-        sys.stderr = ClosedStream()
+    if sys.stderr is None:  # `2>&-`: progress and warnings go nowhere; the work and its exit code stand
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the life of the process
     utf8_streams()
     code: int | str | None = 0
     try:
