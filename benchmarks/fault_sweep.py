@@ -1,5 +1,8 @@
 """Run many bad commands against the real CLI and count what a careful operator would object to:
 a Python traceback, more than one line on stderr for an error, an exit code of 0 for bad input.
+Then fault scenarios run through bash, each with its own verdict: bytes that are not UTF-8, a C
+locale, closed and full streams, a diverging run, caps on what would hang, a double stop signal, an
+export that cannot measure, and kills in the write windows of `corpus build`.
 
     python benchmarks/fault_sweep.py               # uses the shipped model and a tiny synthetic corpus
     python benchmarks/fault_sweep.py --verbose     # every command with its exit code
@@ -99,9 +102,85 @@ def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]
     return out
 
 
+def scenarios(tmp: Path, pkg: Path, data: Path) -> list[tuple[str, str, object]]:
+    """(name, bash command line, verdict(proc) -> problem or None). $P is the real CLI."""
+    model = tmp / "m.pt"
+    subprocess.run([sys.executable, "-m", "poetgen", "train", "--data-dir", str(data), "--out", str(tmp / "seed"),
+                    "--hidden-size", "16", "--emb-size", "8", "--batch-size", "4", "--bptt", "8", "--max-steps",
+                    "2", "--quiet"], check=True, capture_output=True)
+    model.write_bytes((tmp / "seed" / "best.pt").read_bytes())
+    kept = tmp / "kept.pt"
+    kept.write_bytes(b"the previous file")
+    tiny = f"--data-dir {data} --hidden-size 16 --emb-size 8 --batch-size 4 --bptt 8"
+    poem = "白日依山尽 黄河入海流 欲穷千里目 更上一层楼"
+
+    def one_line(code):
+        def verdict(p):
+            err = p.stderr.decode("utf-8", "replace").strip().splitlines()
+            if b"Traceback" in p.stderr:
+                return "traceback"
+            if p.returncode != code:
+                return f"exit {p.returncode}, not {code}"
+            return None if len(err) == 1 else f"{len(err)} stderr lines"
+        return verdict
+
+    def no_traceback(p):
+        return "traceback" if b"Traceback" in p.stderr else None
+
+    def kept_intact(p):
+        return None if kept.read_bytes() == b"the previous file" and p.returncode != 0 else "export replaced the file"
+
+    def no_last(p):
+        last = tmp / "div" / "last.pt"
+        return "a NaN state was saved" if last.exists() else ("traceback" if b"Traceback" in p.stderr else None)
+
+    def double_signal(p):
+        import torch
+
+        path = tmp / "dbl" / "last.pt"
+        if b"Traceback" in p.stderr or not path.exists():
+            return "no last.pt after two signals"
+        state = torch.load(path, weights_only=True)["train_state"]
+        return None if isinstance(state.get("step"), int) else "last.pt without a step"
+
+    def corpus_whole(p):
+        d = tmp / "kill"
+        probe = subprocess.run([sys.executable, "-m", "poetgen", "corpus", "stats", "--data-dir", str(d), "--json"],
+                               capture_output=True)
+        return None if probe.returncode == 0 else "no corpus after a kill: " + probe.stderr.decode()[-120:]
+
+    kills = " ".join(f"(setsid $P corpus build --from {pkg} --data-dir {tmp / 'kill'} --script traditional --quiet & "
+                     f"pid=$!; sleep {t}; kill -9 -$pid 2>/dev/null; wait $pid);" for t in
+                     ("0.3", "0.6", "0.9", "1.2", "1.5", "1.8", "2.1", "2.4"))
+    return [
+        ("check: an argument not UTF-8", "$P check $'白日依山尽\\xff'", one_line(2)),
+        ("sample: a prompt not UTF-8", "$P sample --prompt $'\\xff'", one_line(2)),
+        ("check: a C locale", f"LC_ALL=C PYTHONUTF8=0 PYTHONCOERCECLOCALE=0 $P check -c {model} {poem}", no_traceback),
+        ("check: PYTHONIOENCODING=ascii", f"PYTHONIOENCODING=ascii $P check -c {model} {poem}", no_traceback),
+        ("--version into a closed stdout", "$P --version >&-", one_line(1)),
+        ("--help into a full disk", "$P --help >/dev/full", one_line(1)),
+        ("corpus stats into a full disk", f"$P corpus stats --data-dir {data} >/dev/full", one_line(1)),
+        ("train: --lr 20", f"$P train {tiny} --out {tmp / 'lr20'} --max-steps 3 --lr 20 --quiet", no_traceback),
+        ("train: a NaN validation", f"$P train {tiny} --out {tmp / 'div'} --max-steps 5 --lr 1e30 --warmup-steps 0 "
+         "--eval-every 1 --quiet", no_last),
+        ("train: --hidden-size 1000000", f"$P train {tiny} --out {tmp / 'huge'} --max-steps 1 --hidden-size 1000000",
+         one_line(2)),
+        ("train: --bptt 100000000", f"$P train {tiny} --out {tmp / 'bptt'} --max-steps 1 --bptt 100000000",
+         one_line(2)),
+        ("sample: a prompt of 5,000 characters", "$P sample --prompt $(printf '春%.0s' $(seq 5000))", one_line(2)),
+        ("export: no corpus to measure on", f"$P export -c {model} -o {kept} --data-dir {tmp / 'empty'}", kept_intact),
+        ("train: two SIGINTs 30 ms apart", f"$P train {tiny} --out {tmp / 'dbl'} --max-steps 100000 --log-every 5 "
+         f"--quiet & pid=$!; until [ -s {tmp / 'dbl' / 'metrics.jsonl'} ]; do sleep 0.1; done; "
+         "kill -INT $pid; sleep 0.03; kill -INT $pid; wait $pid", double_signal),
+        ("corpus build: SIGKILL at eight points", f"$P corpus build --from {pkg} --data-dir {tmp / 'kill'} --script "
+         f"traditional --quiet; {kills} true", corpus_whole),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--only", choices=("commands", "scenarios"), help="run one of the two parts")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -110,7 +189,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "poetgen", "corpus", "build", "--from", str(pkg), "--data-dir",
                         str(data), "--script", "traditional", "--quiet"], check=True)
         problems = 0
-        all_cases = cases(tmp, pkg, data)
+        all_cases = cases(tmp, pkg, data) if args.only != "scenarios" else []
         for argv, stdin in all_cases:
             proc = subprocess.run([sys.executable, "-m", "poetgen", *argv], input=stdin, capture_output=True,
                                   text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
@@ -127,7 +206,18 @@ def main() -> None:
             if issue or args.verbose:
                 print(json.dumps({"argv": argv, "rc": proc.returncode, "problem": issue,
                                   "stderr": proc.stderr.strip()[-300:]}, ensure_ascii=False), flush=True)
-        print(json.dumps({"commands": len(all_cases), "problems": problems}))
+        env = {**os.environ, "NO_COLOR": "1", "P": f"{sys.executable} -m poetgen"}
+        all_scenarios = scenarios(tmp, pkg, data) if args.only != "commands" else []
+        for name, command, verdict in all_scenarios:
+            proc = subprocess.run(["bash", "-c", command], capture_output=True, timeout=600, env=env)
+            issue = verdict(proc)
+            if issue:
+                problems += 1
+            if issue or args.verbose:
+                print(json.dumps({"scenario": name, "rc": proc.returncode, "problem": issue,
+                                  "stderr": proc.stderr.decode("utf-8", "replace").strip()[-300:]},
+                                 ensure_ascii=False), flush=True)
+        print(json.dumps({"commands": len(all_cases), "scenarios": len(all_scenarios), "problems": problems}))
 
 
 if __name__ == "__main__":
