@@ -108,7 +108,7 @@ class Streams:
         return torch.cat([torch.rand(n, generator=g) for g, n in self._runs])
 
 
-def draw(weights: torch.Tensor, gen: Streams | Streams) -> torch.Tensor:
+def draw(weights: torch.Tensor, gen: torch.Generator | Streams) -> torch.Tensor:
     """One token per row from weights (B, V), probabilities or unnormalized, by inverse CDF in two
     levels (a block of DRAW_BLOCK columns, then a column in it): one pass over (B, V) instead of a
     cumulative sum, and much faster on CPU than torch.multinomial. The random numbers come from
