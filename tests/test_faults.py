@@ -530,10 +530,10 @@ def test_check_reads_stdin_as_dash_and_through_a_pipe_path():
 
 def test_a_nan_validation_saves_nothing(prepared, tmp_path):
     out = tmp_path / "r"
-    result = real_poetgen("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "5", *TINY_RUN,
-                          "--lr", "1e30", "--warmup-steps", "0", "--eval-every", "1")
-    err = result.stderr.decode()
-    assert result.returncode == 1 and "Traceback" not in err
+    result = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "5", *TINY_RUN,
+                 "--lr", "1e30", "--warmup-steps", "0", "--eval-every", "1")
+    err = result.stderr
+    assert result.exit_code == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("poetgen: error: the validation loss became nan")
     assert not (out / "last.pt").exists() and not list(out.glob(".*.tmp"))
     for line in (out / "metrics.jsonl").read_text().splitlines():  # the log stays JSON
@@ -543,8 +543,8 @@ def test_a_nan_validation_saves_nothing(prepared, tmp_path):
 def test_export_keeps_the_old_file_when_it_cannot_measure(tiny_checkpoint, tmp_path):
     shipped = tmp_path / "shipped.pt"
     shipped.write_bytes(b"the previous model")
-    result = real_poetgen("export", "-c", str(tiny_checkpoint), "-o", str(shipped), "--data-dir", str(tmp_path))
-    assert result.returncode != 0 and one_line_error(result)
+    result = cli("export", "-c", str(tiny_checkpoint), "-o", str(shipped), "--data-dir", str(tmp_path))
+    assert result.exit_code != 0 and one_line_error(result)
     assert shipped.read_bytes() == b"the previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]
 
