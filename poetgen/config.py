@@ -100,6 +100,16 @@ PRESETS: dict[str, dict] = {
     "large": dict(emb_size=512, hidden_size=1536, num_layers=2, emb_dropout=0.15, dropout=0.6),
 }
 DEFAULT_PRESET = "small"
+WARMUP_STEPS = 200  # the warmup of a run whose budget is not shorter (see TrainConfig.warmup_steps)
+WARMUP_SHARE = 0.1  # at most this share of a budget (its steps, or its minutes) is warmup
+
+
+def warmup_steps_for(given: int | None, budget_steps: int | None) -> int:
+    """The warmup steps of a run: those given, else WARMUP_STEPS or a tenth of a step budget, the fewer
+    (a budget should buy a model, not a warmup; a time budget is shortened by Schedule as it runs)."""
+    if given is not None:
+        return given
+    return WARMUP_STEPS if not budget_steps else max(1, min(WARMUP_STEPS, int(WARMUP_SHARE * budget_steps)))
 MAX_PARAMETERS = 1_000_000_000  # weights, gradients and AdamW's two moments: 16 bytes each
 MAX_BPTT = 10_000  # characters per truncated-BPTT window (a 七律 record is ~70)
 MAX_BATCH = 65_536
@@ -123,7 +133,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float | None = None  # None: DEFAULT_LR of the optimizer
     min_lr_ratio: float = 0.1  # adamw: the cosine ends at lr * min_lr_ratio
-    warmup_steps: int = 200
+    warmup_steps: int | None = None  # None: WARMUP_STEPS, or a tenth of a budget in steps when that is fewer
     weight_decay: float = 0.01
     lr_decay: float = 0.5  # sgd: multiply the rate by this every epoch after decay_after
     decay_after: int = 4
@@ -171,7 +181,7 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be a number ≥ 0, got {value}")
         if not isinstance(self.sampled_softmax, int) or self.sampled_softmax < 0:
             raise UsageError(f"--sampled-softmax must be 0 (off) or a number of negatives, got {self.sampled_softmax}")
-        if self.warmup_steps < 0:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be ≥ 0, got {self.warmup_steps}")
         if not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")

@@ -1,7 +1,8 @@
 """The learning-rate schedule of a run, a pure function of where the run stands.
 
-AdamW: a linear warmup to the peak rate, then a cosine down to `min_lr_ratio` of it, spanning the
-run's steps or its minutes, whichever ends first. SGD (Zaremba et al.): the peak rate for the first
+AdamW: a linear warmup to the peak rate (over its steps, or a tenth of a time budget if that ends
+first), then a cosine down to `min_lr_ratio` of it, spanning the run's steps or its minutes,
+whichever ends first. SGD (Zaremba et al.): the peak rate for the first
 `decay_after` epochs, then multiplied by `lr_decay` once more at the start of each later epoch (a step
 decay)."""
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import TrainConfig
+from .config import WARMUP_SHARE, TrainConfig, warmup_steps_for
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Schedule:
     @classmethod
     def of(cls, config: TrainConfig, total_steps: int | None, total_minutes: float | None) -> Schedule:
         """The schedule of a run with `config`, spanning `total_steps` steps or `total_minutes` minutes."""
-        return cls(optimizer=config.optimizer, peak_lr=config.peak_lr, warmup_steps=config.warmup_steps,
+        return cls(optimizer=config.optimizer, peak_lr=config.peak_lr,
+                   warmup_steps=warmup_steps_for(config.warmup_steps, total_steps),
                    min_lr_ratio=config.min_lr_ratio, lr_decay=config.lr_decay, decay_after=config.decay_after,
                    total_steps=total_steps, total_minutes=total_minutes)
 
@@ -39,7 +41,11 @@ class Schedule:
         if self.optimizer == "sgd":
             return self.peak_lr * self.lr_decay ** self.decays(epoch)
         if step < self.warmup_steps:
-            return self.peak_lr * (step + 1) / self.warmup_steps
+            ramp = (step + 1) / self.warmup_steps
+            if self.total_minutes:  # a time budget: the warmup ends by WARMUP_SHARE of it at the latest
+                ramp = max(ramp, elapsed_s / (60 * self.total_minutes * WARMUP_SHARE))
+            if ramp < 1:
+                return self.peak_lr * ramp
         progress = self.cosine_progress(step, elapsed_s)
         return self.peak_lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -54,7 +60,7 @@ class Schedule:
             progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         if self.total_minutes:
             progress = max(progress, elapsed_s / (60 * self.total_minutes))
-        return min(1.0, progress)
+        return min(1.0, max(0.0, progress))
 
 
 __all__ = ["Schedule"]

@@ -19,7 +19,7 @@ import torch
 
 from . import checkpoint
 from .checkpoint import Checkpoint, ModelMeta
-from .config import PRESETS, REGULARIZERS, ModelConfig, TrainConfig
+from .config import PRESETS, REGULARIZERS, ModelConfig, TrainConfig, warmup_steps_for
 from .data import batchify, get_batch, num_windows
 from .device import autocast, pick_device, use_bf16
 from .errors import CheckpointError, PoetgenError, UsageError
@@ -367,7 +367,8 @@ class Trainer:
             self._note(sampled_softmax_warning(self.cfg.sampled_softmax, len(vocab)))
         self.val_stream = np.asarray(val_stream, dtype=np.int64)
         self.windows_per_epoch = num_windows(self.train_data, self.cfg.bptt)
-        # the schedule is fixed here; on --resume it comes from last.pt
+        # the schedule is fixed here (the warmup too, stored in the run's config); on --resume from last.pt
+        self.cfg = replace(self.cfg, warmup_steps=warmup_steps_for(self.cfg.warmup_steps, self.stop_steps))
         self.schedule = Schedule.of(self.cfg, self.stop_steps, self.cfg.max_minutes)
         self.optimizer = make_optimizer(self.model, self.cfg, self.device)
         # position and history: what RunState saves
@@ -654,7 +655,11 @@ class Trainer:
         return loss_value, x.numel()
 
     def _finish(self, stop_reason: str, train_loss: float) -> dict:
-        """Log the end of the run; its summary."""
+        """Log the end of the run (and say so when its budget bought no model); its summary."""
+        if math.isfinite(self.best_val) and perplexity(self.best_val) > 0.25 * len(self.vocab):
+            self._note(f"warning: this budget bought {self.step:,} steps and a val perplexity of "
+                       f"{perplexity(self.best_val):,.0f}, near a uniform guess ({len(self.vocab):,}): the model "
+                       "writes noise; give a larger --max-minutes or --max-steps, or --resume this run")
         end = RunEnded(step=self.step, train_loss=train_loss, steps=self.step,
                        epochs=round(self.tokens_seen / max(1, self.train_data.numel()), 3),
                        tokens_seen=self.tokens_seen, elapsed_s=round(self.elapsed, 1),

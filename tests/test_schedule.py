@@ -85,3 +85,21 @@ def test_training_with_sgd_decays_the_rate_at_each_epoch_boundary(prepared, tmp_
     assert sorted(lr_of_step) == list(range(1, 3 * per_epoch + 1))
     expected = [0.8] * per_epoch + [0.4] * per_epoch + [0.2] * per_epoch  # the rate of steps 1, 2, 3, ...
     assert [lr_of_step[s] for s in sorted(lr_of_step)] == pytest.approx(expected)
+
+
+def test_a_short_budget_is_not_all_warmup():
+    from poetgen.config import WARMUP_STEPS, warmup_steps_for
+
+    assert warmup_steps_for(None, None) == WARMUP_STEPS and warmup_steps_for(None, 100_000) == WARMUP_STEPS
+    assert warmup_steps_for(None, 50) == 5 and warmup_steps_for(None, 3) == 1
+    assert warmup_steps_for(7, 50) == 7  # what the user gives stands
+    assert Schedule.of(TrainConfig(max_steps=50), 50, None).warmup_steps == 5
+
+
+def test_a_time_budget_ends_the_warmup_by_a_tenth_of_its_minutes():
+    timed = Schedule("adamw", PEAK, warmup_steps=200, min_lr_ratio=0.1, total_minutes=1.0)
+    assert timed.lr(9, elapsed_s=0.0) == pytest.approx(PEAK * 10 / 200)  # by steps while it is early
+    assert timed.lr(9, elapsed_s=3.0) == pytest.approx(PEAK * 0.5)  # half of 6 s: half the peak
+    after = timed.lr(18, elapsed_s=6.0)  # 18 steps in, 6 s: the warmup is over, the cosine has begun
+    assert PEAK * 0.9 < after <= PEAK
+    assert timed.lr(40, elapsed_s=60.0) == pytest.approx(PEAK * 0.1)  # the end of the budget

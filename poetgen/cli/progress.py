@@ -12,6 +12,13 @@ from ..events import Note, RunStarted, Tick, TrainEvent, TrainLog, Validated, Va
 from ..text import plural
 from .render import console, fmt, plain_output
 
+SHARES = 1000  # a time budget's bar: thousandths of the way to its end
+
+
+def tokens(rate: float | None) -> str:
+    """A throughput, or - before there is one (validations before the first log line)."""
+    return f"{rate:,.0f}" if rate else "-"
+
 
 class StageProgress:
     """Progress on stderr fed by the library's progress(stage, done, total) calls: a live bar in a
@@ -70,14 +77,16 @@ class TrainProgress:
         self.task = None
         self.val_ppl = None
         self.plain = False
+        self.seconds = None  # a time budget: the bar runs to whichever end comes first, steps or seconds
+        self.steps = None
 
     def __enter__(self):
         self.plain = not self.quiet and plain_output()
         if not self.quiet and not self.plain:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[where]}"),
                 TextColumn("loss {task.fields[loss]}  val ppl {task.fields[ppl]}  {task.fields[tps]} tok/s "
                            "{task.fields[note]}"),
                 TimeRemainingColumn(), console=console(), refresh_per_second=4,
@@ -99,10 +108,10 @@ class TrainProgress:
             if self.plain:
                 typer.echo(f"step {e.step} epoch {e.epoch}: train loss {fmt(e.train_loss, 3)}, val loss "
                            f"{fmt(e.val_loss, 4)}, val ppl {fmt(e.val_ppl)} (body {fmt(e.val_body_ppl)}), "
-                           f"{e.tokens_per_s:,.0f} tok/s, {e.elapsed_s:.0f} s", err=True)
-            self._bar(e.step, e.epoch, e.train_loss, e.tokens_per_s)
+                           f"{tokens(e.tokens_per_s)} tok/s, {e.elapsed_s:.0f} s", err=True)
+            self._bar(e.step, e.epoch, e.train_loss, e.tokens_per_s, e.elapsed_s)
         elif isinstance(e, (TrainLog, Tick)):
-            self._bar(e.step, e.epoch, e.train_loss, e.tokens_per_s, e.total_steps)
+            self._bar(e.step, e.epoch, e.train_loss, e.tokens_per_s, e.elapsed_s, e.total_steps)
 
     def _started(self, e: RunStarted) -> None:
         self.val_ppl = e.val_ppl
@@ -115,11 +124,16 @@ class TrainProgress:
                        + (f"; sampled softmax, {e.sampled_softmax:,} negatives (train loss over the sampled "
                           "columns)" if e.sampled_softmax else ""), err=True)
         if self.progress is not None:
-            self.task = self.progress.add_task("train", total=e.total_steps, completed=e.step, epoch=e.epoch,
-                                               loss="-", ppl=fmt(e.val_ppl), tps="-", note="")
+            self.seconds, self.steps = (60 * e.max_minutes if e.max_minutes else None), e.stop_steps
+            total = SHARES if self.seconds else e.total_steps
+            self.task = self.progress.add_task("train", total=total, completed=0 if self.seconds else e.step,
+                                               epoch=e.epoch, where=f"step {e.step:,}", loss="-",
+                                               ppl=fmt(e.val_ppl), tps="-", note="")
 
     def _bar(self, step: int, epoch: int, train_loss: float | None, tokens_per_s: float | None,
-             total_steps: int | None = None) -> None:
+             elapsed_s: float, total_steps: int | None = None) -> None:
+        """The bar runs over the steps of the budget; with a time budget, to whichever end comes first,
+        the steps or the seconds (the steps a time buys are not known ahead: its end is)."""
         if self.task is None:
             return
         fields = {"epoch": epoch, "ppl": fmt(self.val_ppl), "note": ""}
@@ -127,6 +141,14 @@ class TrainProgress:
             fields["loss"] = fmt(train_loss, 3)
         if tokens_per_s:
             fields["tps"] = f"{tokens_per_s:,.0f}"
+        if self.seconds:
+            done = max(elapsed_s / self.seconds, step / self.steps if self.steps else 0.0)
+            fields["where"] = (f"step {step:,}" + (f"/{self.steps:,}" if self.steps else "")
+                               + f", {min(elapsed_s, self.seconds):.0f}/{self.seconds:.0f} s")
+            self.progress.update(self.task, completed=SHARES * min(1.0, done), **fields)
+            return
+        total = total_steps or self.progress.tasks[0].total
+        fields["where"] = f"step {step:,}/{total:,.0f}" if total else f"step {step:,}"
         self.progress.update(self.task, completed=step, **({"total": total_steps} if total_steps else {}),
                              **fields)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ...config import CELLS, DEFAULT_LR, ModelConfig
+from ...config import CELLS, DEFAULT_LR, WARMUP_STEPS, ModelConfig
 from ...config import TrainConfig as _D  # the defaults of a run, shown in --help
 from ...errors import UsageError
 from ..app import app
@@ -80,8 +80,9 @@ def train_cmd(
         f"{v:g} with {k}" for k, v in DEFAULT_LR.items()))] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on matrices.")] = (
         _D.weight_decay),
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup steps (adamw).")] = (
-        _D.warmup_steps),
+    warmup_steps: Annotated[Optional[int], typer.Option(
+        "--warmup-steps", help="Linear warmup steps (adamw).",
+        show_default=f"{WARMUP_STEPS}, or a tenth of the budget if that is less")] = _D.warmup_steps,
     min_lr_ratio: Annotated[float, typer.Option("--min-lr-ratio", help="The cosine ends at this share of the "
                                                 "peak rate (adamw).")] = _D.min_lr_ratio,
     lr_decay: Annotated[float, typer.Option("--lr-decay", help="sgd: multiply the rate by this each epoch after "
