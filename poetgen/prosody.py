@@ -253,16 +253,20 @@ def triple_ping_tail(line: str, tones: ToneTable) -> bool:
 
 
 def rare_readings(lines: list[str], template: Template, tones: ToneTable) -> list[dict]:
-    """Strict positions whose character fits the template only by a reading it rarely takes."""
+    """Strict positions whose character fits the template only by the reading it takes less often in
+    the corpus (under half its uses; without counts, not its usual reading)."""
     out = []
     for i, (line, pattern) in enumerate(zip(lines, template.patterns(), strict=True)):
         for p in template.strict_positions():
             c, want = line[p], pattern[p]
             usual = tones.usual(c)
-            if tones.tone(c) is not None and tones.fits(c, want) and usual != want:
-                share = tones.ping_share.get(c)
+            if tones.tone(c) is None or not tones.fits(c, want) or usual == want:
+                continue
+            ping = tones.ping_share.get(c)
+            share = None if ping is None else round(ping if want == PING else 1 - ping, 3)
+            if share is None or share < 0.5:  # the reading its uses take less often (or no counts to say)
                 out.append({"line": i + 1, "position": p + 1, "char": c, "expected": want, "usual": usual,
-                            "share": None if share is None else round(share if want == PING else 1 - share, 3)})
+                            "share": share})
     return out
 
 

@@ -218,7 +218,7 @@ def check_result(r) -> str:
         lines.append("rhymes: " + " ".join(f"{x['char']}({'/'.join(x['groups']) or '?'})" for x in r.rhymes)
                      + f" → {r.rhyme_group or 'no shared 平声 group'}")
     for w in r.warnings:
-        lines.append(f"warning: {w}")
+        lines.append(w if w.startswith("note: ") else f"warning: {w}")
     return "\n".join(lines)
 
 
