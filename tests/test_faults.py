@@ -713,3 +713,8 @@ def test_a_closed_stderr_costs_the_progress_not_the_work(tiny_checkpoint, tmp_pa
     shipped = tmp_path / "shipped.pt"
     result = shell(f"{POETGEN} export -c {tiny_checkpoint} -o {shipped} --data-dir {prepared} --no-test 2>&-")
     assert result.returncode == 0 and shipped.is_file()
+
+
+def test_install_completion_into_a_home_that_cannot_be_written_is_one_line():
+    result = shell(f"HOME=/proc SHELL=/bin/bash {POETGEN} --install-completion bash")
+    assert result.returncode == 1 and one_line_error(result) and b"cannot write" in result.stderr

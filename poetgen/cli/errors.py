@@ -121,10 +121,12 @@ class OneLineErrors(TyperGroup):
         except (OSError, ValueError) as e:  # help or version text that stdout cannot take; a read-only HOME
             if isinstance(e, ValueError) and "closed file" not in str(e):
                 raise
-            where = f" {e.filename}" if isinstance(e, OSError) and e.filename else ""
             reason = e.strerror if isinstance(e, OSError) and e.strerror else "stdout is closed"
             code = 1
-            fail(f"cannot write{where} ({reason}): redirect the output, or fix the permissions")
+            if isinstance(e, OSError) and e.filename:  # a file of ours (a shell's completion script)
+                fail(f"cannot write {e.filename} ({reason}): fix the permissions, or free some space")
+            else:
+                fail(f"cannot write the output ({reason}): redirect it to a file that can take it")
         except Exception as e:  # noqa: BLE001 - Click's usage errors (no such option, bad value, missing option)
             if not hasattr(e, "format_message"):
                 raise
