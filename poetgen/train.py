@@ -577,12 +577,23 @@ class Trainer:
         (SIGINT, SIGTERM, SIGHUP) saves last.pt after the current step and raises TrainingInterrupted."""
         self.out.mkdir(parents=True, exist_ok=True)
         with run_lock(self.out), _StopRequest() as stop:
+            self._refuse_a_finished_run()
             self._stop = stop
             try:
                 self._emit(self._started())
                 return self._run(on_step, stop)
             finally:
                 self._stop = None
+
+    def _refuse_a_finished_run(self) -> None:
+        """UsageError for --resume of a run that had ended: nothing to train, and its log keeps one end."""
+        if self.step == 0 or self.pending_eval is not None or self.evaluated_step != self.step:
+            return
+        patience = self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
+        if patience or self._out_of_budget():
+            why = "early stopping ended it" if patience else "its budget is spent"
+            raise UsageError(f"{self.out} is a finished run (step {self.step:,}; {why}): to train on, resume with "
+                             "a larger --max-steps, --epochs or --max-minutes" + (" and --patience" if patience else ""))
 
     def _run(self, on_step, stop: _StopRequest) -> dict:
         """A validation a stop signal cut short, then training, then a last validation unless the last

@@ -718,3 +718,14 @@ def test_a_closed_stderr_costs_the_progress_not_the_work(tiny_checkpoint, tmp_pa
 def test_install_completion_into_a_home_that_cannot_be_written_is_one_line():
     result = shell(f"HOME=/proc SHELL=/bin/bash {POETGEN} --install-completion bash")
     assert result.returncode == 1 and one_line_error(result) and b"cannot write" in result.stderr
+
+
+def test_resume_of_a_finished_run_is_refused_and_its_log_keeps_one_end(prepared, tmp_path):
+    out = tmp_path / "r"
+    assert cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "2", *TINY_RUN).exit_code == 0
+    again = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume")
+    assert again.exit_code == 2 and "finished run" in again.stderr and "--max-steps" in again.stderr
+    events = [json.loads(line)["event"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("end") == 1
+    more = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--max-steps", "4")
+    assert more.exit_code == 0, more.stderr

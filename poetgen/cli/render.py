@@ -13,8 +13,9 @@ from ..text import LINE_END, finite, plural
 
 
 def plain_output() -> bool:
-    """No colours, styles or cursor movement: NO_COLOR is set (and not empty), or stderr is not a terminal."""
-    return no_color() or not sys.stderr.isatty()
+    """No colours, styles or cursor movement: NO_COLOR is set (and not empty), TERM=dumb (a terminal that
+    shows no colours: text stands in for them), or stderr is not a terminal."""
+    return no_color() or os.environ.get("TERM") == "dumb" or not sys.stderr.isatty()
 
 
 def no_color() -> bool:
