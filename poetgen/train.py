@@ -592,8 +592,9 @@ class Trainer:
         patience = self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
         if patience or self._out_of_budget():
             why = "early stopping ended it" if patience else "its budget is spent"
+            more = "a larger --max-steps, --epochs or --max-minutes" + (" and --patience" if patience else "")
             raise UsageError(f"{self.out} is a finished run (step {self.step:,}; {why}): to train on, resume with "
-                             "a larger --max-steps, --epochs or --max-minutes" + (" and --patience" if patience else ""))
+                             f"{more}")
 
     def _run(self, on_step, stop: _StopRequest) -> dict:
         """A validation a stop signal cut short, then training, then a last validation unless the last
