@@ -279,20 +279,27 @@ def normalize_poem(block: str) -> str:
     return "".join(rows)
 
 
+MAX_POEM_CHARS = 100_000  # one poem's text in `check` (a 七律 is 64): past this, the input is not poems
+
+
 def read_poems(lines: Iterable[str]) -> Iterator[str]:
     """The poems of a text given line by line, separated by blank lines, each normalized (empty ones
     dropped); a first line in 《》 is the poem's title and is skipped. Lazy: one poem in memory at a
     time, whatever the length of the input."""
     block: list[str] = []
+    size = 0
     for line in lines:
         stripped = line.strip(" \t\u3000\r\n")
         if stripped.startswith("《") and stripped.endswith("》") and not block:
             continue  # a title line, as `poetgen sample` writes it
         if stripped:
             block.append(line.rstrip("\r\n"))
-            if len(block) > 10_000:
-                raise UsageError("a poem of over 10,000 lines: separate poems by blank lines")
+            size += len(line)
+            if len(block) > 10_000 or size > MAX_POEM_CHARS:
+                raise UsageError(f"a poem of over 10,000 lines or {MAX_POEM_CHARS:,} characters: separate poems "
+                                 "by blank lines")
             continue
+        size = 0
         poem = normalize_poem("\n".join(block))
         block = []
         if poem:

@@ -729,3 +729,10 @@ def test_resume_of_a_finished_run_is_refused_and_its_log_keeps_one_end(prepared,
     assert events.count("end") == 1
     more = cli("train", "--out", str(out), "--data-dir", str(prepared), "--resume", "--max-steps", "4")
     assert more.exit_code == 0, more.stderr
+
+
+def test_a_huge_one_line_check_input_is_refused_without_reading_it_all_into_a_poem(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("春" * 2_000_000, encoding="utf-8")
+    result = cli("check", "--file", str(big))
+    assert result.exit_code == 2 and "separate poems by blank lines" in result.stderr
