@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +246,8 @@ class RunState:
     schedule_minutes: float | None
     optimizer: dict  # the optimizer's state_dict
     rng: dict  # the random generators' states (torch, and cuda on a GPU)
+    meter: dict | None = None  # the train loss since the last log line ({loss_sum, steps}): the resumed
+    # run's next log line then reports what the uninterrupted run's does (absent in older files: none)
 
     def to_dict(self) -> dict:
         """The training state as last.pt stores it (a shallow dict: tensors are not copied)."""
@@ -255,11 +257,11 @@ class RunState:
     def from_dict(cls, train_state: dict, path: Path) -> RunState:
         """The training state last.pt at `path` holds; CheckpointError when a field is missing (a file
         of an older poetgen)."""
-        missing = [f.name for f in fields(cls) if f.name not in train_state]
+        missing = [f.name for f in fields(cls) if f.name not in train_state and f.default is MISSING]
         if missing:
             raise CheckpointError(f"{path} holds the training state of an older poetgen (no {missing[0]}): start "
                                   f"a new run from its weights with --init-from {path}")
-        return cls(**{f.name: train_state[f.name] for f in fields(cls)})
+        return cls(**{f.name: train_state[f.name] for f in fields(cls) if f.name in train_state})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +386,8 @@ class Trainer:
         self.evaluated_step: int | None = None  # the step of the last finished validation
         self.pending_eval: dict | None = None  # a validation a stop signal cut short: redone on --resume
         self._stop: _StopRequest | None = None  # while run() runs
+        self._meter: _Meter | None = None  # while run() runs: what last.pt saves of the loss since the last log
+        self._meter_carry: dict | None = None  # from last.pt on --resume
         self.eval_seconds = 0.0  # how long the last validation took
 
     @property
@@ -431,7 +435,9 @@ class Trainer:
                         evals_since_best=self.evals_since_best, evaluated_step=self.evaluated_step,
                         pending_eval=self.pending_eval, train_config=asdict(self.cfg),
                         schedule_steps=self.schedule.total_steps, schedule_minutes=self.schedule.total_minutes,
-                        optimizer=self.optimizer.state_dict(), rng=_rng_state(self.device))
+                        optimizer=self.optimizer.state_dict(), rng=_rng_state(self.device),
+                        meter={"loss_sum": self._meter.loss_sum, "steps": self._meter.steps}
+                        if self._meter is not None and self._meter.steps else None)
 
     def save_last(self) -> Path:
         """Write last.pt: the weights and the run's state, everything --resume needs. Weights that are
@@ -474,6 +480,7 @@ class Trainer:
         self.tokens_seen, self.elapsed = saved.tokens_seen, saved.elapsed
         self.best_val, self.evals_since_best = saved.best_val, saved.evals_since_best
         self.evaluated_step, self.pending_eval = saved.evaluated_step, saved.pending_eval
+        self._meter_carry = saved.meter if isinstance(saved.meter, dict) else None
         self.schedule = replace(self.schedule, total_steps=saved.schedule_steps,
                                 total_minutes=saved.schedule_minutes)
 
@@ -601,7 +608,10 @@ class Trainer:
         step had one; last.pt saved and TrainingInterrupted on a stop signal."""
         self.model.train()
         now = time.perf_counter()
-        meter = _Meter(origin=now - self.elapsed, since=now)
+        meter = self._meter = _Meter(origin=now - self.elapsed, since=now)
+        if self._meter_carry:
+            meter.loss_sum, meter.steps = float(self._meter_carry["loss_sum"]), int(self._meter_carry["steps"])
+            self._meter_carry = None
         try:
             if self.pending_eval is not None:  # a stop signal cut this step's validation short
                 meter.train_loss, meter.tokens_per_s = (self.pending_eval["train_loss"],

@@ -676,3 +676,27 @@ def test_threads_follow_the_request_the_environment_then_the_free_cores(monkeypa
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def test_the_resumed_log_reports_what_the_uninterrupted_one_does(prepared, tmp_path):
+    straight = _trainer(prepared, tmp_path / "a")
+    straight.run()
+
+    def interrupt(trainer):
+        if trainer.step == 13:  # between two log lines (every 5 steps): three steps' loss not yet reported
+            raise KeyboardInterrupt
+
+    first = _trainer(prepared, tmp_path / "b")
+    with pytest.raises(TrainingInterrupted):
+        first.run(on_step=interrupt)
+    second = _trainer(prepared, tmp_path / "b")
+    second.resume(tmp_path / "b" / "last.pt")
+    second.run()
+
+    def logs(folder):
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return {e["step"]: e["train_loss"] for e in lines if e["event"] == "log"}
+
+    a, b = logs(tmp_path / "a"), logs(tmp_path / "b")
+    assert sorted(a) == sorted(b) == [5, 10, 15, 20, 25, 30]
+    assert a == b  # step 15's line too: its five steps straddle the stop
