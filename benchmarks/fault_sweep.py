@@ -149,6 +149,27 @@ def scenarios(tmp: Path, pkg: Path, data: Path) -> list[tuple[str, str, object]]
                                capture_output=True)
         return None if probe.returncode == 0 else "no corpus after a kill: " + probe.stderr.decode()[-120:]
 
+    def saves_whole(p):
+        from poetgen import checkpoint
+
+        path = tmp / "killed" / "last.pt"
+        if not path.exists():
+            return "no last.pt after kills"
+        try:
+            checkpoint.read(path)
+        except Exception as e:  # noqa: BLE001
+            return f"last.pt unreadable after a kill: {e}"
+        return None
+
+    def poems_whole(p):
+        text = (tmp / "poems.txt").read_text(encoding="utf-8")
+        return None if text == "old\n" or text.count("\n\n") == 49 else "a half-written -o file"
+
+    train_kills = " ".join(f"($P train {tiny} --out {tmp / 'killed'} --max-steps 100000 --eval-every 3 --quiet "
+                           f"{'--resume' if i else ''} & pid=$!; sleep {t}; kill -9 $pid; wait $pid);"
+                           for i, t in enumerate(("6", "6.3", "6.6", "6.9", "7.2", "7.5")))
+    sample_kills = " ".join(f"($P sample --form wujue --num 50 --best-of 1 -o {tmp / 'poems.txt'} & pid=$!; "
+                            f"sleep {t}; kill -9 $pid; wait $pid);" for t in ("3", "4", "5", "6", "7"))
     kills = " ".join(f"(setsid $P corpus build --from {pkg} --data-dir {tmp / 'kill'} --script traditional --quiet & "
                      f"pid=$!; sleep {t}; kill -9 -$pid 2>/dev/null; wait $pid);" for t in
                      ("0.3", "0.6", "0.9", "1.2", "1.5", "1.8", "2.1", "2.4"))
@@ -172,6 +193,8 @@ def scenarios(tmp: Path, pkg: Path, data: Path) -> list[tuple[str, str, object]]
         ("train: two SIGINTs 30 ms apart", f"$P train {tiny} --out {tmp / 'dbl'} --max-steps 100000 --log-every 5 "
          f"--quiet & pid=$!; until [ -s {tmp / 'dbl' / 'metrics.jsonl'} ]; do sleep 0.1; done; "
          "kill -INT $pid; sleep 0.03; kill -INT $pid; wait $pid", double_signal),
+        ("train: SIGKILL at six points, saving every 3 steps", f"{train_kills} true", saves_whole),
+        ("sample -o: SIGKILL at five points", f"echo old > {tmp / 'poems.txt'}; {sample_kills} true", poems_whole),
         ("corpus build: SIGKILL at eight points", f"$P corpus build --from {pkg} --data-dir {tmp / 'kill'} --script "
          f"traditional --quiet; {kills} true", corpus_whole),
     ]
