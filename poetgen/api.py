@@ -69,6 +69,7 @@ def check(poem: str, model: str | os.PathLike | None = None):
 
     poems = list(prosody.read_poems(poem.splitlines()))
     if len(poems) != 1 or not any(is_han(c) for c in poems[0]):
-        raise UsageError(f"give one poem's text (found {len(poems)} poems with Chinese characters)")
+        found = "no Chinese characters" if len(poems) == 1 else f"{len(poems)} poems"
+        raise UsageError(f"give the text of one poem (found {found})")
     tones = prosody.ToneTable.from_counts(checkpoint.tone_counts(model, None))
     return prosody.check_poem(to_script(poems[0], "simplified"), tones, prosody.load_rhymes("simplified"))

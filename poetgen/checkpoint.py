@@ -83,12 +83,15 @@ class Checkpoint:
     version: int = FORMAT_VERSION
     model: LanguageModel | None = field(default=None, repr=False)
     rerank: dict | None = field(default=None, repr=False)  # the critic of best-of-N (rerank.Reranker's payload)
+    critic: object = field(default=None, repr=False)  # that payload built, once (read builds it to check it)
 
     def reranker(self):
         """The model's critic as a rerank.Reranker, or None when it ships without one."""
-        from .rerank import Reranker
+        if self.rerank is not None and self.critic is None:
+            from .rerank import Reranker
 
-        return None if self.rerank is None else Reranker.from_payload(self.rerank, self.vocab)
+            self.critic = Reranker.from_payload(self.rerank, self.vocab)
+        return self.critic
 
     def require_vocab(self, vocab: Vocab, fix: str) -> None:
         """UsageError unless this model was trained on `vocab`."""
@@ -318,16 +321,16 @@ def read(path: str | os.PathLike) -> Checkpoint:
         raise _damaged(path, "its training state is malformed")
     if not all(torch.isfinite(v).all() for v in payload["state_dict"].values() if v.is_floating_point()):
         raise _damaged(path, "its weights are not finite numbers")
-    rerank = payload.get("rerank")
+    rerank, critic = payload.get("rerank"), None
     if rerank is not None:
         from .rerank import Reranker
 
         try:
-            Reranker.from_payload(rerank, vocab)
+            critic = Reranker.from_payload(rerank, vocab)
         except ValueError as e:
             raise _damaged(path, str(e)) from None
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
-                      payload["format_version"], rerank=rerank)
+                      payload["format_version"], rerank=rerank, critic=critic)
 
 
 def _weight_shapes(state_dict: dict) -> dict | None:
