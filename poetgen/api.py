@@ -52,12 +52,16 @@ class Model:
         return describe(self.checkpoint)
 
 
-def load(path: str | os.PathLike | None = None, int8: bool = True) -> Model:
-    """The model at `path` (a .pt file `poetgen train` or `export` wrote), else the shipped one, on the
-    CPU, where poems are written (`int8=False`: through the full-precision weights)."""
+def load(path: str | os.PathLike | None = None, int8: bool = True, device: str | None = None) -> Model:
+    """The model at `path` (a .pt file `poetgen train` or `export` wrote), else the shipped one, on
+    `device` (auto, cpu, cuda or mps; config.SAMPLE_DEVICE when None). On a CPU an LSTM samples through
+    int8 weights (`int8=False`: through the full-precision weights)."""
     from . import checkpoint
+    from .config import SAMPLE_DEVICE
+    from .device import pick_device
 
-    return Model(checkpoint.load(path if path is not None else checkpoint.default_checkpoint()), int8=int8)
+    where = pick_device(device or SAMPLE_DEVICE)
+    return Model(checkpoint.load(path if path is not None else checkpoint.default_checkpoint(), where), int8=int8)
 
 
 def check(poem: str, model: str | os.PathLike | None = None):

@@ -6,6 +6,7 @@ Format 2 is written and read; an older file is refused with a CheckpointError th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -15,9 +16,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ModelConfig, TrainConfig
+from .config import ATTESTED_DOUBLE, ModelConfig, TrainConfig
 from .errors import CheckpointError, UsageError
 from .paths import atomic_path, same_file, shipped_file
+from .text import plural
 from .vocab import Vocab
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it
@@ -84,6 +86,7 @@ class Checkpoint:
     model: LanguageModel | None = field(default=None, repr=False)
     rerank: dict | None = field(default=None, repr=False)  # the critic of best-of-N (rerank.Reranker's payload)
     critic: object = field(default=None, repr=False)  # that payload built, once (read builds it to check it)
+    doubles: dict[str, int] | None = field(default=None, repr=False)  # {char: 叠字 count} of the train split
 
     def reranker(self):
         """The model's critic as a rerank.Reranker, or None when it ships without one."""
@@ -155,7 +158,7 @@ def carry_vocab(weights: dict, old: Vocab, new: Vocab, fresh: dict) -> tuple[dic
 
 def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: ModelMeta,
          tones: dict | None = None, train_state: dict | None = None, half: bool = False,
-         rerank: dict | None = None) -> None:
+         rerank: dict | None = None, doubles: dict | None = None) -> None:
     """Write a checkpoint atomically (temp file, fsync, rename): a crash leaves the previous file intact.
     `half` stores floating-point weights as fp16 (a shipped model); they load back as fp32."""
     weights = model_state(model)
@@ -174,6 +177,8 @@ def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: Mode
         payload["train_state"] = train_state
     if rerank is not None:
         payload["rerank"] = rerank
+    if doubles is not None:
+        payload["doubles"] = doubles
     _write(path, payload)
 
 
@@ -227,6 +232,11 @@ def _validate_payload(path: Path, payload: Any) -> dict:
     if tones is not None and not (isinstance(tones, dict) and all(
             isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) for n in v) for v in tones.values())):
         raise _damaged(path, "its tone table is malformed")
+    doubles = payload.get("doubles")
+    if doubles is not None and not (isinstance(doubles, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in doubles.items())):
+        raise _damaged(path, "its 叠字 table is malformed")
     return payload
 
 
@@ -319,7 +329,8 @@ def read(path: str | os.PathLike) -> Checkpoint:
     train_state = payload.get("train_state")
     if train_state is not None and not isinstance(train_state, dict):
         raise _damaged(path, "its training state is malformed")
-    if not all(torch.isfinite(v).all() for v in payload["state_dict"].values() if v.is_floating_point()):
+    if not all(torch.isfinite(v.sum(dtype=torch.float32)) for v in payload["state_dict"].values()
+               if v.is_floating_point()):  # one pass each: a NaN or an infinity makes the sum non-finite
         raise _damaged(path, "its weights are not finite numbers")
     rerank, critic = payload.get("rerank"), None
     if rerank is not None:
@@ -330,7 +341,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         except ValueError as e:
             raise _damaged(path, str(e)) from None
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
-                      payload["format_version"], rerank=rerank, critic=critic)
+                      payload["format_version"], rerank=rerank, critic=critic, doubles=payload.get("doubles"))
 
 
 def _weight_shapes(state_dict: dict) -> dict | None:
@@ -348,12 +359,31 @@ def _expected_shapes(config: ModelConfig) -> dict:
             if not (config.tie_weights and k == "head.weight")}
 
 
+@contextlib.contextmanager
+def _without_init():
+    """Modules built inside skip their random initialization (a third of a second for a 2x1024),
+    for a model whose weights are all loaded next: torch.nn.init's functions return their tensor
+    untouched meanwhile. (Building on the meta device would import torch's reference ops: seconds.)"""
+    from torch.nn import init
+
+    names = ("uniform_", "normal_", "zeros_", "kaiming_uniform_", "xavier_uniform_")
+    saved = {name: getattr(init, name) for name in names}
+    for name in names:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
 def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu") -> LanguageModel:
     """The model of a checkpoint in eval mode on `device`."""
     from .model import LanguageModel
 
     try:
-        model = LanguageModel(ckpt.config)
+        with _without_init():  # every weight comes from the file
+            model = LanguageModel(ckpt.config)
         load_weights(model, ckpt.state_dict)
     except Exception:  # noqa: BLE001 - shapes or names that do not fit
         raise _damaged(ckpt.path, "its weights do not fit its config") from None
@@ -372,9 +402,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpo
 
 
 def export(source: Path, output: Path, tones: dict | None = None, half: bool = True,
-           measure=None) -> Checkpoint:
+           measure=None, doubles: dict | None = None) -> Checkpoint:
     """Write a shipped model from a trained one: weights only (fp16 by default), with the tone table
-    (`tones`, else the source's own) and the source's critic, if any. `measure(path) -> {split: figures}`
+    (`tones`, else the source's own), the 叠字 table (`doubles`, else the source's own, if any) and the
+    source's critic, if any. `measure(path) -> {split: figures}`
     evaluates the weights as they will be written (a temp file beside `output`); the figures are recorded
     in the file, and `output` is written once, at the end: a failure or a signal before then leaves any
     previous file intact."""
@@ -383,28 +414,38 @@ def export(source: Path, output: Path, tones: dict | None = None, half: bool = T
     ckpt = load(source)
     meta = ModelMeta(**{**asdict(ckpt.meta), "exported_from": str(source)})
     tones = tones if tones is not None else ckpt.tones
+    doubles = doubles if doubles is not None else ckpt.doubles
     if tones is None:
         raise UsageError(f"{source} has no tone table and no prepared corpus gives one: pass --data-dir with "
                          "the corpus it was trained on")
     if measure is not None:
         trial = Path(output).with_name(f".{Path(output).name}.measuring.{os.getpid()}.tmp")
         try:
-            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank)
+            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank, doubles=doubles)
             for split, figures in measure(trial).items():
                 setattr(meta, split, figures)
         finally:
             trial.unlink(missing_ok=True)
-    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank)
+    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank, doubles=doubles)
     return read(output)
 
 
 def attach_rerank(source: Path, output: Path, rerank: dict) -> Checkpoint:
     """Write `output`: the checkpoint `source` as it is, with `rerank` (a critic's payload) as its critic."""
+    return attach(source, output, rerank=rerank)
+
+
+def attach(source: Path, output: Path, **parts) -> Checkpoint:
+    """Write `output` atomically: the checkpoint `source` as it is, with the optional parts given
+    (rerank: a critic's payload; doubles: a 叠字 table) set or replaced; checked on the way in and out."""
     import torch
 
+    unknown = set(parts) - {"rerank", "doubles"}
+    if unknown:
+        raise ValueError(f"not an optional part of a checkpoint: {', '.join(sorted(unknown))}")
     read(source)  # checked like any checkpoint
     payload = torch.load(source, map_location="cpu", weights_only=True)
-    payload["rerank"] = rerank
+    payload.update(parts)
     _write(output, payload)
     return read(output)
 
@@ -425,6 +466,8 @@ def describe(ckpt: Checkpoint) -> dict:
         "vocab_size": len(ckpt.vocab),
         "script": m.script,
         "tone_table": ckpt.tones is not None,
+        "doubles": (f"{plural(sum(n >= ATTESTED_DOUBLE for n in ckpt.doubles.values()), 'character')} poets "
+                    f"double {ATTESTED_DOUBLE}+ times" if ckpt.doubles is not None else None),
         "corpus": m.corpus_source,
         "corpus_hash": m.corpus_hash,
         "step": m.step,

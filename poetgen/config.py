@@ -19,9 +19,11 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 1.0}  # the peak learning rate when --lr is not given
 DEVICES = ("auto", "cpu", "cuda", "mps")  # auto: cuda > mps > cpu
+SAMPLE_DEVICE = "cpu"  # where `sample` computes: a poem or ten are faster in int8 on the CPU than after a GPU's start
 SCRIPTS = ("simplified", "traditional")  # of a prepared corpus (and of the models trained on it)
 EVAL_SPLITS = ("val", "test")  # the splits `poetgen eval --split` measures
 SAMPLE_FORMATS = ("text", "json", "jsonl")  # what `poetgen sample --format` writes
+ATTESTED_DOUBLE = 5  # a fixed form writes a 叠字 (萧萧) only where the train split holds the pair this often
 SCORES = ("critic", "logprob")  # what best-of-N ranks by: see SampleOptions.score
 # the --template keys (prosody.Template.key) and the Chinese names also accepted (Template.name)
 TEMPLATES = {"ping-plain": "平起首句不入韵", "ping-rhymed": "平起首句入韵", "ze-plain": "仄起首句不入韵",

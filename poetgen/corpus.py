@@ -733,6 +733,24 @@ def val_records(data_dir: Path, limit: int, script: str | None = None) -> list[t
     return out
 
 
+def count_doubles(bodies: Iterable[str]) -> dict[str, int]:
+    """{character: how often poets write it twice in a row (叠字, 萧萧), inside a line}, over `bodies`."""
+    counts: Counter[str] = Counter()
+    for body in bodies:
+        for a, b in zip(body, body[1:], strict=False):
+            if a == b and is_han(a):
+                counts[a] += 1
+    return dict(sorted(counts.items()))
+
+
+def corpus_doubles(data_dir: Path) -> dict | None:
+    """The 叠字 of the prepared corpus's train split (count_doubles), stored in a shipped model so that
+    sampling writes only the pairs poets write (None if the corpus is absent)."""
+    if not (data_dir / "poems.train.jsonl").is_file():
+        return None
+    return count_doubles(p.body for p in iter_poems(data_dir, "train"))
+
+
 def corpus_tones(data_dir: Path) -> dict | None:
     """The prepared corpus's tone counts, stored in every checkpoint of a run (None if absent)."""
     from .prosody import load_tone_counts

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import SampleOptions
+from .config import ATTESTED_DOUBLE, SampleOptions
 from .errors import UsageError
 from .forms import TOKEN_CLASSES, Form, TokenClass
 from .prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
@@ -66,10 +66,16 @@ class ProsodyMasks:
     """Vocabulary masks from a tone table and 平水韵: characters whose usual reading is 平 or 仄, and
     a (groups, V) matrix of the 平声 groups' members that usually read 平."""
 
-    def __init__(self, vocab: Vocab, tones: ToneTable, rhymes: RhymeTable):
+    def __init__(self, vocab: Vocab, tones: ToneTable, rhymes: RhymeTable, doubles: dict[str, int] | None = None):
         V = len(vocab)
         self.vocab = vocab
         self.rhymes = rhymes
+        # the characters a 叠字 may double: those poets double ATTESTED_DOUBLE+ times (all, with no table)
+        self.may_double = torch.ones(V, dtype=torch.bool)
+        if doubles is not None:
+            self.may_double[:] = False
+            ids = [vocab.stoi[c] for c, n in doubles.items() if n >= ATTESTED_DOUBLE and c in vocab.stoi]
+            self.may_double[ids] = True
         self.ping = torch.zeros(V, dtype=torch.bool)
         self.ze = torch.zeros(V, dtype=torch.bool)
         for i, t in enumerate(vocab.tokens):
@@ -143,6 +149,7 @@ class VerseState:
     def __init__(self, rules: VerseRules, form: Form, rows: int, templates_per_row: list[Template] | None):
         prosody = rules.masks
         V = len(prosody.vocab)
+        self.double_weight = torch.where(prosody.may_double, rules.doubled, 0.0)  # (V,): a 叠字 of each character
         self.rules, self.form, self.prosody = rules, form, prosody
         self.uses = torch.zeros(rows, V, dtype=torch.int16)
         self.prev = torch.full((rows,), -1, dtype=torch.long)  # the previous character in the line
@@ -198,10 +205,10 @@ class VerseState:
                 hard = plain if hard is None else hard.mul_(plain)
         elif self.strict:
             hard = self.tone_masks[self.want[:, line, col].long()]
-        if self.soft is not None and col > 0:  # 叠字: the previous character may come again, once
+        if self.soft is not None and col > 0:  # 叠字: the previous character may come again, once, if poets double it
             rows = torch.nonzero((self.prev >= 0) & ~self.prev_doubled).squeeze(1)
             self.excepted = (rows, self.prev[rows])
-            self.soft[self.excepted] = self.rules.doubled
+            self.soft[self.excepted] = self.double_weight[self.excepted[1]]
         return hard, self.soft
 
     def advance(self, line: int, col: int, tokens: torch.Tensor) -> None:

@@ -221,6 +221,7 @@ class Stepper:
 
     def __init__(self, model: LanguageModel):
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # the model's; token ids come and logits go on the CPU
         cfg = model.config
         self.fast = cfg.cell == "lstm"
         if not self.fast:
@@ -245,11 +246,11 @@ class Stepper:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, object]:
         """Run a (B, T) prefix through the model: logits of the last position (B, V) and the state."""
-        logits, state = self.model(ids)
+        logits, state = self.model(ids.to(self.device))
         if self.fast:
             h, c = state
             state = [(h[i], c[i]) for i in range(h.size(0))]
-        return logits[:, -1], state
+        return logits[:, -1].float().cpu(), state
 
     def expand(self, state, rows: int):
         """Repeat a batch-1 state for `rows` rows."""
@@ -261,6 +262,7 @@ class Stepper:
 
     def select(self, state, rows: torch.Tensor):
         """The state of the given rows (a LongTensor of row indexes, repeats allowed)."""
+        rows = rows.to(self.device)
         if self.fast:
             return [(h[rows], c[rows]) for h, c in state]
         if isinstance(state, tuple):
@@ -270,6 +272,7 @@ class Stepper:
     @torch.inference_mode()
     def put(self, dest, rows: torch.Tensor, src, which: torch.Tensor) -> None:
         """Write the state of rows `which` of `src` into rows `rows` of `dest`, in place."""
+        rows, which = rows.to(self.device), which.to(self.device)
         if self.fast:
             for (hd, cd), (hs, cs) in zip(dest, src, strict=True):
                 hd[rows], cd[rows] = hs[which], cs[which]
@@ -281,10 +284,11 @@ class Stepper:
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
-        """One token per row, ids (B,): next-token logits (B, V) and the new state."""
+        """One token per row, ids (B,): next-token logits (B, V, fp32 on the CPU) and the new state."""
+        ids = ids.to(self.device)
         if not self.fast:
             logits, state = self.model(ids[:, None], state)
-            return logits[:, 0], state
+            return logits[:, 0].float().cpu(), state
         new_state = []
         h, c = state[0]
         gates = torch.addmm(self.table0[ids], h, self.w_hh0)
@@ -297,29 +301,29 @@ class Stepper:
             new_state.append((x, c))
         if self.proj is not None:
             x = torch.addmm(self.proj[1], x, self.proj[0])
-        return torch.addmm(self.head_b, x, self.head_w), new_state
+        return torch.addmm(self.head_b, x, self.head_w).float().cpu(), new_state
 
 
 INT8_LARGE_BATCH = 32  # rows from which the onednn kernels beat fbgemm's (benchmarks/sample_speed.py)
 
 
-def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None, engine: str):
-    """`weight` (out, in) packed for `engine`'s int8 kernels with one scale per output row
-    (symmetric), for torch.ops.quantized.linear_dynamic; activations are quantized per call, the
-    bias stays fp32. Packs of two engines live side by side: each call runs its own pack's kernel."""
-    import warnings
-
+def _quantize(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out, in) as int8 with one scale per output row (symmetric)."""
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+    return torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+
+
+def _int8_linear(q: torch.Tensor, bias: torch.Tensor | None, engine: str):
+    """A weight quantized by _quantize packed for `engine`'s int8 kernels, for
+    torch.ops.quantized.linear_dynamic; activations are quantized per call, the bias stays fp32.
+    Packs of two engines live side by side: each call runs its own pack's kernel."""
     previous = torch.backends.quantized.engine
-    with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; the ops are not
-        warnings.simplefilter("ignore")
-        try:
-            torch.backends.quantized.engine = engine
-            q = torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
-            return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
-        finally:
-            torch.backends.quantized.engine = previous
+    try:
+        torch.backends.quantized.engine = engine
+        return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
+    finally:
+        torch.backends.quantized.engine = previous
 
 
 def int8_engines() -> tuple[str, str] | None:
@@ -349,6 +353,7 @@ class Int8Stepper(Stepper):
             raise ValueError("the int8 path needs an LSTM and a quantized engine")
         self.model = model.eval()
         self.fast = True
+        self.device = torch.device("cpu")
         rnn, cfg = model.rnn, model.config
         H = cfg.hidden_size
         order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
@@ -358,17 +363,30 @@ class Int8Stepper(Stepper):
             self.b0 = (rnn.bias_ih_l0 + rnn.bias_hh_l0)[order]
             self.table0 = torch.empty(cfg.vocab_size, 4 * H)  # filled on first use (pages untouched till then)
             self.filled = torch.zeros(cfg.vocab_size, dtype=torch.bool)
-            self.packs = []
-            for engine in dict.fromkeys(engines):
-                layers = [_int8_linear(rnn.weight_hh_l0[order], None, engine)]
+            # the int8 weights, (weight, bias) per product: first layer's hidden-to-hidden, the upper
+            # layers' [input, hidden] → 4H, the projection, the output layer
+            import warnings
+
+            with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; the ops are not
+                warnings.simplefilter("ignore")
+                self.weights = [(_quantize(rnn.weight_hh_l0[order]), None)]
                 for layer in range(1, cfg.num_layers):
                     w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], 1)
                     b = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
-                    layers.append(_int8_linear(w[order], b[order], engine))  # input [x, h]: (2H) → 4H
-                proj = _int8_linear(model.proj.weight, model.proj.bias, engine) if model.proj is not None else None
-                self.packs.append((layers, proj, _int8_linear(model.head.weight, model.head.bias, engine)))
-        if len(self.packs) == 1:
-            self.packs.append(self.packs[0])
+                    self.weights.append((_quantize(w[order]), b[order]))
+                if model.proj is not None:
+                    self.weights.append((_quantize(model.proj.weight), model.proj.bias))
+                self.weights.append((_quantize(model.head.weight), model.head.bias))
+        self.engines = engines
+        self._packs: dict[str, list] = {}  # engine → packed weights, built on first use (a third of a second)
+
+    def packs(self, rows: int) -> tuple[list, object, object]:
+        """(layers, projection or None, output) packed for the engine that serves `rows` rows."""
+        engine = self.engines[rows >= INT8_LARGE_BATCH]
+        if engine not in self._packs:
+            self._packs[engine] = [_int8_linear(q, b, engine) for q, b in self.weights]
+        packed, L = self._packs[engine], self.model.config.num_layers
+        return packed[:L], (packed[L] if self.model.proj is not None else None), packed[-1]
 
     def input_gates(self, ids: torch.Tensor) -> torch.Tensor:
         """The first layer's input gates plus both biases, (B, 4H), from the table."""
@@ -395,7 +413,7 @@ class Int8Stepper(Stepper):
     def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         """One token per row, ids (B,): next-token logits (B, V) and the new state."""
         linear = torch.ops.quantized.linear_dynamic
-        layers, proj, head = self.packs[ids.size(0) >= INT8_LARGE_BATCH]
+        layers, proj, head = self.packs(ids.size(0))
         new_state, x = [], None
         for layer, (h, c) in enumerate(state):
             if layer == 0:

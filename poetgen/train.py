@@ -337,13 +337,14 @@ class Trainer:
                  train_stream: np.ndarray, val_stream: np.ndarray, out: Path, corpus_meta: dict | None = None,
                  on_event: Callable[[dict], None] | None = None, tones: dict | None = None,
                  data_dir: Path | None = None, *, on_train_event: Callable[[TrainEvent], None] | None = None,
-                 init_checkpoint: Checkpoint | None = None):
+                 init_checkpoint: Checkpoint | None = None, doubles: dict | None = None):
         self.cfg = train_config.validate()
         self.model_config = model_config.validate()
         if model_config.vocab_size != len(vocab):
             raise UsageError(f"model vocabulary {model_config.vocab_size} differs from the corpus's {len(vocab)}")
         self.vocab = vocab
         self.tones = tones
+        self.doubles = doubles  # the corpus's 叠字 table, stored with the tones (corpus.count_doubles)
         self.data_dir = data_dir  # named in the resume command
         self.out = Path(out)
         self.corpus_meta = corpus_meta or {}
@@ -446,7 +447,7 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise TrainingDiverged(f"the weights became infinite or NaN by step {self.step}: lower --lr (now "
                                    f"{self.cfg.peak_lr:g}) or --clip; the run's checkpoints keep their last good state")
-        checkpoint.save(path, self.model, self.vocab, self.meta(), tones=self.tones,
+        checkpoint.save(path, self.model, self.vocab, self.meta(), tones=self.tones, doubles=self.doubles,
                         train_state=self.run_state().to_dict())
         return path
 
@@ -558,7 +559,8 @@ class Trainer:
         if improved:
             self.best_val = nats
             self.evals_since_best = 0
-            checkpoint.save(self.out / "best.pt", self.model, self.vocab, self.meta(), tones=self.tones)
+            checkpoint.save(self.out / "best.pt", self.model, self.vocab, self.meta(), tones=self.tones,
+                            doubles=self.doubles)
         else:
             self.evals_since_best += 1
         self.save_last()

@@ -376,6 +376,8 @@ def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_pa
     assert result.exit_code == 0, result.stderr
     payload = torch.load(shipped, weights_only=True)
     assert payload["tones"] == json.loads((prepared / "tones.json").read_text(encoding="utf-8"))
+    doubles = corpus.count_doubles(p.body for p in corpus.iter_poems(prepared, "train"))
+    assert payload["doubles"] == doubles and torch.load(out / "best.pt", weights_only=True)["doubles"] == doubles
     assert "train_state" not in payload
     assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
     test = runner.invoke(app, ["eval", "--checkpoint", str(shipped), "--split", "test", "--json",
@@ -387,6 +389,35 @@ def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_pa
     assert card["test"]["body"]["perplexity"] == pytest.approx(payload["meta"]["test"]["body"]["perplexity"])
     assert card["corpus"]["version"] == "2.0.1"
     assert card["software"]["torch"] == torch.__version__ and card["software"]["poetgen"] == poetgen.__version__
+
+
+def test_count_doubles_counts_pairs_inside_lines_only():
+    assert corpus.count_doubles(["萧萧落叶，叶叶风。", "悠悠，悠悠。", "ＡＡ一，一二。"]) == {"叶": 1, "悠": 2, "萧": 1}
+
+
+def test_a_malformed_doubles_table_is_refused_and_attach_sets_one(tiny_checkpoint, tmp_path):
+    with_table = checkpoint.attach(tiny_checkpoint, tmp_path / "d.pt", doubles={"丁": 7})
+    assert with_table.doubles == {"丁": 7} and checkpoint.read(tiny_checkpoint).doubles is None
+    assert checkpoint.describe(with_table)["doubles"].startswith("1 character")
+    raw = torch.load(tiny_checkpoint, weights_only=True)
+    raw["doubles"] = {"丁": -1}
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="叠字 table"):
+        checkpoint.read(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="optional part"):
+        checkpoint.attach(tiny_checkpoint, tmp_path / "x.pt", tones={})
+
+
+def test_a_model_loads_without_initializing_and_keeps_its_weights_tied(tiny_checkpoint):
+    import torch.nn as nn
+
+    loaded = checkpoint.load(tiny_checkpoint)
+    assert loaded.model.head.weight is loaded.model.embed.weight
+    fresh = LanguageModel(loaded.config)
+    fresh.load_state_dict({k: v.float() for k, v in loaded.state_dict.items()}, strict=False)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
+    assert float(nn.init.uniform_(torch.zeros(64)).abs().sum()) > 0  # torch.nn.init is itself again
 
 
 def test_missing_shipped_model_says_what_to_do(monkeypatch, tmp_path):

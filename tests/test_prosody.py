@@ -127,6 +127,22 @@ def test_irregular_text_is_not_regulated_and_says_why():
     assert marks.form == "not regulated" and marks.reason.startswith("punctuation")
 
 
+def test_a_quatrain_rhymed_in_ze_is_no_jinti_poem():
+    """春晓 and 江雪 rhyme in 仄: no 平仄 template applies, and check says so instead of listing violations."""
+    t = next(t for t in templates(FORMS["wujue"]) if t.key == "ze-plain")
+    poem = list(compose(t))
+    poem[10], poem[22] = ZE[28], ZE[29]  # the ends of lines 2 and 4 (each line: 5 characters and a mark)
+    result = check_poem("".join(poem), TONES, RHYMES)
+    assert result.form == "not regulated" and not result.ok and result.violations == []
+    assert result.reason.startswith("仄韵") and ZE[28] + ZE[29] in result.reason and "古绝" in result.reason
+    poem[22] = BOTH[0]  # one even line's end may read 平: judged against the templates as before
+    assert check_poem("".join(poem), TONES, RHYMES).form == "五绝"
+    octave = list(compose(next(t for t in templates(FORMS["qilv"]) if t.key == "ze-plain")))
+    for line in (1, 3, 5, 7):
+        octave[line * 8 + 6] = ZE[line]
+    assert check_poem("".join(octave), TONES, RHYMES).reason.startswith("仄韵")
+
+
 def test_normalize_poem_punctuates_bare_lines_and_ascii_marks():
     bare = "一丁七万丈\n 三上下与丐 \n\n丑专且丕世\n丘丙业丛东\n"
     assert normalize_poem(bare) == "一丁七万丈，三上下与丐。丑专且丕世，丘丙业丛东。"

@@ -322,6 +322,28 @@ def test_cli_bad_inputs(ckpt, args, needle):
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
 
+def test_sample_device_cpu_is_the_default_and_an_absent_gpu_is_refused(ckpt, monkeypatch):
+    args = ["sample", "-c", str(ckpt), "--form", "wujue", "--num", "2", "--seed", "4"]
+    plain = runner.invoke(app, args)
+    on_cpu = runner.invoke(app, [*args, "--device", "cpu"])
+    assert plain.exit_code == on_cpu.exit_code == 0 and plain.stdout == on_cpu.stdout
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, [*args, "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA GPU" in result.stderr and result.stdout == ""
+    result = runner.invoke(app, [*args, "--device", "tpu"])
+    assert result.exit_code == 2 and "unknown device" in result.stderr
+
+
+def test_the_stepper_hands_back_cpu_float_logits_and_takes_cpu_ids():
+    """What lets `sample --device cuda` keep its masks and random streams on the CPU: ids go to the
+    model's device, logits come back as fp32 on the CPU (here both are the CPU, so this checks the contract)."""
+    stepper = Stepper(tiny_model(3))
+    logits, state = stepper.prefill(torch.tensor([[1, 5, 6]]))
+    assert logits.device.type == "cpu" and logits.dtype == torch.float32 and stepper.device.type == "cpu"
+    logits, state = stepper.step(torch.tensor([7]), stepper.select(state, torch.tensor([0])))
+    assert logits.shape == (1, len(VOCAB)) and logits.dtype == torch.float32
+
+
 def test_cli_missing_and_foreign_checkpoints(tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"a": 1}, foreign)

@@ -152,6 +152,33 @@ def test_second_uses_and_doubles_weigh_what_the_rules_say():
     assert float(soft[0, a]) == 0.0 and float(soft[1, b]) == 0.0  # a third use never
 
 
+def test_a_double_poets_do_not_write_is_never_drawn():
+    """With a 叠字 table, only the characters poets double ATTESTED_DOUBLE+ times may follow themselves;
+    without one (older checkpoints), any may."""
+    from poetgen.config import ATTESTED_DOUBLE
+    from poetgen.masks import VerseRules
+
+    a, b = OTHER[:2]
+    masks = ProsodyMasks(VOCAB, TONES, RHYMES, doubles={a: ATTESTED_DOUBLE, b: ATTESTED_DOUBLE - 1})
+    state = VerseRules(masks, rhyme=False, max_uses=2, doubled=0.5).start(FORMS["wujue"], 2, 0)
+    ia, ib = VOCAB.stoi[a], VOCAB.stoi[b]
+    state.masks(0, 0)
+    state.advance(0, 0, torch.tensor([ia, ib]))
+    _, soft = state.masks(0, 1)
+    assert float(soft[0, ia]) == 0.5 and float(soft[1, ib]) == 0.0  # a is attested often enough, b is not
+    state.advance(0, 1, torch.tensor([VOCAB.stoi[OTHER[2]]] * 2))
+    _, soft = state.masks(0, 2)
+    assert float(soft[1, ib]) == state.rules.again  # not at once: a second use, as any character's
+    assert not masks.may_double[VOCAB.stoi[OTHER[3]]] and ProsodyMasks(VOCAB, TONES, RHYMES).may_double.all()
+    # drawn: a model that loves b doubles it only as a second use elsewhere, never at once
+    model = tiny(3)
+    with torch.no_grad():
+        model.head.bias[ib] += 8.0
+    opts = SampleOptions(form=FORMS["wujue"], seed=1, num=4, best_of=1)
+    for poem in Generator(model, VOCAB).generate(opts, verse=verse_rules(opts, masks)):
+        assert b + b not in poem.body
+
+
 def test_default_rules_weigh_second_uses_per_form_and_no_rhyme_does_not():
     from poetgen.masks import SECOND_USE_WEIGHT
 

@@ -162,8 +162,8 @@ def unknown_warning(result: dict) -> str | None:
 
 
 CARD_KEYS = ("checkpoint", "size_mb", "format_version", "architecture", "parameters", "vocab_size", "script",
-             "tone_table", "corpus", "corpus_hash", "step", "val", "test", "trained", "device", "software", "resumable",
-             "critic")
+             "tone_table", "doubles", "corpus", "corpus_hash", "step", "val", "test", "trained", "device", "software",
+             "resumable", "critic")
 
 
 def model_card(card: dict) -> str:

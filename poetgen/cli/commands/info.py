@@ -48,13 +48,14 @@ def export_cmd(
                                        "them in the file.")] = True,
     quiet: QuietOpt = False,
 ) -> None:
-    """Make a shipped model: weights only (fp16 by default) with the corpus's tone table inside, and the
-    val/test figures measured on the file as written."""
+    """Make a shipped model: weights only (fp16 by default) with the corpus's tone and 叠字 tables
+    inside, and the val/test figures measured on the file as written."""
     from ... import checkpoint, corpus, evaluate
     from ..render import figures
 
     root = data_root(data_dir)
     tones = corpus.corpus_tones(root)
+    doubles = corpus.corpus_doubles(root)
 
     def measure(path: Path) -> dict:
         measured = {}
@@ -67,6 +68,7 @@ def export_cmd(
                     typer.echo(f"{split}: {figures(r)}", err=True)
         return measured
 
-    ckpt = checkpoint.export(checkpoint_path, output, tones=tones, half=half, measure=measure if test else None)
+    ckpt = checkpoint.export(checkpoint_path, output, tones=tones, half=half, measure=measure if test else None,
+                             doubles=doubles)
     if not quiet:
         typer.echo(f"wrote {ckpt.path} ({ckpt.path.stat().st_size / 1e6:.1f} MB)", err=True)

@@ -8,12 +8,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from ...config import SCORES, SampleOptions
+from ...config import SAMPLE_DEVICE, SCORES, SampleOptions
 from ...errors import UsageError
 from ...text import plural
 from ..app import app
 from ..errors import emit, handle_errors, write_stdout
-from ..options import CheckpointOpt, FormatOpt, FormOpt, TemplateOpt, ThreadsOpt, examples, flag, one_of, output_option
+from ..options import (
+    CheckpointOpt,
+    DeviceOpt,
+    FormatOpt,
+    FormOpt,
+    TemplateOpt,
+    ThreadsOpt,
+    examples,
+    flag,
+    one_of,
+    output_option,
+)
 from ..progress import StageProgress
 
 
@@ -61,6 +72,7 @@ def sample_cmd(
                                "samples through int8 weights, about 1.3 times faster for the 2x1024 and within "
                                "0.1% in perplexity (`poetgen eval --int8`); either way the same seed gives the "
                                "same poem on the same machine.")] = False,
+    device: DeviceOpt = SAMPLE_DEVICE,
     threads: ThreadsOpt = None,
     checkpoint_path: CheckpointOpt = None,
     fmt: FormatOpt = "text",
@@ -76,17 +88,18 @@ def sample_cmd(
                              best_of=best_of, strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme,
                              score=score)
     from ... import checkpoint
-    from ...device import set_cpu_threads
+    from ...device import pick_device, set_cpu_threads
     from ...sample import prepare
 
     set_cpu_threads(threads)
+    where = pick_device(device)
     path = checkpoint_path or checkpoint.default_checkpoint()
     if output is not None and checkpoint_path is not None:
         from ...paths import same_file
 
         if same_file(output, checkpoint_path):
             raise UsageError(f"--output {output} is the checkpoint: choose another path")
-    generator, opts, rules = prepare(checkpoint.load(path), request, int8=not fp32)
+    generator, opts, rules = prepare(checkpoint.load(path, where), request, int8=not fp32)
     candidates = opts.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
         _stream(generator, opts, rules)

@@ -158,8 +158,9 @@ def _run(plan, vocab, train_stream, val_stream, out: Path, meta: dict, root: Pat
 
     with TrainProgress(quiet) as progress:
         trainer = train.Trainer(plan.model_config, plan.train_config, vocab, train_stream, val_stream, out, meta,
-                                tones=corpus.corpus_tones(root), data_dir=data_dir.resolve() if data_dir else None,
-                                on_train_event=progress, init_checkpoint=plan.init_checkpoint)
+                                tones=corpus.corpus_tones(root), doubles=corpus.corpus_doubles(root),
+                                data_dir=data_dir.resolve() if data_dir else None, on_train_event=progress,
+                                init_checkpoint=plan.init_checkpoint)
         if plan.resume_from is not None:
             trainer.resume(plan.resume_from)
         return trainer.run()
