@@ -189,7 +189,7 @@ def cjk_font() -> str | None:
 
 def activation_strip(text: str, values: list[float], title: str, output: Path, dpi: int = 100) -> None:
     """A poem, one verse line per row, each character on a background coloured by one activation
-    (-1 blue, 0 white, +1 red)."""
+    (-1 blue, 0 white, +1 red), with a colour bar that says so."""
     from .text import LINE_END
 
     plt = pyplot()
@@ -201,8 +201,14 @@ def activation_strip(text: str, values: list[float], title: str, output: Path, d
             rows.append([])
     rows = [r for r in rows if r] or [[]]
     per_row = max(len(r) for r in rows) or 1
-    fig, ax = plt.subplots(figsize=(per_row * 0.55 + 0.3, len(rows) * 0.55 + 0.5), dpi=dpi)
+    fig, ax = plt.subplots(figsize=(per_row * 0.55 + 1.3, len(rows) * 0.55 + 0.5), dpi=dpi)
     cmap = plt.get_cmap("coolwarm")
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), ax=ax, fraction=0.08, pad=0.03, ticks=[-1, 0, 1])
+    bar.set_label("activation", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     for r, row in enumerate(rows):
         for c, (ch, v) in enumerate(row):
             ax.add_patch(plt.Rectangle((c, -r - 1), 1, 1, color=cmap((max(-1.0, min(1.0, v)) + 1) / 2)))

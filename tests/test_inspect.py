@@ -309,6 +309,26 @@ def test_inspect_gates_cli_gives_the_mean_gates_along_the_line(prepared, tmp_pat
     assert not_lstm.exit_code == 2 and "LSTM" in not_lstm.stderr
 
 
+def test_inspect_cells_png_has_a_colour_bar_and_says_when_no_font_draws_chinese(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "m.pt"
+    checkpoint.save(path, planted_model(), VOCAB, ModelMeta(script="traditional"))
+    poem = "".join(ALPHABET[:5]) + "，" + "".join(ALPHABET[5:10]) + "。"
+    args = ["inspect", "cells", "-c", str(path), "--poem", poem, "--unit", "0:hidden 0"]
+    monkeypatch.setattr(plot, "cjk_font", lambda: None)
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "cell.png")])
+    assert result.exit_code == 0, result.stderr
+    assert "warning: no font that draws Chinese" in result.stderr and "fonts-noto-cjk" in result.stderr
+    assert png_size(tmp_path / "cell.png")[0] > 5 * 55  # five cells and the colour bar beside them
+    monkeypatch.setattr(plot, "cjk_font", lambda: "DejaVu Sans")
+    quiet = runner.invoke(app, [*args, "-o", str(tmp_path / "cell2.png")])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+    figures = []
+    monkeypatch.setattr(plot, "save", lambda fig, output: figures.append(fig))
+    plot.activation_strip(poem, [0.0] * len(poem), "unit", tmp_path / "x.png")
+    assert len(figures[0].axes) == 2  # the poem and its colour bar
+
+
 def test_inspect_cells_find_ranks_the_planted_unit_first_and_shows_it(prepared, tmp_path):
     vocab = Vocab.load(prepared / "vocab.json")
     path = save_tiny(tmp_path / "planted.pt", planted_model(vocab), vocab)

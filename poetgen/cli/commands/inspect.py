@@ -145,6 +145,10 @@ def inspect_cells(
         if output.suffix.lower() == ".png":
             from ... import plot
 
+            if plot.cjk_font() is None:
+                typer.echo(f"warning: no font that draws Chinese characters ({plot.CJK_FONTS[0]} or another of "
+                           f"{len(plot.CJK_FONTS)}): {output} shows each character's value instead; install one "
+                           "(Debian: fonts-noto-cjk), or write .html", err=True)
             plot.activation_strip("".join(chars), acts, f"unit {unit}", output)
         else:
             from ...paths import atomic_write_text
