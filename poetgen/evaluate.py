@@ -19,7 +19,7 @@ from . import checkpoint, corpus
 from .data import batchify, body_targets, encode_records, file_records, get_batch, load_split, num_windows
 from .device import autocast, pick_device
 from .errors import CorpusError, UsageError
-from .model import Int8LanguageModel, LanguageModel, int8_engines
+from .model import Int8LanguageModel, LanguageModel, int8_available
 from .text import read_text_file
 from .vocab import Vocab
 
@@ -94,7 +94,7 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
     loaded = checkpoint.load(path, "cpu" if int8 else pick_device(device))
     model = loaded.model
     if int8:
-        if model.config.cell != "lstm" or int8_engines() is None:
+        if model.config.cell != "lstm" or not int8_available():
             raise UsageError("--int8 needs an LSTM model and a torch build with quantized kernels: drop --int8")
         model = Int8LanguageModel(model)
     vocab = loaded.vocab

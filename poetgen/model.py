@@ -17,7 +17,7 @@ from torch import _VF  # the kernels behind nn.LSTM/GRU/RNN, called one layer at
 from .config import PRESETS, ModelConfig
 
 __all__ = ["PRESETS", "Int8LanguageModel", "Int8Stepper", "LanguageModel", "ModelConfig", "NegativeSampler", "State",
-           "Stepper", "detach_state", "int8_engines"]
+           "Stepper", "detach_state", "int8_available"]
 
 State = tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None
 
@@ -304,53 +304,69 @@ class Stepper:
         return torch.addmm(self.head_b, x, self.head_w).float().cpu(), new_state
 
 
-INT8_LARGE_BATCH = 32  # rows from which the onednn kernels beat fbgemm's (benchmarks/sample_speed.py)
+# The int8 kernels' inputs: each row scaled into [-1, 1] by its own largest value, then quantized with
+# this fixed scale and zero point to 7-bit unsigned integers (0 … 127, so x86 kernels without VNNI
+# cannot saturate their 16-bit sums). Unlike dynamic quantization (one scale for the whole batch), a
+# row's result never depends on the other rows: the integer sums are exact, so a row is computed bit
+# for bit the same alone or among 800, and a poem does not depend on what is drawn beside it.
+INT8_INPUT_SCALE, INT8_INPUT_ZERO = 2 / 127, 64
 
 
 def _quantize(weight: torch.Tensor) -> torch.Tensor:
     """`weight` (out, in) as int8 with one scale per output row (symmetric)."""
+    import warnings
+
     w = weight.detach().float()
     scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
-    return torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+    with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; the ops are not
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
 
 
-def _int8_linear(q: torch.Tensor, bias: torch.Tensor | None, engine: str):
-    """A weight quantized by _quantize packed for `engine`'s int8 kernels, for
-    torch.ops.quantized.linear_dynamic; activations are quantized per call, the bias stays fp32.
-    Packs of two engines live side by side: each call runs its own pack's kernel."""
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """`weight` (out, in) quantized by _quantize and packed for fbgemm's int8 kernels; the bias stays fp32."""
     previous = torch.backends.quantized.engine
     try:
-        torch.backends.quantized.engine = engine
-        return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
+        torch.backends.quantized.engine = "fbgemm"
+        return torch.ops.quantized.linear_prepack(_quantize(weight), None if bias is None else bias.detach().float())
     finally:
         torch.backends.quantized.engine = previous
 
 
-def int8_engines() -> tuple[str, str] | None:
-    """The quantized engines for (small, large) batches on this machine, or None where this torch
-    build has no int8 linear kernels (then sampling stays in fp32)."""
-    supported = torch.backends.quantized.supported_engines
-    if "fbgemm" in supported:
-        return "fbgemm", ("onednn" if "onednn" in supported else "fbgemm")
-    if "qnnpack" in supported:
-        return "qnnpack", "qnnpack"
-    return None
+def _bounded(x: torch.Tensor, packed) -> torch.Tensor:
+    """The packed product of x, whose values lie in [-1, 1], in fp32."""
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, INT8_INPUT_SCALE, INT8_INPUT_ZERO,
+                                                                             packed)
+
+
+def _scaled(x: torch.Tensor, packed, bias: torch.Tensor | None) -> torch.Tensor:
+    """The packed product (packed without bias) of any x (B, in), plus the bias: each row scaled into
+    [-1, 1] by its largest value on the way in and back on the way out (the product is linear)."""
+    top = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_min_(1e-30)
+    out = _bounded(x / top, packed).mul_(top)
+    return out if bias is None else out.add_(bias)
+
+
+def int8_available() -> bool:
+    """Whether this torch build has the int8 kernels the int8 path needs (fbgemm, on x86); elsewhere
+    sampling stays in fp32."""
+    return ("fbgemm" in torch.backends.quantized.supported_engines
+            and hasattr(torch.ops.quantized, "linear_with_input_q_dq_qweight_dq_output_fp32"))
 
 
 class Int8Stepper(Stepper):
     """The Stepper's LSTM step with int8 weights, the path `sample` takes on a CPU.
 
     Every matrix product of a step (hidden-to-hidden, the upper layers' input, projection, output)
-    multiplies int8 weights with one scale per output row by activations quantized per call
-    (`quantized::linear_dynamic`, 7-bit `reduce_range` so x86 kernels without VNNI cannot saturate).
-    The first layer's input gates come from an fp32 table filled one character at a time, the first
-    time it is read. At batch 1 a step reads a quarter of the fp32 bytes. The same input gives the
-    same output on one machine; `poetgen eval --int8` reports its perplexity."""
+    multiplies int8 weights with one scale per output row (fbgemm) by inputs quantized to 7 bits, each
+    row by its own scale (INT8_INPUT_SCALE). The first layer's input gates come from a table filled
+    one character at a time, the first time it is read, by the same int8 product. At batch 1 a step
+    reads a quarter of the fp32 bytes. Each row is computed the same whatever the other rows; `poetgen
+    eval --int8` reports the path's perplexity."""
 
-    def __init__(self, model: LanguageModel, engines: tuple[str, str] | None = None):
-        engines = engines or int8_engines()
-        if model.config.cell != "lstm" or engines is None:
-            raise ValueError("the int8 path needs an LSTM and a quantized engine")
+    def __init__(self, model: LanguageModel):
+        if model.config.cell != "lstm" or not int8_available():
+            raise ValueError("the int8 path needs an LSTM and fbgemm's int8 kernels")
         self.model = model.eval()
         self.fast = True
         self.device = torch.device("cpu")
@@ -359,41 +375,27 @@ class Int8Stepper(Stepper):
         order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
         with torch.no_grad():
             self.embed = model.embed.weight.detach().float()
-            self.w_ih0 = rnn.weight_ih_l0[order].T.contiguous()  # (E, 4H), gates (i, f, o, g)
             self.b0 = (rnn.bias_ih_l0 + rnn.bias_hh_l0)[order]
+            self.ih0 = _int8_linear(rnn.weight_ih_l0[order])  # gates (i, f, o, g)
             self.table0 = torch.empty(cfg.vocab_size, 4 * H)  # filled on first use (pages untouched till then)
             self.filled = torch.zeros(cfg.vocab_size, dtype=torch.bool)
-            # the int8 weights, (weight, bias) per product: first layer's hidden-to-hidden, the upper
-            # layers' [input, hidden] → 4H, the projection, the output layer
-            import warnings
-
-            with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; the ops are not
-                warnings.simplefilter("ignore")
-                self.weights = [(_quantize(rnn.weight_hh_l0[order]), None)]
-                for layer in range(1, cfg.num_layers):
-                    w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], 1)
-                    b = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
-                    self.weights.append((_quantize(w[order]), b[order]))
-                if model.proj is not None:
-                    self.weights.append((_quantize(model.proj.weight), model.proj.bias))
-                self.weights.append((_quantize(model.head.weight), model.head.bias))
-        self.engines = engines
-        self._packs: dict[str, list] = {}  # engine → packed weights, built on first use (a third of a second)
-
-    def packs(self, rows: int) -> tuple[list, object, object]:
-        """(layers, projection or None, output) packed for the engine that serves `rows` rows."""
-        engine = self.engines[rows >= INT8_LARGE_BATCH]
-        if engine not in self._packs:
-            self._packs[engine] = [_int8_linear(q, b, engine) for q, b in self.weights]
-        packed, L = self._packs[engine], self.model.config.num_layers
-        return packed[:L], (packed[L] if self.model.proj is not None else None), packed[-1]
+            self.layers, self.biases = [_int8_linear(rnn.weight_hh_l0[order])], [None]
+            for layer in range(1, cfg.num_layers):
+                w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], 1)
+                b = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+                self.layers.append(_int8_linear(w[order]))  # input [x, h]: (2H) → 4H
+                self.biases.append(b[order])
+            self.proj = _int8_linear(model.proj.weight) if model.proj is not None else None
+            self.proj_b = model.proj.bias if model.proj is not None else None
+            self.head = _int8_linear(model.head.weight)
+            self.head_b = model.head.bias.detach().float()
 
     def input_gates(self, ids: torch.Tensor) -> torch.Tensor:
         """The first layer's input gates plus both biases, (B, 4H), from the table."""
         new = ids[~self.filled[ids]]
         if new.numel():
             new = new.unique()
-            self.table0[new] = torch.addmm(self.b0, self.embed[new], self.w_ih0)
+            self.table0[new] = _scaled(self.embed[new], self.ih0, self.b0)
             self.filled[new] = True
         return self.table0[ids]
 
@@ -412,19 +414,18 @@ class Int8Stepper(Stepper):
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         """One token per row, ids (B,): next-token logits (B, V) and the new state."""
-        linear = torch.ops.quantized.linear_dynamic
-        layers, proj, head = self.packs(ids.size(0))
         new_state, x = [], None
         for layer, (h, c) in enumerate(state):
             if layer == 0:
-                gates = self.input_gates(ids).add_(linear(h, layers[0], True))  # (B, 4H)
+                gates = self.input_gates(ids).add_(_scaled(h, self.layers[0], None))  # (B, 4H)
             else:
-                gates = linear(torch.cat([x, h], 1), layers[layer], True)
+                gates = _scaled(torch.cat([x, h], 1), self.layers[layer], self.biases[layer])
             x, c = _lstm_update(gates, c)
             new_state.append((x, c))
-        if proj is not None:
-            x = linear(x, proj, True)
-        return linear(x, head, True), new_state
+        if self.proj is not None:
+            x = _scaled(x, self.proj, self.proj_b)
+        return _scaled(x, self.head, self.head_b), new_state
+
 
 class Int8LanguageModel(nn.Module):
     """`LanguageModel.forward` computed by the int8 step, token by token, for evaluating the sampling

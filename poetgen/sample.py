@@ -17,7 +17,7 @@ from .config import SampleOptions, SampleRequest, VerseOptions
 from .forms import TOKEN_CLASSES, TokenClass, split_lines
 from .glyphs import drawable
 from .masks import VerseRules, token_class_masks
-from .model import Int8Stepper, LanguageModel, Stepper, int8_engines
+from .model import Int8Stepper, LanguageModel, Stepper, int8_available
 from .rerank import Reranker
 from .text import to_script
 from .vocab import MAX_TITLE, Vocab
@@ -167,7 +167,7 @@ class Generator:
         self.vocab = vocab
         self.reranker = reranker  # best-of-N in a fixed form ranks by it when given (rerank.py)
         cpu = next(model.parameters()).device.type == "cpu"
-        use_int8 = int8 and cpu and model.config.cell == "lstm" and int8_engines() is not None
+        use_int8 = int8 and cpu and model.config.cell == "lstm" and int8_available()
         self.stepper = Int8Stepper(model) if use_int8 else Stepper(model)
         # in simplified script, a model trained before glyph normalization never writes a variant form
         is_in_class, self.class_index = token_class_masks(vocab, drawable if script == "simplified" else None)

@@ -8,17 +8,9 @@ import math
 import pytest
 import torch
 
-from poetgen.model import (
-    INT8_LARGE_BATCH,
-    Int8LanguageModel,
-    Int8Stepper,
-    LanguageModel,
-    ModelConfig,
-    Stepper,
-    int8_engines,
-)
+from poetgen.model import Int8LanguageModel, Int8Stepper, LanguageModel, ModelConfig, Stepper, int8_available
 
-pytestmark = pytest.mark.skipif(int8_engines() is None, reason="this torch build has no quantized engine")
+pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch build has no fbgemm int8 kernels")
 
 
 def _model(emb: int = 24, hidden: int = 48) -> LanguageModel:
@@ -46,30 +38,40 @@ def test_int8_step_is_close_to_the_fp32_step_for_many_steps(emb, hidden):
 
 
 def test_int8_step_is_deterministic_and_a_row_does_not_depend_on_the_others():
+    """Bit for bit: a row's logits and state are the same alone, among 40 others of any values, in any
+    order (dynamic quantization's one scale per batch broke this: a poem changed with --num)."""
     model = _model()
     int8 = Int8Stepper(model)
-    ids = torch.randint(4, 60, (INT8_LARGE_BATCH + 8,))
-    state = int8.zero_state(ids.numel())
-    a, _ = int8.step(ids, state)
-    b, _ = Int8Stepper(model).step(ids, int8.zero_state(ids.numel()))
+    torch.manual_seed(1)
+    ids = torch.randint(4, 60, (40,))
+    state = [(torch.rand(40, 48) * 2 - 1, torch.randn(40, 48)) for _ in range(2)]
+    state[0][0][7] *= 0.01  # rows of very different scales side by side
+    a, sa = int8.step(ids, state)
+    b, _ = Int8Stepper(model).step(ids, state)
     assert torch.equal(a, b)
-    same = ids[:1].repeat(INT8_LARGE_BATCH + 8)  # a large batch of one row repeated
-    c, _ = int8.step(same, int8.zero_state(same.numel()))
-    assert torch.equal(c[0], c[-1])
-    d, _ = int8.step(ids[:1], int8.zero_state(1))  # the small-batch kernels give the same row to within rounding
-    assert torch.allclose(c[0], d[0], atol=1e-3)
+    for rows in ([7], [7, 3], list(range(39, -1, -1))):
+        pick = torch.tensor(rows)
+        c, sc = int8.step(ids[pick], [(h[pick], cs[pick]) for h, cs in state])
+        assert torch.equal(c, a[pick]) and all(torch.equal(x[0], y[0][pick]) for x, y in zip(sc, sa, strict=True))
 
 
-def test_the_input_table_is_filled_once_per_character_with_the_exact_first_layer_input():
+def test_the_input_table_is_filled_once_per_character_with_the_first_layer_input():
     model = _model()
     int8 = Int8Stepper(model)
     int8.step(torch.tensor([5, 7, 5]), int8.zero_state(3))
     assert int8.filled.nonzero().flatten().tolist() == [5, 7]
+    row7 = int8.table0[7].clone()
+    int8.step(torch.tensor([9, 7]), int8.zero_state(2))
+    assert torch.equal(int8.table0[7], row7)  # filled once: whatever is filled beside it later
+    fresh = Int8Stepper(model)
+    fresh.step(torch.tensor([7]), fresh.zero_state(1))
+    assert torch.equal(fresh.table0[7], row7)  # and the same alone as among others
     rnn = model.rnn
-    exact = model.embed.weight[7] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0
+    with torch.no_grad():
+        exact = model.embed.weight[7] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0 + rnn.bias_hh_l0
     H = model.config.hidden_size
     order = torch.cat([torch.arange(0, 2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
-    assert torch.allclose(int8.table0[7], exact[order], atol=1e-5)
+    assert torch.allclose(row7, exact[order], atol=0.02 * float(exact.abs().max()))  # int8: close, not exact
 
 
 def test_int8_language_model_carries_state_like_the_module_and_keeps_the_loss():
