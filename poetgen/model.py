@@ -392,12 +392,12 @@ class Int8Stepper(Stepper):
 
     def input_gates(self, ids: torch.Tensor) -> torch.Tensor:
         """The first layer's input gates plus both biases, (B, 4H), from the table."""
-        new = ids[~self.filled[ids]]
-        if new.numel():
-            new = new.unique()
+        filled = self.filled.index_select(0, ids)  # (index_select: a third of indexing's cost at batch 1)
+        if not bool(filled.all()):
+            new = ids[~filled].unique()
             self.table0[new] = _scaled(self.embed[new], self.ih0, self.b0)
             self.filled[new] = True
-        return self.table0[ids]
+        return self.table0.index_select(0, ids)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> tuple[torch.Tensor, object]:
