@@ -329,6 +329,19 @@ def test_inspect_cells_png_has_a_colour_bar_and_says_when_no_font_draws_chinese(
     assert len(figures[0].axes) == 2  # the poem and its colour bar
 
 
+def test_inspect_cells_shows_the_first_val_poem_the_model_can_read(prepared, tmp_path):
+    vocab = Vocab.load(prepared / "vocab.json")
+    records = corpus.val_records(prepared, 30, "traditional")
+    missing = next(c for c in records[0][1] if c in vocab.stoi and c not in "，。？！")
+    lacking = Vocab([t if t != missing else "龘" for t in vocab.tokens])  # a model that never saw it
+    path = save_tiny(tmp_path / "lacking.pt", planted_model(lacking), lacking)
+    result = runner.invoke(app, ["inspect", "cells", "-c", str(path), "--find", "--poems", "30", "--data-dir",
+                                 str(prepared), "--json"])
+    assert result.exit_code == 0, result.stderr
+    shown = "".join(json.loads(result.stdout)["chars"])
+    assert missing not in shown and shown == next(b for t, b in records if missing not in t + b)
+
+
 def test_inspect_cells_find_ranks_the_planted_unit_first_and_shows_it(prepared, tmp_path):
     vocab = Vocab.load(prepared / "vocab.json")
     path = save_tiny(tmp_path / "planted.pt", planted_model(vocab), vocab)
