@@ -386,7 +386,7 @@ class Int8Stepper(Stepper):
                 self.layers.append(_int8_linear(w[order]))  # input [x, h]: (2H) → 4H
                 self.biases.append(b[order])
             self.proj = _int8_linear(model.proj.weight) if model.proj is not None else None
-            self.proj_b = model.proj.bias if model.proj is not None else None
+            self.proj_b = model.proj.bias.detach().float() if model.proj is not None else None
             self.head = _int8_linear(model.head.weight)
             self.head_b = model.head.bias.detach().float()
 
