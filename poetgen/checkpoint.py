@@ -7,10 +7,12 @@ Format 2 is written and read; an older file is refused with a CheckpointError th
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
 import pickle
+import threading
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -359,22 +361,40 @@ def _expected_shapes(config: ModelConfig) -> dict:
             if not (config.tie_weights and k == "head.weight")}
 
 
-@contextlib.contextmanager
-def _without_init():
-    """Modules built inside skip their random initialization (a third of a second for a 2x1024),
-    for a model whose weights are all loaded next: torch.nn.init's functions return their tensor
-    untouched meanwhile. (Building on the meta device would import torch's reference ops: seconds.)"""
+_INIT_NAMES = ("uniform_", "normal_", "zeros_", "kaiming_uniform_", "xavier_uniform_")
+_skip_init = threading.local()  # per thread: whether torch.nn.init's functions leave tensors as they are
+_switch_lock = threading.Lock()
+
+
+def _install_init_switch() -> None:
+    """Wrap torch.nn.init's functions once per process so that a thread can switch them off for itself
+    (_without_init); every other thread, and this one outside, gets the real functions."""
     from torch.nn import init
 
-    names = ("uniform_", "normal_", "zeros_", "kaiming_uniform_", "xavier_uniform_")
-    saved = {name: getattr(init, name) for name in names}
-    for name in names:
-        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    with _switch_lock:
+        if getattr(init, "_poetgen_switch", False):
+            return
+        for name in _INIT_NAMES:
+            original = getattr(init, name)
+
+            def switched(tensor, *args, _original=original, **kwargs):
+                return tensor if getattr(_skip_init, "depth", 0) else _original(tensor, *args, **kwargs)
+
+            setattr(init, name, functools.wraps(original)(switched))
+        init._poetgen_switch = True
+
+
+@contextlib.contextmanager
+def _without_init():
+    """Modules this thread builds inside skip their random initialization (a third of a second for a
+    2x1024), for a model whose weights are all loaded next. (Building on the meta device would
+    import torch's reference ops: seconds.)"""
+    _install_init_switch()
+    _skip_init.depth = getattr(_skip_init, "depth", 0) + 1
     try:
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(init, name, fn)
+        _skip_init.depth -= 1
 
 
 def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu") -> LanguageModel:
@@ -467,7 +487,9 @@ def describe(ckpt: Checkpoint) -> dict:
         "script": m.script,
         "tone_table": ckpt.tones is not None,
         "doubles": (f"{plural(sum(n >= ATTESTED_DOUBLE for n in ckpt.doubles.values()), 'character')} poets "
-                    f"double {ATTESTED_DOUBLE}+ times" if ckpt.doubles is not None else None),
+                    f"double {ATTESTED_DOUBLE}+ times" if ckpt.doubles is not None else
+                    "none: any character may be doubled (a file from before poetgen 0.4; `poetgen export` "
+                    "with its corpus adds the table)"),
         "corpus": m.corpus_source,
         "corpus_hash": m.corpus_hash,
         "step": m.step,

@@ -305,10 +305,11 @@ class Stepper:
 
 
 # The int8 kernels' inputs: each row scaled into [-1, 1] by its own largest value, then quantized with
-# this fixed scale and zero point to 7-bit unsigned integers (0 … 127, so x86 kernels without VNNI
-# cannot saturate their 16-bit sums). Unlike dynamic quantization (one scale for the whole batch), a
-# row's result never depends on the other rows: the integer sums are exact, so a row is computed bit
-# for bit the same alone or among 800, and a poem does not depend on what is drawn beside it.
+# this fixed scale and zero point to unsigned integers 0 … 128 (a 7-bit range, so x86 kernels without
+# VNNI cannot saturate their 16-bit sums: 128 · 127 · 2 < 32,767). Unlike dynamic quantization (one
+# scale for the whole batch), a row's result never depends on the other rows: the integer sums are
+# exact, so a row is computed bit for bit the same alone or among 800, and a poem does not depend on
+# what is drawn beside it.
 INT8_INPUT_SCALE, INT8_INPUT_ZERO = 2 / 127, 64
 
 

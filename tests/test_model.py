@@ -420,6 +420,34 @@ def test_a_model_loads_without_initializing_and_keeps_its_weights_tied(tiny_chec
     assert float(nn.init.uniform_(torch.zeros(64)).abs().sum()) > 0  # torch.nn.init is itself again
 
 
+def test_skipping_initialization_is_the_loading_threads_alone():
+    """While one thread builds a model without initializing it, another initializes as usual, and
+    nothing stays switched off after (two overlapping loads once left torch.nn.init disabled)."""
+    import threading
+
+    from poetgen.checkpoint import _without_init
+
+    inside, done, seen = threading.Event(), threading.Event(), {}
+
+    def other():
+        inside.wait(5)
+        seen["other"] = float(torch.nn.init.uniform_(torch.zeros(8), 1.0, 2.0).sum())
+        with _without_init():  # an overlapping load in this thread
+            seen["other skipped"] = float(torch.nn.init.uniform_(torch.zeros(8), 1.0, 2.0).sum())
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with _without_init():
+        inside.set()
+        done.wait(5)
+        seen["this"] = float(torch.nn.init.uniform_(torch.zeros(8), 1.0, 2.0).sum())
+    thread.join()
+    assert seen["other"] >= 8 and seen["other skipped"] == 0 and seen["this"] == 0
+    assert float(torch.nn.init.uniform_(torch.zeros(8), 1.0, 2.0).sum()) >= 8
+    assert float(torch.nn.Linear(8, 8).weight.detach().abs().sum()) > 0
+
+
 def test_missing_shipped_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr("poetgen.paths.checkout_root", lambda: None)
     monkeypatch.setattr("importlib.resources.files", lambda name: tmp_path)

@@ -127,6 +127,9 @@ def inspect_cells(
     found = None
     if find or poem is None:
         records = corpus.val_records(data_root(data_dir), poems, ck.meta.script)
+        if not records:
+            raise fail(f"the val split in {data_root(data_dir)} holds no poem: rebuild it with `poetgen corpus "
+                       "build`, or give --poem", 2)
         if poem is None:  # the first val poem the model can read whole (a val poem may hold a rare character)
             title, poem = next(((t, b) for t, b in records if not ck.vocab.unknown(t + b)), records[0])
     title, poem = introspect.as_read(ck.vocab, ck.meta.script, title, poem)
