@@ -304,12 +304,12 @@ class Stepper:
         return torch.addmm(self.head_b, x, self.head_w).float().cpu(), new_state
 
 
-# The int8 kernels' inputs: each row scaled into [-1, 1] by its own largest value, then quantized with
-# this fixed scale and zero point to unsigned integers 0 … 128 (a 7-bit range, so x86 kernels without
-# VNNI cannot saturate their 16-bit sums: 128 · 127 · 2 < 32,767). Unlike dynamic quantization (one
-# scale for the whole batch), a row's result never depends on the other rows: the integer sums are
-# exact, so a row is computed bit for bit the same alone or among 800, and a poem does not depend on
-# what is drawn beside it.
+# The int8 kernels' inputs, quantized with this fixed scale and zero point to unsigned integers 0 … 128
+# (a 7-bit range, so x86 kernels without VNNI cannot saturate their 16-bit sums: 128 · 127 · 2 < 32,767):
+# hidden states as they are (an LSTM's lie in (-1, 1)), other inputs each row scaled into [-1, 1] by its
+# own largest value first (_scaled). Unlike dynamic quantization (one scale for the whole batch), a
+# row's result never depends on the other rows: the integer sums are exact, so a row is computed bit
+# for bit the same alone or among 800, and a poem does not depend on what is drawn beside it.
 INT8_INPUT_SCALE, INT8_INPUT_ZERO = 2 / 127, 64
 
 
@@ -345,7 +345,7 @@ def _scaled(x: torch.Tensor, packed, bias: torch.Tensor | None) -> torch.Tensor:
     [-1, 1] by its largest value on the way in and back on the way out (the product is linear)."""
     top = torch.maximum(x.amax(1, keepdim=True), x.amin(1, keepdim=True).neg_()).clamp_min_(1e-30)  # max |x|
     out = _bounded(x * top.reciprocal(), packed)  # (fewer passes over a large batch than abs, div, mul, add)
-    return out.mul_(top) if bias is None else torch.addcmul(bias, out, top)
+    return out.mul_(top) if bias is None else torch.addcmul(bias, out, top, out=out)  # in place: no new (B, out)
 
 
 def int8_available() -> bool:
@@ -359,8 +359,8 @@ class Int8Stepper(Stepper):
     """The Stepper's LSTM step with int8 weights, the path `sample` takes on a CPU.
 
     Every matrix product of a step (hidden-to-hidden, the upper layers' input, projection, output)
-    multiplies int8 weights with one scale per output row (fbgemm) by inputs quantized to 7 bits, each
-    row by its own scale (INT8_INPUT_SCALE). The first layer's input gates come from a table filled
+    multiplies int8 weights with one scale per output row (fbgemm) by inputs quantized to 7 bits
+    (INT8_INPUT_SCALE): hidden states directly, the output layer's input each row by its own scale. The first layer's input gates come from a table filled
     one character at a time, the first time it is read, by the same int8 product. At batch 1 a step
     reads a quarter of the fp32 bytes. Each row is computed the same whatever the other rows; `poetgen
     eval --int8` reports the path's perplexity."""
@@ -380,14 +380,12 @@ class Int8Stepper(Stepper):
             self.ih0 = _int8_linear(rnn.weight_ih_l0[order])  # gates (i, f, o, g)
             self.table0 = torch.empty(cfg.vocab_size, 4 * H)  # filled on first use (pages untouched till then)
             self.filled = torch.zeros(cfg.vocab_size, dtype=torch.bool)
-            self.layers, self.biases = [_int8_linear(rnn.weight_hh_l0[order])], [None]
+            self.layers = [_int8_linear(rnn.weight_hh_l0[order])]  # layer 0's biases are in the table
             for layer in range(1, cfg.num_layers):
                 w = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], 1)
                 b = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
-                self.layers.append(_int8_linear(w[order]))  # input [x, h]: (2H) → 4H
-                self.biases.append(b[order])
-            self.proj = _int8_linear(model.proj.weight) if model.proj is not None else None
-            self.proj_b = model.proj.bias.detach().float() if model.proj is not None else None
+                self.layers.append(_int8_linear(w[order], b[order]))  # input [x, h]: (2H) → 4H
+            self.proj = _int8_linear(model.proj.weight, model.proj.bias) if model.proj is not None else None
             self.head = _int8_linear(model.head.weight)
             self.head_b = model.head.bias.detach().float()
 
@@ -416,15 +414,15 @@ class Int8Stepper(Stepper):
     def step(self, ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         """One token per row, ids (B,): next-token logits (B, V) and the new state."""
         new_state, x = [], None
-        for layer, (h, c) in enumerate(state):
+        for layer, (h, c) in enumerate(state):  # hidden states lie in (-1, 1): no per-row scale needed
             if layer == 0:
-                gates = self.input_gates(ids).add_(_scaled(h, self.layers[0], None))  # (B, 4H)
+                gates = self.input_gates(ids).add_(_bounded(h, self.layers[0]))  # (B, 4H)
             else:
-                gates = _scaled(torch.cat([x, h], 1), self.layers[layer], self.biases[layer])
+                gates = _bounded(torch.cat([x, h], 1), self.layers[layer])
             x, c = _lstm_update(gates, c)
             new_state.append((x, c))
         if self.proj is not None:
-            x = _scaled(x, self.proj, self.proj_b)
+            x = _bounded(x, self.proj)
         return _scaled(x, self.head, self.head_b), new_state
 
 

@@ -371,7 +371,7 @@ def test_cli_best_of_and_no_rhyme(ckpt):
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["text"] for r in records] == [p.body for p in plain]  # --no-rhyme: the plain model's poems
-    assert all(r["best_of"] == 3 and r["score"] == pytest.approx(p.score, abs=1e-4)
+    assert all(r["best_of"] == 3 and r["score"] == pytest.approx(p.score, abs=1e-3)  # the CLI samples in int8
                for r, p in zip(records, plain, strict=True))
     bad = runner.invoke(app, ["sample", "-c", str(ckpt), "--best-of", "0"])
     assert bad.exit_code == 2 and "--best-of" in bad.stderr
