@@ -509,8 +509,10 @@ def _critic_card(rerank: dict | None) -> dict | None:
     if rerank is None:
         return None
     figures = rerank.get("figures") or {}
+    usage = rerank.get("usage") or {}
     return {"weight": rerank.get("weight"), "val_auc": figures.get("val_auc"),
-            "trained_on": {k: figures.get(k) for k in ("train_real", "train_generated")}}
+            "trained_on": {k: figures.get(k) for k in ("train_real", "train_generated")},
+            "usage": {form: len(table) for form, table in usage.items()}}
 
 
 def train_config_of(ckpt: Checkpoint) -> TrainConfig:

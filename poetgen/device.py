@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -44,6 +45,19 @@ def use_bf16(device: torch.device, precision: str = "auto") -> bool:
             raise UsageError(f"--precision bf16 is not supported on {device.type}: use --precision fp32")
         return True
     return device.type == "cuda"
+
+
+@functools.cache
+def cpu_lstm_has_bf16() -> bool:
+    """Whether this CPU's LSTM kernel runs in bf16 (oneDNN's needs AVX-512 BF16 or AMX; on others it
+    fails to start, and under bf16 autocast the LSTM then computes in fp32, the rest in bf16)."""
+    lstm = torch.nn.LSTM(4, 4)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(2, 1, 4))
+    except RuntimeError:
+        return False
+    return True
 
 
 def autocast(device: torch.device, precision: str = "auto"):

@@ -9,12 +9,15 @@ can sit between them and a dropped matrix can stand in for a recurrent one."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import _VF  # the kernels behind nn.LSTM/GRU/RNN, called one layer at a time (see the docstring)
 
 from .config import PRESETS, ModelConfig
+from .device import cpu_lstm_has_bf16
 
 __all__ = ["PRESETS", "Int8LanguageModel", "Int8Stepper", "LanguageModel", "ModelConfig", "NegativeSampler", "State",
            "Stepper", "detach_state", "int8_available"]
@@ -86,10 +89,15 @@ class LanguageModel(nn.Module):
         """Last-layer features (B, T, E or H) for token ids x (B, T), and the new state."""
         c = self.config
         emb = self._embed(x)
-        if self.training and (c.locked_dropout or c.weight_drop > 0):  # (the same function without dropout)
-            y, state = self._layer_by_layer(self._drop(emb, c.emb_dropout), state)
-        else:
-            y, state = self.rnn(self.emb_drop(emb), state)
+        fp32_rnn = (c.cell == "lstm" and emb.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                    and not cpu_lstm_has_bf16())
+        with torch.autocast("cpu", enabled=False) if fp32_rnn else contextlib.nullcontext():
+            if fp32_rnn:  # this CPU has no bf16 LSTM kernel: the recurrence in fp32, the rest in bf16
+                emb, state = emb.float(), None if state is None else tuple(s.float() for s in state)
+            if self.training and (c.locked_dropout or c.weight_drop > 0):  # (the same function without dropout)
+                y, state = self._layer_by_layer(self._drop(emb, c.emb_dropout), state)
+            else:
+                y, state = self.rnn(self.emb_drop(emb), state)
         y = self._drop(y, c.dropout) if c.locked_dropout else self.out_drop(y)
         if self.proj is not None:
             y = self.proj(y)

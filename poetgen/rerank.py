@@ -93,22 +93,30 @@ def critic_logits(critic: Critic, vocab: Vocab, bodies: list[str], batch: int = 
 
 
 class Reranker:
-    """The scorer of best-of-N: mean log-probability per character + weight × critic logit."""
+    """The scorer of best-of-N: mean log-probability per character + weight × critic logit, plus, in a
+    form with a usage table, the usage weight of each table character the poem holds (see fit_usage)."""
 
-    def __init__(self, critic: Critic, vocab: Vocab, weight: float, figures: dict | None = None):
+    def __init__(self, critic: Critic, vocab: Vocab, weight: float, figures: dict | None = None,
+                 usage: dict[str, dict[str, float]] | None = None):
         self.critic, self.vocab, self.weight = critic.eval(), vocab, float(weight)
         self.figures = figures or {}
+        self.usage = usage or {}  # {form key: {character: weight}}
 
-    def scores(self, bodies: list[str], mean_logprobs: list[float]) -> list[float]:
-        """Each candidate's score (higher is better)."""
+    def scores(self, bodies: list[str], mean_logprobs: list[float], form: str | None = None) -> list[float]:
+        """Each candidate's score (higher is better); `form` (a form key) picks the usage table."""
         logits = critic_logits(self.critic, self.vocab, bodies)
-        return [lp + self.weight * float(z) for lp, z in zip(mean_logprobs, logits, strict=True)]
+        table = self.usage.get(form, {})
+        return [lp + self.weight * float(z) + sum(table.get(c, 0.0) for c in set(body))
+                for lp, z, body in zip(mean_logprobs, logits, bodies, strict=True)]
 
     def to_payload(self) -> dict:
         """What a checkpoint stores under `rerank` (fp16 weights: a few MB at most)."""
         state = {k: v.half() if v.is_floating_point() else v for k, v in self.critic.state_dict().items()}
-        return {"kind": "critic", "config": asdict(self.critic.config), "state_dict": state,
-                "weight": self.weight, "figures": self.figures}
+        payload = {"kind": "critic", "config": asdict(self.critic.config), "state_dict": state,
+                   "weight": self.weight, "figures": self.figures}
+        if self.usage:
+            payload["usage"] = self.usage
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict, vocab: Vocab) -> Reranker:
@@ -118,8 +126,14 @@ class Reranker:
         if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
             raise ValueError("its critic has no config or weights")
         weight = payload.get("weight")
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not np.isfinite(weight) or weight < 0:
+        if not _finite_number(weight) or weight < 0:
             raise ValueError("its critic weight is not a finite number ≥ 0")
+        usage = payload.get("usage")
+        if usage is not None and not (isinstance(usage, dict) and all(
+                isinstance(form, str) and isinstance(table, dict)
+                and all(isinstance(c, str) and len(c) == 1 and _finite_number(w) for c, w in table.items())
+                for form, table in usage.items())):
+            raise ValueError("its usage table is malformed")
         config = CriticConfig.from_dict(payload["config"])
         if config.vocab_size != len(vocab):
             raise ValueError("its critic was made for another vocabulary")
@@ -132,7 +146,12 @@ class Reranker:
         if not all(torch.isfinite(p).all() for p in critic.parameters()):
             raise ValueError("its critic's weights are not finite")
         figures = payload.get("figures") if isinstance(payload.get("figures"), dict) else {}
-        return cls(critic, vocab, float(weight), figures)
+        return cls(critic, vocab, float(weight), figures,
+                   {form: {c: float(w) for c, w in table.items()} for form, table in (usage or {}).items()})
+
+
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,3 +247,60 @@ def choose_weight(mean_logprobs: np.ndarray, critic: np.ndarray, labels: np.ndar
         table[w] = float(np.mean([auc(s[groups == g], labels[groups == g]) for g in np.unique(groups)]))
     best = max(grid, key=lambda w: (round(table[w], 4), -w))
     return best, {str(w): round(a, 4) for w, a in table.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The usage table: which characters the chosen poems hold, at poets' rates
+
+USAGE_MIN_SHARE = 0.03  # a character gets a usage weight when at least this share of a form's real poems hold it
+USAGE_LIMIT = 6.0  # |weight| at most this (the critic's term spans about ±15 at weight 5)
+
+
+def usage_shares(bodies: list[str]) -> dict[str, float]:
+    """The share of `bodies` that hold each Han character (at least once)."""
+    from collections import Counter
+
+    from .text import is_han
+
+    held = Counter(c for body in bodies for c in {ch for ch in body if is_han(ch)})
+    return {c: n / len(bodies) for c, n in held.items()} if bodies else {}
+
+
+def fit_usage(pools: list[tuple[list[str], list[float]]], real: dict[str, float],
+              min_share: float = USAGE_MIN_SHARE, iterations: int = 60, step: float = 0.5,
+              limit: float = USAGE_LIMIT) -> dict[str, float]:
+    """Usage weights for best-of-N: `pools` are the candidates of many poems, each with its score
+    without usage (bodies, scores); `real` is the share of real poems of the form that hold each
+    character (usage_shares). The characters of share >= min_share get a weight, added to a candidate's
+    score when it holds them, such that the best candidate of each pool holds each of them in about
+    the share real poems do (iterative scaling: w += step · log(real share / chosen share), clipped to
+    ±limit). A critic taught on the model's own samples penalizes what those overuse, and choosing the
+    best of N by it overshoots: the chosen poems drop words poets use every day (不 一 知 何); these
+    weights bring the chosen poems' words back to poets' shares."""
+    chars = sorted((c for c, share in real.items() if share >= min_share), key=lambda c: (-real[c], c))
+    if not chars or not pools:
+        return {}
+    index = {c: i for i, c in enumerate(chars)}
+    width = max(len(bodies) for bodies, _ in pools)
+    base = np.full((len(pools), width), -np.inf)
+    held = np.zeros((len(pools), width, len(chars)))
+    for p, (bodies, scores) in enumerate(pools):
+        base[p, :len(scores)] = scores
+        for j, body in enumerate(bodies):
+            for c in set(body):
+                if c in index:
+                    held[p, j, index[c]] = 1.0
+    target = np.array([real[c] for c in chars])
+    weights = np.zeros(len(chars))
+    rows = np.arange(len(pools))
+    for _ in range(iterations):
+        chosen = held[rows, (base + held @ weights).argmax(1)].mean(0)
+        weights = np.clip(weights + step * np.log(target / np.maximum(chosen, 1 / (2 * len(pools)))), -limit, limit)
+    return {c: round(float(w), 4) for c, w in zip(chars, weights, strict=True) if w != 0.0}
+
+
+def chosen_shares(pools: list[tuple[list[str], list[float]]], usage: dict[str, float]) -> dict[str, float]:
+    """The share of the pools' best candidates (by score plus `usage`) that hold each Han character."""
+    best = [max(zip(bodies, scores), key=lambda bs: bs[1] + sum(usage.get(c, 0.0) for c in set(bs[0])))[0]
+            for bodies, scores in pools]
+    return usage_shares(best)

@@ -294,7 +294,8 @@ class Generator:
             part = replace(opts, num=min(per_batch, opts.num - start))
             candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start)
             if self.reranker is not None and best_of > 1 and opts.form is not None:
-                scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates])
+                scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates],
+                                              opts.form.key)
                 for c, s in zip(candidates, scores, strict=True):
                     c.score = s
             chosen = [max(candidates[p * best_of:(p + 1) * best_of], key=lambda c: c.score) for p in range(part.num)]

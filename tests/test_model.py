@@ -255,6 +255,22 @@ def test_bf16_on_cpu_trains_and_matches_fp32_evaluation(prepared, tmp_path):
         TrainConfig(precision="fp8").validate()
 
 
+def test_bf16_autocast_on_a_cpu_without_a_bf16_lstm_runs_the_recurrence_in_fp32(monkeypatch):
+    import poetgen.model
+
+    model = LanguageModel(ModelConfig(10, **SMALL)).train()
+    x = torch.randint(0, 10, (2, 5))
+    monkeypatch.setattr(poetgen.model, "cpu_lstm_has_bf16", lambda: False)
+    seen = []
+    model.rnn.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out[0].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, (h, c) = model(x)
+    assert seen == [(torch.float32, torch.float32)] and h.dtype == torch.float32
+    assert logits.dtype == torch.bfloat16  # the output layer still in bf16
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.rnn.parameters())
+
+
 def test_checkpoint_round_trip_and_half_storage(tmp_path):
     vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天", "地"])
     model = LanguageModel(ModelConfig(len(vocab), **SMALL)).eval()

@@ -16,7 +16,8 @@ from poetgen.cli import app
 from poetgen.config import sample_request
 from poetgen.errors import CheckpointError
 from poetgen.forms import FORMS
-from poetgen.rerank import Critic, CriticConfig, Reranker, auc, choose_weight, critic_logits, fit, record_logprobs
+from poetgen.rerank import (Critic, CriticConfig, Reranker, auc, choose_weight, chosen_shares, critic_logits, fit,
+                            fit_usage, record_logprobs, usage_shares)
 from poetgen.sample import Generator, SampleOptions, prepare
 
 runner = CliRunner()
@@ -85,6 +86,60 @@ def test_the_payload_round_trips_and_bad_ones_are_refused():
                 {**payload, "state_dict": {k: v * float("inf") for k, v in payload["state_dict"].items()}}):
         with pytest.raises(ValueError):
             Reranker.from_payload(bad, VOCAB)
+
+
+def test_usage_payload_round_trips_and_malformed_tables_are_refused():
+    torch.manual_seed(1)
+    critic = Critic(CriticConfig(vocab_size=len(VOCAB), dim=8, channels=8, hidden=8))
+    payload = Reranker(critic, VOCAB, 0.5, usage={"wujue": {"甲": 1.5, "乙": -0.25}}).to_payload()
+    assert Reranker.from_payload(payload, VOCAB).usage == {"wujue": {"甲": 1.5, "乙": -0.25}}
+    assert "usage" not in Reranker(critic, VOCAB, 0.5).to_payload()  # files without one stay as they were
+    for bad in ({"wujue": {"甲": float("inf")}}, {"wujue": {"甲乙": 1.0}}, {"wujue": {"甲": True}}, {"wujue": [1.0]},
+                ["甲"]):
+        with pytest.raises(ValueError, match="usage"):
+            Reranker.from_payload({**payload, "usage": bad}, VOCAB)
+
+
+def test_usage_weighs_each_character_held_once_in_its_form_only():
+    torch.manual_seed(1)
+    critic = Critic(CriticConfig(vocab_size=len(VOCAB), dim=8, channels=8, hidden=8))
+    plain = Reranker(critic, VOCAB, 0.5)
+    used = Reranker(critic, VOCAB, 0.5, usage={"wujue": {"甲": 2.0, "乙": -0.5}})
+    bodies, lp = ["甲甲丙丁，戊己庚辛。", "乙丙丁戊，己庚辛壬。", "丙丁戊己，庚辛壬癸。"], [-3.0, -2.0, -1.0]
+    base = plain.scores(bodies, lp)
+    assert used.scores(bodies, lp, "wujue") == pytest.approx([base[0] + 2.0, base[1] - 0.5, base[2]])
+    assert used.scores(bodies, lp, "qijue") == pytest.approx(base) and used.scores(bodies, lp) == pytest.approx(base)
+
+
+def test_fit_usage_brings_the_picked_shares_to_the_real_ones():
+    rng = np.random.default_rng(0)
+    pools = []
+    for _ in range(600):  # four candidates; the first holds 甲 and scores higher, so 甲 is picked too often
+        bodies = ["甲乙丙丁", "乙丙丁戊", "丙丁戊己", "丁戊己庚"]
+        pools.append((bodies, list(rng.normal(size=4) + np.array([1.5, 0.0, 0.0, 0.0]))))
+    real = {"甲": 0.25, "乙": 0.5, "丙": 0.75, "丁": 1.0, "戊": 0.75, "己": 0.5, "庚": 0.02}
+    before = chosen_shares(pools, {})
+    assert before["甲"] > 0.5
+    weights = fit_usage(pools, real)
+    after = chosen_shares(pools, weights)
+    assert "庚" not in weights  # under USAGE_MIN_SHARE: no weight
+    assert weights["甲"] < 0 and abs(after["甲"] - 0.25) < 0.05
+    assert sum(abs(after[c] - real[c]) for c in "甲乙丙戊己") < sum(abs(before[c] - real[c]) for c in "甲乙丙戊己")
+    assert usage_shares(["甲甲乙，", "乙丙。"]) == {"甲": 0.5, "乙": 1.0, "丙": 0.5}
+
+
+def test_best_of_n_adds_the_usage_of_the_form(tiny_model):
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8)
+    other = tiny.ALPHABET[5]
+    reranker = Reranker(favouring().critic, VOCAB, 1.0, usage={"wujue": {other: 40.0}})
+    ranked = Generator(tiny_model, VOCAB, reranker=reranker)
+    candidates = Generator(tiny_model, VOCAB).candidates(opts, 8)
+    expected = [max(candidates[p * 8:(p + 1) * 8],
+                    key=lambda c: c.score + 3.0 * c.body.count(FAVOURED) + 40.0 * (other in c.body)).body
+                for p in range(opts.num)]
+    chosen = [poem.body for poem in ranked.generate(opts)]
+    assert chosen == expected
+    assert chosen != [poem.body for poem in Generator(tiny_model, VOCAB, reranker=favouring()).generate(opts)]
 
 
 def test_best_of_n_keeps_the_candidate_of_best_combined_score(tiny_model):

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..forms import FORMS
 from ..text import LINE_END, finite, plural
 
 
@@ -183,9 +184,12 @@ def model_card(card: dict) -> str:
                 f"{k} {v}" for k, v in value.items() if v is not None)
         elif key == "critic":
             auc = value.get("val_auc") if value else None
+            usage = value.get("usage") if value else None
             value = "none (best-of-N ranks by log-probability)" if value is None else (
                 f"ranks best-of-N (weight {value['weight']:g}"
-                + (f"; tells real poems from its own at val AUC {auc:.3f})" if isinstance(auc, float) else ")"))
+                + (f"; tells real poems from its own at val AUC {auc:.3f})" if isinstance(auc, float) else ")")
+                + ("; usage weights for " + ", ".join(f"{FORMS[form].name if form in FORMS else form} {n} characters"
+                                                       for form, n in usage.items()) if usage else ""))
         lines.append(f"{key:>14}: {value}")
     return "\n".join(lines) + "\n"
 
