@@ -253,7 +253,7 @@ def choose_weight(mean_logprobs: np.ndarray, critic: np.ndarray, labels: np.ndar
 # The usage table: which characters the chosen poems hold, at poets' rates
 
 USAGE_MIN_SHARE = 0.03  # a character gets a usage weight when at least this share of a form's real poems hold it
-USAGE_LIMIT = 6.0  # |weight| at most this (the critic's term spans about ±15 at weight 5)
+USAGE_LIMIT = 3.0  # |weight| at most this (the critic's term spans about ±15 at weight 5)
 
 
 def usage_shares(bodies: list[str]) -> dict[str, float]:
@@ -267,7 +267,7 @@ def usage_shares(bodies: list[str]) -> dict[str, float]:
 
 
 def fit_usage(pools: list[tuple[list[str], list[float]]], real: dict[str, float],
-              min_share: float = USAGE_MIN_SHARE, iterations: int = 60, step: float = 0.5,
+              min_share: float = USAGE_MIN_SHARE, iterations: int = 20, step: float = 0.5,
               limit: float = USAGE_LIMIT) -> dict[str, float]:
     """Usage weights for best-of-N: `pools` are the candidates of many poems, each with its score
     without usage (bodies, scores); `real` is the share of real poems of the form that hold each
