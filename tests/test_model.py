@@ -380,6 +380,26 @@ def test_train_cli_then_eval_cli(prepared, tmp_path):
     assert both.exit_code == 2 and "exactly one" in both.stderr
 
 
+def test_tone_tables_of_either_storage_load_and_malformed_ones_are_refused(tmp_path):
+    vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天", "地"])
+    model = LanguageModel(ModelConfig(len(vocab), **SMALL)).eval()
+    tones = {"天": [3, 1], "地": [0, 7]}
+    checkpoint.save(tmp_path / "m.pt", model, vocab, ModelMeta(step=3), tones=tones)
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert raw["tones"] == {"chars": "天地", "counts": [3, 1, 0, 7]}
+    raw["tones"] = tones  # as files before poetgen 0.5 store it
+    torch.save(raw, tmp_path / "old.pt")
+    assert checkpoint.load(tmp_path / "old.pt").tones == tones == checkpoint.read_header(tmp_path / "m.pt")[3]
+    checkpoint.attach(tmp_path / "old.pt", tmp_path / "again.pt")
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["tones"] == {"chars": "天地", "counts": [3, 1, 0, 7]}
+    for bad in ({"chars": "天地", "counts": [3, 1, 0]}, {"chars": "天天", "counts": [3, 1, 0, 7]},
+                {"chars": "天地", "counts": [3, 1, 0, "7"]}, {"天": [3]}, ["天"]):
+        raw["tones"] = bad
+        torch.save(raw, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="tone table"):
+            checkpoint.read(tmp_path / "bad.pt")
+
+
 def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_path):
     out = tmp_path / "run"
     trained = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), "--hidden-size", "32",
@@ -391,7 +411,9 @@ def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_pa
                                  str(prepared)])
     assert result.exit_code == 0, result.stderr
     payload = torch.load(shipped, weights_only=True)
-    assert payload["tones"] == json.loads((prepared / "tones.json").read_text(encoding="utf-8"))
+    expected_tones = json.loads((prepared / "tones.json").read_text(encoding="utf-8"))
+    assert payload["tones"] == checkpoint.pack_tones(expected_tones)  # stored packed
+    assert checkpoint.load(shipped).tones == expected_tones
     doubles = corpus.count_doubles(p.body for p in corpus.iter_poems(prepared, "train"))
     assert payload["doubles"] == doubles and torch.load(out / "best.pt", weights_only=True)["doubles"] == doubles
     assert "train_state" not in payload
