@@ -12,9 +12,10 @@ sample` uses on a CPU) and the fp32 path (`sample --fp32`, what eval and inspect
     python benchmarks/sample_speed.py --checkpoint runs/x/best.pt --path int8
     python benchmarks/sample_speed.py --beside-train --data-dir DIR     # also next to a training run
 
---beside-train starts `poetgen train --preset tiny` on the prepared corpus in DIR (a scratch run
-folder, deleted after), waits until it trains, and measures 100 七律 again while it runs: the ratio
-to the idle time (measured in the same run) is what a user who samples while training sees.
+--beside-train times `poetgen sample --form qilv --num 100` as a user runs it (a fresh process: the
+CLI's threads and wait policy, load included) idle, then again while `poetgen train --preset tiny`
+runs on the prepared corpus in DIR (a scratch run folder, deleted after): the ratio is what a user who
+samples while training sees.
 Prints one JSON object on stdout; the targets beside the figures."""
 
 from __future__ import annotations
@@ -76,10 +77,12 @@ def cold_cli(path: Path, extra: list[str], repeats: int) -> float:
     return round(best_time(lambda r: subprocess.run(cmd, check=True, capture_output=True), repeats), 2)
 
 
-def beside_train(loaded, int8: bool, data_dir: str, repeats: int) -> dict:
-    """100 七律 while a `poetgen train` runs on the same cores, and the same idle, measured now."""
-    hundred, opts, verse = prepare(loaded, sample_request(form="qilv", num=100), int8=int8)
-    run = lambda r: hundred.generate(replace(opts, seed=r), verse=verse)  # noqa: E731
+def beside_train(path: Path, extra: list[str], data_dir: str, repeats: int) -> dict:
+    """`poetgen sample --form qilv --num 100` as a user runs it (a fresh process, with the CLI's own
+    threads and wait policy), idle and while a `poetgen train` runs on the same cores, measured now."""
+    cmd = [sys.executable, "-m", "poetgen", "sample", "--form", "qilv", "--num", "100", "--seed", "0",
+           "-c", str(path), *extra]
+    run = lambda r: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: E731
     idle = best_time(run, repeats)
     with tempfile.TemporaryDirectory() as tmp:
         log = open(Path(tmp) / "train.log", "w+")
@@ -93,13 +96,11 @@ def beside_train(loaded, int8: bool, data_dir: str, repeats: int) -> dict:
                     raise SystemExit(f"the training run ended early: {Path(log.name).read_text()[-500:]}")
                 time.sleep(1)
             time.sleep(5)  # into its steps
-            busy = [time.perf_counter()]
-            run(0)
-            busy = time.perf_counter() - busy[0]
+            busy = best_time(run, 1)
         finally:
             train.terminate()
             train.wait()
-    return {"qilv_100_idle_s": round(idle, 2), "qilv_100_beside_train_s": round(busy, 2),
+    return {"cli_qilv_100_idle_s": round(idle, 2), "cli_qilv_100_beside_train_s": round(busy, 2),
             "beside_train_ratio": round(busy / idle, 2)}
 
 
@@ -128,7 +129,8 @@ def main() -> None:
         out[p] = measure(loaded, p == "int8", args.repeats)
         out[p]["cold_cli_s"] = cold_cli(path, [] if p == "int8" else ["--fp32"], args.repeats)
     if args.beside_train:
-        out["beside_train"] = beside_train(loaded, paths[0] == "int8", args.data_dir, args.repeats)
+        out["beside_train"] = beside_train(path, [] if paths[0] == "int8" else ["--fp32"], args.data_dir,
+                                           args.repeats)
     out["targets"] = TARGETS
     print(json.dumps(out, ensure_ascii=False, indent=1))
 
