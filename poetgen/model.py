@@ -368,10 +368,10 @@ class Int8Stepper(Stepper):
 
     Every matrix product of a step (hidden-to-hidden, the upper layers' input, projection, output)
     multiplies int8 weights with one scale per output row (fbgemm) by inputs quantized to 7 bits
-    (INT8_INPUT_SCALE): hidden states directly, the output layer's input each row by its own scale. The first layer's input gates come from a table filled
-    one character at a time, the first time it is read, by the same int8 product. At batch 1 a step
-    reads a quarter of the fp32 bytes. Each row is computed the same whatever the other rows; `poetgen
-    eval --int8` reports the path's perplexity."""
+    (INT8_INPUT_SCALE): hidden states directly, the output layer's input each row by its own scale.
+    The first layer's input gates come from a table filled one character at a time, the first time it
+    is read, by the same int8 product. At batch 1 a step reads a quarter of the fp32 bytes. Each row
+    is computed the same whatever the other rows; `poetgen eval --int8` reports the path's perplexity."""
 
     def __init__(self, model: LanguageModel):
         if model.config.cell != "lstm" or not int8_available():

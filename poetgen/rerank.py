@@ -301,6 +301,6 @@ def fit_usage(pools: list[tuple[list[str], list[float]]], real: dict[str, float]
 
 def chosen_shares(pools: list[tuple[list[str], list[float]]], usage: dict[str, float]) -> dict[str, float]:
     """The share of the pools' best candidates (by score plus `usage`) that hold each Han character."""
-    best = [max(zip(bodies, scores), key=lambda bs: bs[1] + sum(usage.get(c, 0.0) for c in set(bs[0])))[0]
+    best = [max(zip(bodies, scores, strict=True), key=lambda bs: bs[1] + sum(usage.get(c, 0.0) for c in set(bs[0])))[0]
             for bodies, scores in pools]
     return usage_shares(best)

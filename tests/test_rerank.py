@@ -16,8 +16,19 @@ from poetgen.cli import app
 from poetgen.config import sample_request
 from poetgen.errors import CheckpointError
 from poetgen.forms import FORMS
-from poetgen.rerank import (Critic, CriticConfig, Reranker, auc, choose_weight, chosen_shares, critic_logits, fit,
-                            fit_usage, record_logprobs, usage_shares)
+from poetgen.rerank import (
+    Critic,
+    CriticConfig,
+    Reranker,
+    auc,
+    choose_weight,
+    chosen_shares,
+    critic_logits,
+    fit,
+    fit_usage,
+    record_logprobs,
+    usage_shares,
+)
 from poetgen.sample import Generator, SampleOptions, prepare
 
 runner = CliRunner()

@@ -33,7 +33,7 @@ import numpy as np
 from poetgen import checkpoint, corpus
 from poetgen.config import sample_request
 from poetgen.forms import FORMS, detect
-from poetgen.rerank import Reranker, USAGE_MIN_SHARE, chosen_shares, critic_logits, fit_usage, usage_shares
+from poetgen.rerank import USAGE_MIN_SHARE, Reranker, chosen_shares, critic_logits, fit_usage, usage_shares
 from poetgen.sample import prepare
 
 
@@ -91,7 +91,8 @@ def main() -> None:
             real_bodies[form.key].append(poem.body)
     usage, figures = dict(reranker.usage), {}
     for form in args.forms.split(","):
-        pools = draw_pools(ckpt, form, args.pools, args.seed, args.pools_dir / f"{form}-n{args.pools}-s{args.seed}.jsonl")
+        cache = args.pools_dir / f"{form}-n{args.pools}-s{args.seed}.jsonl"
+        pools = draw_pools(ckpt, form, args.pools, args.seed, cache)
         scored = [(p["bodies"], [lp + reranker.weight * z for lp, z in zip(p["lp"], p["z"], strict=True)])
                   for p in pools]
         real = usage_shares(real_bodies[form])
