@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--pools-dir", type=Path, default=Path("runs/usage"))
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
+    forms = args.forms.split(",")
+    if any(f not in FORMS for f in forms):
+        parser.error(f"--forms takes form keys among {', '.join(FORMS)}")
 
     ckpt = checkpoint.load(args.checkpoint)
     reranker = ckpt.reranker()
@@ -90,7 +93,7 @@ def main() -> None:
         if form is not None:
             real_bodies[form.key].append(poem.body)
     usage, figures = dict(reranker.usage), {}
-    for form in args.forms.split(","):
+    for form in forms:
         cache = args.pools_dir / f"{form}-n{args.pools}-s{args.seed}.jsonl"
         pools = draw_pools(ckpt, form, args.pools, args.seed, cache)
         scored = [(p["bodies"], [lp + reranker.weight * z for lp, z in zip(p["lp"], p["z"], strict=True)])
