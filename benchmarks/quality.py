@@ -1,8 +1,9 @@
 """Reader-side statistics of sampled poems against the real regulated poems of the test split.
 
 For each fixed form: the plain model (--no-rhyme --best-of 1, what poetgen 0.1 printed), the default
-settings, and --strict; and the test split's real poems of that form as the anchor. Prints one JSON
-line per row, then a table.
+settings, and --strict, each drawn as `poetgen sample` draws it (sample.prepare: the checkpoint's
+critic and usage weights, its 叠字 table, the int8 path unless --fp32); and the test split's real
+poems of that form as the anchor. Prints one JSON line per row, then a table.
 
     python benchmarks/quality.py                 # 200 poems per form and setting, the shipped model
     python benchmarks/quality.py --poems 50 --checkpoint runs/x/best.pt
@@ -24,11 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from poetgen import checkpoint, corpus, prosody  # noqa: E402
-from poetgen.config import SampleOptions  # noqa: E402
+from poetgen.config import SampleOptions, sample_request  # noqa: E402
 from poetgen.forms import FORMS, detect  # noqa: E402
-from poetgen.masks import ProsodyMasks, verse_rules  # noqa: E402
 from poetgen.paths import resolve_data_dir  # noqa: E402
-from poetgen.sample import Generator  # noqa: E402
+from poetgen.sample import prepare  # noqa: E402
 from poetgen.text import LINE_END  # noqa: E402
 
 
@@ -81,13 +81,20 @@ def main() -> None:
     ap.add_argument("--best-of", type=int, default=SampleOptions.best_of)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", help="prepared corpus for the real poems (default: as poetgen finds it)")
+    ap.add_argument("--fp32", action="store_true", help="sample in full precision (as `sample --fp32`)")
     args = ap.parse_args()
 
     ckpt = checkpoint.load(args.checkpoint or checkpoint.default_checkpoint())
     tones = prosody.ToneTable.from_counts(ckpt.tones)
     rhyme_table = prosody.load_rhymes(ckpt.meta.script or "simplified")
-    masks = ProsodyMasks(ckpt.vocab, tones, rhyme_table)
-    gen = Generator(ckpt.model, ckpt.vocab, ckpt.meta.script)
+
+    def generate(form: str, num: int, best_of: int, seed: int, mode: str | None) -> list:
+        """Poems as `poetgen sample` makes them: the same request check, rules, critic and int8 path."""
+        request = sample_request(form=form, num=num, seed=seed, best_of=best_of, no_rhyme=mode is None,
+                                 strict=mode == "strict")
+        gen, opts, verse = prepare(ckpt, request, int8=not args.fp32)
+        return gen.generate(opts, verse=verse)
+
     real: dict[str, list[str]] = {f.name: [] for f in FORMS.values()}
     try:
         for poem in corpus.iter_poems(resolve_data_dir(args.data_dir), "test"):
@@ -107,21 +114,17 @@ def main() -> None:
                     (f"default (best of {args.best_of})", args.best_of, "default"),
                     (f"--strict (best of {args.best_of})", args.best_of, "strict")]
         for name, best_of, mode in settings:
-            opts = SampleOptions(form=form, num=args.poems, seed=args.seed, best_of=best_of)
-            rules = None if mode is None else verse_rules(opts, masks, strict=mode == "strict")
             t = time.perf_counter()
-            poems = gen.generate(opts, verse=rules)
+            poems = generate(form.key, args.poems, best_of, args.seed, mode)
             seconds = time.perf_counter() - t
             row = {"form": form.name, "setting": name, **measure([p.body for p in poems], tones, rhyme_table),
-                   "logprob_per_char": round(sum(p.score for p in poems) / len(poems), 4),
+                   "logprob_per_char": round(sum(p.logprob / (len(p.body) + 1) for p in poems) / len(poems), 4),
                    "seconds": round(seconds, 2)}
             rows.append(row)
             print(json.dumps(row, ensure_ascii=False), flush=True)
     for n, form in ((1, "qilv"), (100, "qilv")):
-        opts = SampleOptions(form=FORMS[form], num=n, seed=args.seed, best_of=args.best_of)
-        rules = verse_rules(opts, masks)
         t = time.perf_counter()
-        gen.generate(opts, verse=rules)
+        generate(form, n, args.best_of, args.seed, "default")
         print(json.dumps({"timing": f"{n} 七律, default settings (best of {args.best_of})",
                           "seconds": round(time.perf_counter() - t, 2)}, ensure_ascii=False), flush=True)
     keys = ("rhyme", "char_3plus", "char_twice", "check_pass", "rare_reading", "opening_repeat", "logprob_per_char")

@@ -96,7 +96,7 @@ def beside_train(path: Path, extra: list[str], data_dir: str, repeats: int) -> d
                     raise SystemExit(f"the training run ended early: {Path(log.name).read_text()[-500:]}")
                 time.sleep(1)
             time.sleep(5)  # into its steps
-            busy = best_time(run, 1)
+            busy = best_time(run, repeats)  # best of as many as idle: the two figures compare alike
         finally:
             train.terminate()
             train.wait()
@@ -129,8 +129,8 @@ def main() -> None:
         out[p] = measure(loaded, p == "int8", args.repeats)
         out[p]["cold_cli_s"] = cold_cli(path, [] if p == "int8" else ["--fp32"], args.repeats)
     if args.beside_train:
-        out["beside_train"] = beside_train(path, [] if paths[0] == "int8" else ["--fp32"], args.data_dir,
-                                           args.repeats)
+        extra = ([] if paths[0] == "int8" else ["--fp32"]) + (["--threads", str(args.threads)] if args.threads else [])
+        out["beside_train"] = beside_train(path, extra, args.data_dir, args.repeats)
     out["targets"] = TARGETS
     print(json.dumps(out, ensure_ascii=False, indent=1))
 

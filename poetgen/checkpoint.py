@@ -198,11 +198,11 @@ def _unpack_tones(stored: Any) -> dict[str, list[int]] | None:
     if isinstance(stored, dict) and set(stored) == {"chars", "counts"}:
         chars, counts = stored["chars"], stored["counts"]
         if (isinstance(chars, str) and isinstance(counts, list) and len(counts) == 2 * len(chars)
-                and len(set(chars)) == len(chars) and all(type(n) is int for n in counts)):
+                and len(set(chars)) == len(chars) and all(type(n) is int and n >= 0 for n in counts)):
             return {c: counts[2 * i:2 * i + 2] for i, c in enumerate(chars)}
         return None
-    if isinstance(stored, dict) and all(isinstance(v, list) and len(v) == 2 and all(type(n) is int for n in v)
-                                        for v in stored.values()):
+    if isinstance(stored, dict) and all(isinstance(v, list) and len(v) == 2
+                                        and all(type(n) is int and n >= 0 for n in v) for v in stored.values()):
         return stored
     return None
 

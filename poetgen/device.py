@@ -51,7 +51,8 @@ def use_bf16(device: torch.device, precision: str = "auto") -> bool:
 def cpu_lstm_has_bf16() -> bool:
     """Whether this CPU's LSTM kernel runs in bf16 (oneDNN's needs AVX-512 BF16 or AMX; on others it
     fails to start, and under bf16 autocast the LSTM then computes in fp32, the rest in bf16)."""
-    lstm = torch.nn.LSTM(4, 4)
+    with torch.random.fork_rng(devices=[]):  # building the probe draws: leave the run's random stream as it was
+        lstm = torch.nn.LSTM(4, 4)
     try:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             lstm(torch.zeros(2, 1, 4))

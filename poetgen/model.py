@@ -216,8 +216,8 @@ def _lstm_update(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, to
     gates[:, :3 * H].sigmoid_()
     gates[:, 3 * H:].tanh_()
     i, f, o, g = gates.chunk(4, dim=1)
-    c = torch.addcmul(f * c, i, g)
-    return o * torch.tanh(c), c
+    c = torch.addcmul(f.mul_(c), i, g)  # in place where it can: a fresh (B, H) costs page faults at large B
+    return torch.tanh(c).mul_(o), c
 
 
 class Stepper:
@@ -368,7 +368,8 @@ class Int8Stepper(Stepper):
 
     Every matrix product of a step (hidden-to-hidden, the upper layers' input, projection, output)
     multiplies int8 weights with one scale per output row (fbgemm) by inputs quantized to 7 bits
-    (INT8_INPUT_SCALE): hidden states directly, the output layer's input each row by its own scale.
+    (INT8_INPUT_SCALE): hidden states directly, the output layer's input (and the embeddings that fill
+    the first layer's table) each row by its own scale.
     The first layer's input gates come from a table filled one character at a time, the first time it
     is read, by the same int8 product. At batch 1 a step reads a quarter of the fp32 bytes. Each row
     is computed the same whatever the other rows; `poetgen eval --int8` reports the path's perplexity."""

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .forms import FORMS
 from .vocab import Vocab
 
 __all__ = ["Critic", "CriticConfig", "Reranker", "auc", "choose_weight", "encode_bodies", "fit", "record_logprobs"]
@@ -130,8 +131,9 @@ class Reranker:
             raise ValueError("its critic weight is not a finite number ≥ 0")
         usage = payload.get("usage")
         if usage is not None and not (isinstance(usage, dict) and all(
-                isinstance(form, str) and isinstance(table, dict)
-                and all(isinstance(c, str) and len(c) == 1 and _finite_number(w) for c, w in table.items())
+                form in FORMS and isinstance(table, dict)
+                and all(isinstance(c, str) and len(c) == 1 and _finite_number(w) and abs(w) <= USAGE_MAX_ABS
+                        for c, w in table.items())
                 for form, table in usage.items())):
             raise ValueError("its usage table is malformed")
         config = CriticConfig.from_dict(payload["config"])
@@ -254,6 +256,7 @@ def choose_weight(mean_logprobs: np.ndarray, critic: np.ndarray, labels: np.ndar
 
 USAGE_MIN_SHARE = 0.03  # a character gets a usage weight when at least this share of a form's real poems hold it
 USAGE_LIMIT = 3.0  # |weight| at most this (the critic's term spans about ±15 at weight 5)
+USAGE_MAX_ABS = 100.0  # a stored weight beyond this is damage, not a fit: the file is refused
 
 
 def usage_shares(bodies: list[str]) -> dict[str, float]:
@@ -277,6 +280,9 @@ def fit_usage(pools: list[tuple[list[str], list[float]]], real: dict[str, float]
     ±limit). A critic taught on the model's own samples penalizes what those overuse, and choosing the
     best of N by it overshoots: the chosen poems drop words poets use every day (不 一 知 何); these
     weights bring the chosen poems' words back to poets' shares."""
+    if any(len(bodies) != len(scores) for bodies, scores in pools):
+        raise ValueError("each pool needs one score per candidate")
+    pools = [pool for pool in pools if pool[0]]
     chars = sorted((c for c, share in real.items() if share >= min_share), key=lambda c: (-real[c], c))
     if not chars or not pools:
         return {}
@@ -302,5 +308,5 @@ def fit_usage(pools: list[tuple[list[str], list[float]]], real: dict[str, float]
 def chosen_shares(pools: list[tuple[list[str], list[float]]], usage: dict[str, float]) -> dict[str, float]:
     """The share of the pools' best candidates (by score plus `usage`) that hold each Han character."""
     best = [max(zip(bodies, scores, strict=True), key=lambda bs: bs[1] + sum(usage.get(c, 0.0) for c in set(bs[0])))[0]
-            for bodies, scores in pools]
+            for bodies, scores in pools if bodies]
     return usage_shares(best)

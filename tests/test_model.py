@@ -271,6 +271,17 @@ def test_bf16_autocast_on_a_cpu_without_a_bf16_lstm_runs_the_recurrence_in_fp32(
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.rnn.parameters())
 
 
+def test_the_bf16_probe_leaves_the_random_stream_alone():
+    from poetgen.device import cpu_lstm_has_bf16
+
+    cpu_lstm_has_bf16.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    cpu_lstm_has_bf16()
+    assert torch.equal(torch.rand(3), expected)  # a resumed bf16 run draws the masks it would have drawn
+
+
 def test_checkpoint_round_trip_and_half_storage(tmp_path):
     vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天", "地"])
     model = LanguageModel(ModelConfig(len(vocab), **SMALL)).eval()

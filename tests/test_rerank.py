@@ -106,7 +106,7 @@ def test_usage_payload_round_trips_and_malformed_tables_are_refused():
     assert Reranker.from_payload(payload, VOCAB).usage == {"wujue": {"甲": 1.5, "乙": -0.25}}
     assert "usage" not in Reranker(critic, VOCAB, 0.5).to_payload()  # files without one stay as they were
     for bad in ({"wujue": {"甲": float("inf")}}, {"wujue": {"甲乙": 1.0}}, {"wujue": {"甲": True}}, {"wujue": [1.0]},
-                ["甲"]):
+                ["甲"], {"zz": {"甲": 1.0}}, {"wujue": {"甲": 1e300}}):
         with pytest.raises(ValueError, match="usage"):
             Reranker.from_payload({**payload, "usage": bad}, VOCAB)
 
@@ -137,6 +137,9 @@ def test_fit_usage_brings_the_picked_shares_to_the_real_ones():
     assert weights["甲"] < 0 and abs(after["甲"] - 0.25) < 0.05
     assert sum(abs(after[c] - real[c]) for c in "甲乙丙戊己") < sum(abs(before[c] - real[c]) for c in "甲乙丙戊己")
     assert usage_shares(["甲甲乙，", "乙丙。"]) == {"甲": 0.5, "乙": 1.0, "丙": 0.5}
+    assert fit_usage([([], [])] + pools, real) == weights  # an empty pool is left out
+    with pytest.raises(ValueError, match="one score per candidate"):
+        fit_usage([(["甲乙"], [0.0, 1.0])], real)
 
 
 def test_best_of_n_adds_the_usage_of_the_form(tiny_model):
@@ -191,6 +194,18 @@ def test_the_critic_travels_in_the_checkpoint_and_score_logprob_ignores_it(tiny_
         assert r["score"] == pytest.approx(expected, abs=1e-3)
     generator, _, _ = prepare(checkpoint.load(tmp_path / "ranked.pt"), sample_request(form="free"))
     assert generator.reranker is None  # free form: the critic knows the regulated forms only
+
+
+def test_info_names_the_usage_tables(tiny_checkpoint, tmp_path):
+    usage = {"wujue": {"甲": 1.0, "乙": -1.0}, "qilv": {}}
+    payload = Reranker(favouring().critic, VOCAB, 1.0, usage=usage).to_payload()
+    checkpoint.attach_rerank(tiny_checkpoint, tmp_path / "used.pt", payload)
+    result = runner.invoke(app, ["info", "-c", str(tmp_path / "used.pt")])
+    assert result.exit_code == 0, result.output
+    critic_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("critic:"))
+    assert critic_line.endswith("usage weights for 五绝 2 characters")  # an empty table is not shown
+    plain = runner.invoke(app, ["info", "-c", str(tiny_checkpoint)])
+    assert "usage" not in plain.stdout
 
 
 def test_a_damaged_critic_is_refused_in_one_line(tiny_checkpoint, tmp_path):

@@ -14,7 +14,8 @@ The recipe, per form:
 2. Real shares: the share of the train split's poems of the form that hold each character.
 3. Check: weights fitted on the first 3/4 of the pools, the held-out quarter's picked shares against
    the real ones (mean |log ratio| over the table's characters), before and after.
-4. The weights fitted on all the pools go into the output checkpoint, beside the critic.
+4. The weights fitted on all the pools go into the output checkpoint, beside the critic, for the
+   forms whose held-out mismatch fell by at least --min-gain (5%); the others rank without usage.
 
     python tools/fit_usage.py -c checkpoints/poetgen-default.pt --pools-dir runs/usage -o runs/usage/model.pt
 
@@ -23,6 +24,7 @@ Progress and figures go to stderr; the last line on stdout is one JSON object of
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -76,7 +78,10 @@ def main() -> None:
     parser.add_argument("--pools", type=int, default=1200, help="poems (pools of candidates) per form")
     parser.add_argument("--seed", type=int, default=7001)
     parser.add_argument("--forms", default=",".join(FORMS))
-    parser.add_argument("--pools-dir", type=Path, default=Path("runs/usage"))
+    parser.add_argument("--pools-dir", type=Path, default=Path("runs/usage"),
+                        help="where pools are kept, named by the checkpoint file's hash (reused for the same file)")
+    parser.add_argument("--min-gain", type=float, default=0.05,
+                        help="keep a form's table only if it cuts the held-out mismatch by this fraction")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
     forms = args.forms.split(",")
@@ -84,6 +89,7 @@ def main() -> None:
         parser.error(f"--forms takes form keys among {', '.join(FORMS)}")
 
     ckpt = checkpoint.load(args.checkpoint)
+    fingerprint = hashlib.sha256(args.checkpoint.read_bytes()).hexdigest()[:12]
     reranker = ckpt.reranker()
     if reranker is None:
         raise SystemExit(f"{args.checkpoint} has no critic: train one first (tools/train_critic.py)")
@@ -94,7 +100,7 @@ def main() -> None:
             real_bodies[form.key].append(poem.body)
     usage, figures = dict(reranker.usage), {}
     for form in forms:
-        cache = args.pools_dir / f"{form}-n{args.pools}-s{args.seed}.jsonl"
+        cache = args.pools_dir / f"{form}-n{args.pools}-s{args.seed}-{fingerprint}.jsonl"
         pools = draw_pools(ckpt, form, args.pools, args.seed, cache)
         scored = [(p["bodies"], [lp + reranker.weight * z for lp, z in zip(p["lp"], p["z"], strict=True)])
                   for p in pools]
@@ -105,15 +111,22 @@ def main() -> None:
         trial = fit_usage(scored[:cut], real)
         before = mismatch(chosen_shares(held_out, {}), real, chars, floor)
         after = mismatch(chosen_shares(held_out, trial), real, chars, floor)
-        usage[form] = fit_usage(scored, real)
+        kept = before - after >= args.min_gain * before
+        if kept:
+            usage[form] = fit_usage(scored, real)
+        else:  # within the noise of the held-out pools: the form ranks without usage
+            usage.pop(form, None)
         picked_before, picked_after = chosen_shares(held_out, {}), chosen_shares(held_out, trial)
         figures[form] = {"characters": len(chars), "real_poems": len(real_bodies[form]), "pools": len(scored),
                          "held_out_mismatch_before": round(before, 3), "held_out_mismatch_after": round(after, 3),
+                         "kept": kept,
                          "examples": {c: [round(real[c], 3), round(picked_before.get(c, 0.0), 3),
                                           round(picked_after.get(c, 0.0), 3)] for c in chars[:8]}}
-        log(f"{form}: {len(chars)} characters; held-out mismatch {before:.3f} → {after:.3f} "
+        log(f"{form}: {len(chars)} characters; held-out mismatch {before:.3f} → {after:.3f}, "
+            f"{'kept' if kept else f'not kept (under {args.min_gain:.0%} better)'} "
             f"(share real / picked before / after: "
             + ", ".join(f"{c} {v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f}" for c, v in figures[form]["examples"].items()) + ")")
+    figures = {**reranker.figures.get("usage", {}), **figures}  # forms not fitted now keep theirs
     out = Reranker(reranker.critic, ckpt.vocab, reranker.weight, {**reranker.figures, "usage": figures}, usage)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.attach_rerank(args.checkpoint, args.output, out.to_payload())

@@ -184,12 +184,13 @@ def model_card(card: dict) -> str:
                 f"{k} {v}" for k, v in value.items() if v is not None)
         elif key == "critic":
             auc = value.get("val_auc") if value else None
-            usage = value.get("usage") if value else None
+            usage = (value.get("usage") or {}) if value else {}
             value = "none (best-of-N ranks by log-probability)" if value is None else (
                 f"ranks best-of-N (weight {value['weight']:g}"
                 + (f"; tells real poems from its own at val AUC {auc:.3f})" if isinstance(auc, float) else ")")
-                + ("; usage weights for " + ", ".join(f"{FORMS[form].name if form in FORMS else form} {n} characters"
-                                                       for form, n in usage.items()) if usage else ""))
+                + ("; usage weights for " + ", ".join(f"{FORMS[form].name} {plural(n, 'character')}"
+                                                       for form, n in usage.items() if n) if any(usage.values())
+                   else ""))
         lines.append(f"{key:>14}: {value}")
     return "\n".join(lines) + "\n"
 
