@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it
     from .model import LanguageModel
 
 FORMAT = "poetgen-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the tone table packed (poetgen 0.5); format 2 files are read as well
+OLDEST_FORMAT = 2
 DEFAULT_NAME = "poetgen-default.pt"
 VOCAB_ROWS = ("embed.weight", "head.weight", "head.bias")  # the weights with one row per token
 
@@ -243,9 +244,9 @@ def _validate_payload(path: Path, payload: Any) -> dict:
         raise _damaged(path, "no format version")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} is from a newer poetgen (format {version}): upgrade poetgen")
-    if version < FORMAT_VERSION:
-        raise CheckpointError(f"{path} is from an older poetgen (format {version}; this one reads format "
-                              f"{FORMAT_VERSION}): train or export the model again")
+    if version < OLDEST_FORMAT:
+        raise CheckpointError(f"{path} is from an older poetgen (format {version}; this one reads formats "
+                              f"{OLDEST_FORMAT} to {FORMAT_VERSION}): train or export the model again")
     for key in ("model_config", "state_dict", "vocab", "meta"):
         if key not in payload:
             raise _damaged(path, f"no {key}")
@@ -489,7 +490,8 @@ def attach(source: Path, output: Path, **parts) -> Checkpoint:
     read(source)  # checked like any checkpoint
     payload = torch.load(source, map_location="cpu", weights_only=True)
     payload.update(parts)
-    payload["tones"] = pack_tones(payload.get("tones"))  # (a file from before 0.5 gets the packed table)
+    payload["tones"] = pack_tones(payload.get("tones"))  # a format 2 file gets the packed table, and format 3
+    payload["format_version"] = FORMAT_VERSION
     _write(output, payload)
     return read(output)
 

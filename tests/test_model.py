@@ -398,11 +398,18 @@ def test_tone_tables_of_either_storage_load_and_malformed_ones_are_refused(tmp_p
     checkpoint.save(tmp_path / "m.pt", model, vocab, ModelMeta(step=3), tones=tones)
     raw = torch.load(tmp_path / "m.pt", weights_only=True)
     assert raw["tones"] == {"chars": "天地", "counts": [3, 1, 0, 7]}
-    raw["tones"] = tones  # as files before poetgen 0.5 store it
+    assert raw["format_version"] == 3
+    raw["tones"], raw["format_version"] = tones, 2  # as files before poetgen 0.5 store it
     torch.save(raw, tmp_path / "old.pt")
     assert checkpoint.load(tmp_path / "old.pt").tones == tones == checkpoint.read_header(tmp_path / "m.pt")[3]
     checkpoint.attach(tmp_path / "old.pt", tmp_path / "again.pt")
-    assert torch.load(tmp_path / "again.pt", weights_only=True)["tones"] == {"chars": "天地", "counts": [3, 1, 0, 7]}
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert again["tones"] == {"chars": "天地", "counts": [3, 1, 0, 7]} and again["format_version"] == 3
+    raw["format_version"] = 1
+    torch.save(raw, tmp_path / "oldest.pt")
+    with pytest.raises(CheckpointError, match="older poetgen"):
+        checkpoint.read(tmp_path / "oldest.pt")
+    raw["format_version"] = 3
     for bad in ({"chars": "天地", "counts": [3, 1, 0]}, {"chars": "天天", "counts": [3, 1, 0, 7]},
                 {"chars": "天地", "counts": [3, 1, 0, "7"]}, {"天": [3]}, ["天"]):
         raw["tones"] = bad
