@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from .forms import FORMS
 from .vocab import Vocab
 
-__all__ = ["Critic", "CriticConfig", "Reranker", "auc", "choose_weight", "encode_bodies", "fit", "record_logprobs"]
+__all__ = ["Critic", "CriticConfig", "Reranker", "auc", "choose_weight", "chosen_shares", "encode_bodies", "fit",
+           "fit_usage", "record_logprobs", "usage_shares"]
 
 MAX_BODY = 128  # characters of a body the critic reads (a 七律 is 64 with its marks)
 
