@@ -226,6 +226,7 @@ class SampleOptions:
     best_of: int = 8  # candidates per poem, the best kept by sample.score; 1 is plain sampling
     score: str = "critic"  # best-of-N in a fixed form: log-probability + the model's critic (rerank.py), or
     # "logprob" alone; a model without a critic, and free form, rank by log-probability
+    prune: bool = True  # best-of-N in a fixed form drops its weaker candidates as it goes (sample.PRUNE)
 
     @property
     def candidates_per_poem(self) -> int:
@@ -260,7 +261,8 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                    max_chars: int = SampleOptions.max_chars, best_of: int = SampleOptions.best_of,
                    strict: bool = False, template: str | None = None, rhyme: str | None = None,
-                   no_rhyme: bool = False, score: str = SampleOptions.score) -> SampleRequest:
+                   no_rhyme: bool = False, score: str = SampleOptions.score,
+                   prune: bool = SampleOptions.prune) -> SampleRequest:
     """The one validation of a sampling request, from the user's words and before torch loads: the
     form by name, the text normalized (ASCII marks made full-width, spaces trimmed), a random seed
     when none is given. Raises UsageError naming the first value no sampler can use, a verse option
@@ -271,7 +273,7 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
         title=full_width_marks("".join(title.split())) if title is not None else None,
         form=get_form(form), acrostic=acrostic.strip(), num=num, temperature=temperature, top_k=top_k,
         top_p=top_p, seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
-        best_of=best_of, score=score)
+        best_of=best_of, score=score, prune=prune)
     verse = VerseOptions(strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme)
     check_decoding(options)
     check_verse(options.form, verse)

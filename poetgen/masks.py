@@ -236,6 +236,14 @@ class VerseState:
             r = rows[rhyming]
             self.groups_open[r] &= self.prosody.groups[:, tokens[r]].T
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (indexes into the current rows, in this order), between two characters."""
+        for name in ("uses", "prev", "prev_doubled", "rhymed", "groups_open", "rhyme_line", "want", "soft"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value[rows])
+        self.excepted = None  # closed by advance(): keep() comes between a character and the next masks()
+
     def _refresh(self, rows: torch.Tensor, cols: torch.Tensor) -> None:
         if self.soft is not None:
             used = self.uses[rows, cols]

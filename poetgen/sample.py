@@ -7,6 +7,7 @@ by construction; nothing is patched afterwards."""
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,12 @@ from .text import to_script
 from .vocab import MAX_TITLE, Vocab
 
 MAX_ROWS = 800  # candidate rows decoded at once (memory: a few (rows, vocabulary) tensors)
+# Best-of-N of PRUNE_MIN or more candidates in a fixed form prunes as it goes: when a quarter, half and
+# three quarters of the lines are written, only the best 3/4, 1/2 and 3/8 of each poem's candidates
+# (by the score of their lines so far) go on; at best of 8 that is 6, 4 and 3, 4.9 rows on average
+# instead of 8. SampleOptions.prune (`--no-prune`) writes every candidate to the end.
+PRUNE_MIN = 4
+PRUNE = ((1 / 4, 3 / 4), (1 / 2, 1 / 2), (3 / 4, 3 / 8))  # (share of the lines written, share of candidates kept)
 
 __all__ = ["GeneratedPoem", "Generator", "SampleOptions", "SampleRequest", "draw", "filter_logits",
            "in_model_script", "poem_record", "prepare"]
@@ -80,8 +87,9 @@ class Streams:
     never depends on the poems drawn beside it (the first poem of --num 2 is the poem of --num 1, and
     poem i of any run is poem i of a run with --num i+1). `owner[r]` is the stream of row r."""
 
-    def __init__(self, gens: list[torch.Generator], owner: list[int]):
+    def __init__(self, gens: list[torch.Generator], owner: list[int], kept: torch.Tensor | None = None):
         self.gens, self.owner = gens, owner
+        self.kept = kept  # the rows that still draw (see keep); None: all
         self._runs: list[tuple[torch.Generator, int]] = []  # consecutive rows of one stream
         for r, o in enumerate(owner):
             if r and owner[r - 1] == o:
@@ -97,7 +105,14 @@ class Streams:
 
     def rows(self, rows: list[int]) -> Streams:
         """The same streams for a subset of the rows (their owners, in this order)."""
+        if self.kept is not None:
+            rows = self.kept[rows].tolist()
         return Streams(self.gens, [self.owner[r] for r in rows])
+
+    def keep(self, rows: torch.Tensor) -> Streams:
+        """The streams of these rows only (indexes into the current rows), each stream still drawing for
+        all its rows: a kept row gets the numbers it would have got had no row been dropped."""
+        return Streams(self.gens, self.owner, rows if self.kept is None else self.kept[rows])
 
     def per_row(self, repeat: int) -> Streams:
         """Each row's stream owning `repeat` consecutive rows (a poem's best-of-N candidates)."""
@@ -105,14 +120,16 @@ class Streams:
 
     def uniform(self) -> torch.Tensor:
         """One number in [0, 1) per row (B,), each from its row's stream."""
-        return torch.cat([torch.rand(n, generator=g) for g, n in self._runs])
+        u = torch.cat([torch.rand(n, generator=g) for g, n in self._runs])
+        return u if self.kept is None else u[self.kept]
 
 
-def draw(weights: torch.Tensor, gen: torch.Generator | Streams) -> torch.Tensor:
+def draw(weights: torch.Tensor, gen: torch.Generator | Streams | torch.Tensor) -> torch.Tensor:
     """One token per row from weights (B, V), probabilities or unnormalized, by inverse CDF in two
     levels (a block of DRAW_BLOCK columns, then a column in it): one pass over (B, V) instead of a
     cumulative sum, and much faster on CPU than torch.multinomial. The random numbers come from
-    `gen`, or from each row's stream. A row with no weight gives a token of weight 0 (the caller checks)."""
+    `gen`, from each row's stream, or are given (a tensor of B numbers in [0, 1)). A row with no
+    weight gives a token of weight 0 (the caller checks)."""
     B, V = weights.shape
     n = V // DRAW_BLOCK
     weights = weights.contiguous()
@@ -120,7 +137,8 @@ def draw(weights: torch.Tensor, gen: torch.Generator | Streams) -> torch.Tensor:
     if V > n * DRAW_BLOCK:
         block_sums = torch.cat([block_sums, weights[:, n * DRAW_BLOCK:].sum(-1, keepdim=True)], dim=1)
     block_cdf = block_sums.cumsum(-1)
-    u = torch.rand(B, 1, generator=gen) if isinstance(gen, torch.Generator) else gen.uniform()[:, None]
+    u = (gen if isinstance(gen, torch.Tensor) else torch.rand(B, generator=gen) if isinstance(gen, torch.Generator)
+         else gen.uniform())[:, None]
     target = u.to(block_cdf.dtype) * block_cdf[:, -1:]
     block = torch.searchsorted(block_cdf, target, right=True).clamp_(max=block_cdf.size(1) - 1)
     before = torch.where(block > 0, block_cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
@@ -205,38 +223,41 @@ class Generator:
                 weights = work[1] if T == 1 else shifted.div_(T).exp_()
             for m in masks:
                 weights.mul_(m)
-            choice = draw(weights, gen)
-            return self._repair(choice, weights, logits, masks, opts, gen), log_norm
+            u = gen.uniform()
+            return self._repair(draw(weights, u), weights, logits, masks, opts, u), log_norm
         top = logits.amax(-1, keepdim=True)
         shifted = torch.sub(logits, top, out=work[0])
         log_norm = top.squeeze(1) + torch.exp(shifted, out=work[1]).sum(-1).log_()
         allowed = _combine(masks, B, work[2])
         if T == 0:
-            weights = allowed
+            weights, u = allowed, None
             choice = shifted.masked_fill_(allowed == 0, float("-inf")).argmax(-1)
         else:
             # log of the masks' product: 0/1 masks exclude, the repetition weights of the verse rules weigh
             weights = filter_logits(shifted.div_(T).add_(allowed.log()), opts.top_k, opts.top_p).exp_()
-            choice = draw(weights, gen)
-        return self._repair(choice, weights, logits, masks, opts, gen), log_norm
+            u = gen.uniform()
+            choice = draw(weights, u)
+        return self._repair(choice, weights, logits, masks, opts, u), log_norm
 
     def _repair(self, choice: torch.Tensor, weights: torch.Tensor, logits: torch.Tensor, masks: list[torch.Tensor],
-                opts: SampleOptions, gen: Streams) -> torch.Tensor:
+                opts: SampleOptions, u: torch.Tensor | None) -> torch.Tensor:
         """A row its masks left no token, or whose allowed tokens all underflowed, drew a token of
-        weight 0: choose again for it, dropping masks as _choose says (rare)."""
+        weight 0: choose again for it, dropping masks as _choose says (rare), with the random number
+        it drew (`u`, one per row; None when greedy): a row's stream moves on as every other row's."""
         for r in torch.nonzero(~(weights.gather(1, choice[:, None]).squeeze(1) > 0)).squeeze(1).tolist():
-            choice[r] = self._choose_row(logits[r], _row_mask(masks, r), opts, gen.rows([r]))
+            choice[r] = self._choose_row(logits[r], _row_mask(masks, r), opts, None if u is None else u[r:r + 1])
         return choice
 
     @staticmethod
-    def _choose_row(logits: torch.Tensor, allowed: torch.Tensor, opts: SampleOptions, gen: Streams) -> int:
-        """_choose for one row whose masks needed narrowing less, or whose allowed tokens all underflowed."""
+    def _choose_row(logits: torch.Tensor, allowed: torch.Tensor, opts: SampleOptions, u: torch.Tensor | None) -> int:
+        """_choose for one row whose masks needed narrowing less, or whose allowed tokens all underflowed,
+        with the random number `u` (one; None when greedy)."""
         masked = logits.masked_fill(~allowed, float("-inf"))[None]
-        if opts.temperature > 0:
+        if opts.temperature > 0 and u is not None:
             scaled = filter_logits((masked - masked.max()).div_(opts.temperature), opts.top_k, opts.top_p)
             weights = scaled.exp_()
             if float(weights.sum()) > 0:
-                return int(draw(weights, gen)[0])
+                return int(draw(weights, u)[0])
         return int(masked.argmax())
 
     def _titles(self, opts: SampleOptions, gen: Streams, on_title) -> tuple[list[str], torch.Tensor, object]:
@@ -292,22 +313,27 @@ class Generator:
         per_batch = max(1, MAX_ROWS // best_of)
         for start in range(0, opts.num, per_batch):
             part = replace(opts, num=min(per_batch, opts.num - start))
-            candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start)
+            prune = PRUNE if opts.prune and best_of >= PRUNE_MIN else ()
+            candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start, prune=prune)
             if self.reranker is not None and best_of > 1 and opts.form is not None:
                 scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates],
                                               opts.form.key)
                 for c, s in zip(candidates, scores, strict=True):
                     c.score = s
-            chosen = [max(candidates[p * best_of:(p + 1) * best_of], key=lambda c: c.score) for p in range(part.num)]
+            each = len(candidates) // part.num
+            chosen = [max(candidates[p * each:(p + 1) * each], key=lambda c: c.score) for p in range(part.num)]
             for p, poem in enumerate(chosen):
                 poem.seed, poem.index = opts.seed, start + p
             yield chosen
 
     def candidates(self, opts: SampleOptions, best_of: int, on_char=None, on_title=None,
-                   verse: VerseRules | None = None, first: int = 0) -> list[GeneratedPoem]:
-        """All opts.num * best_of candidates of one batch, poem by poem (best_of rows per poem, sharing
-        its title), each with its score; the poems are those of index first … first + num - 1 of the
-        request (see Streams). `verse` applies to the fixed forms only."""
+                   verse: VerseRules | None = None, first: int = 0,
+                   prune: tuple[tuple[float, float], ...] = ()) -> list[GeneratedPoem]:
+        """The candidates of one batch, poem by poem (best_of rows per poem, sharing its title), each
+        with its score; the poems are those of index first … first + num - 1 of the request (see
+        Streams). `verse` applies to the fixed forms only. `prune` (a schedule like PRUNE): in a
+        fixed form, the poems come with as many candidates as the last cut keeps (_decode_fixed_form);
+        empty: all best_of, each written to the end."""
         streams = Streams.for_poems(opts.seed, first, opts.num)
         titles, logits, state = self._titles(opts, streams, on_title)
         gen = streams.per_row(best_of)
@@ -316,26 +342,44 @@ class Generator:
         logits, state = logits[poem_of_row], self.stepper.select(state, poem_of_row)
         if opts.form is None:
             bodies, logprob = self._decode_free_form(opts, rows, logits, state, gen, on_char)
+            poem_of = poem_of_row.tolist()
         else:
-            bodies, logprob = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char, first * best_of)
-        return [GeneratedPoem(title=titles[r // best_of], body=bodies[r], logprob=float(logprob[r]),
-                              lines=split_lines(bodies[r]), score=score(float(logprob[r]), bodies[r]),
-                              candidates=best_of) for r in range(rows)]
+            bodies, logprob, poem_of = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char,
+                                                               first * best_of, best_of, prune)
+        return [GeneratedPoem(title=titles[p], body=body, logprob=float(lp), lines=split_lines(body),
+                              score=score(float(lp), body), candidates=best_of)
+                for p, body, lp in zip(poem_of, bodies, logprob, strict=True)]
 
     def _decode_fixed_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,
-                           verse: VerseRules | None, on_char, first_row: int = 0) -> tuple[list[str], torch.Tensor]:
-        """The bodies of `rows` candidates of the fixed form opts.form, from the logits and state after
-        their titles, and their log-probabilities (float64). Every row stands at the same line and
-        column, so one grammar serves them all, and all reach the end at the same step."""
+                           verse: VerseRules | None, on_char, first_row: int = 0, best_of: int = 1,
+                           prune: tuple[tuple[float, float], ...] = ()) -> tuple[list[str], torch.Tensor, list[int]]:
+        """The bodies of `rows` candidates of the fixed form opts.form (best_of consecutive rows per
+        poem), from the logits and state after their titles, their log-probabilities (float64) and the
+        poem of each. Every row stands at the same line and column, so one grammar serves them all, and
+        all reach the end at the same step. `prune`: (share of the lines, share of candidates) pairs;
+        when that share of the lines is written, only each poem's best rows by the score of what they
+        have written (_best_so_far) go on, that share of best_of rounded up: the rest of the poem costs
+        fewer rows. A kept row is written as it would have been without the others (its random numbers
+        and rules are its own), so pruning only drops candidates, never changes one."""
         vocab, form = self.vocab, opts.form
         grammar = opts.body_grammar()
         verse_state = verse.start(form, rows, opts.seed, first_row) if verse is not None else None
         prompt = list(opts.prompt)
         logprob = torch.zeros(rows, dtype=torch.float64)
         columns: list[torch.Tensor] = []  # (rows,): the token each row took at each step
+        survivors = torch.arange(rows)  # each row's index among the rows first drawn
+        cuts = {int(form.lines * at): math.ceil(best_of * share) for at, share in prune}  # line: rows kept per poem
+        each = best_of
         for _ in range(form.lines * (form.chars + 1) + 1):  # the characters, their marks and the end
             token_class, head = grammar.expect()
             line, col = grammar.line, grammar.col
+            if col == 0 and cuts.get(line, each) < each:
+                kept = self._best_so_far(columns, logprob, each, cuts[line], opts)
+                survivors, logprob, columns = survivors[kept], logprob[kept], [c[kept] for c in columns]
+                logits, state, gen = logits[kept], self.stepper.select(state, kept), gen.keep(kept)
+                if verse_state is not None:
+                    verse_state.keep(kept)
+                rows, each = len(kept), cuts[line]
             given = prompt.pop(0) if prompt else head
             forced = torch.full((rows,), vocab.stoi[given] if given is not None else -1, dtype=torch.long)
             class_row = self.class_index[token_class]
@@ -356,7 +400,21 @@ class Generator:
                 for r, t in enumerate(choice.tolist()):
                     on_char(r, vocab.tokens[t])
             logits, state = self.stepper.step(choice, state)
-        return ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()], logprob
+        bodies = ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()]
+        return bodies, logprob, (survivors // best_of).tolist()
+
+    def _best_so_far(self, columns: list[torch.Tensor], logprob: torch.Tensor, each: int, keep: int,
+                     opts: SampleOptions) -> torch.Tensor:
+        """The rows to keep of `each` consecutive rows per poem: each poem's `keep` best by the score of
+        the lines written so far (the reranker's, or log-probability per character), in row order."""
+        written = ["".join(self.vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()]
+        scores = [score(float(lp), body) for lp, body in zip(logprob, written, strict=True)]
+        if self.reranker is not None:
+            scores = self.reranker.scores(written, scores, opts.form.key)
+        by_poem = torch.tensor(scores).view(-1, each)
+        order = torch.sort(by_poem, dim=1, descending=True, stable=True).indices  # ties: the earlier row first
+        best = order[:, :keep].sort(dim=1).values
+        return (best + torch.arange(by_poem.size(0))[:, None] * each).flatten()
 
     def _decode_free_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,
                           on_char) -> tuple[list[str], torch.Tensor]:
@@ -475,4 +533,4 @@ def poem_record(poem: GeneratedPoem, index: int, opts: SampleOptions, strict: bo
             "index": index, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
             "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
             "logprob": round(poem.logprob, 4), "score": round(poem.score, 4), "best_of": poem.candidates,
-            "strict": strict, "chars": len(poem.body), "checkpoint": str(checkpoint)}
+            "prune": opts.prune, "strict": strict, "chars": len(poem.body), "checkpoint": str(checkpoint)}

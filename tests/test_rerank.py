@@ -143,7 +143,7 @@ def test_fit_usage_brings_the_picked_shares_to_the_real_ones():
 
 
 def test_best_of_n_adds_the_usage_of_the_form(tiny_model):
-    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8)
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, prune=False)
     other = tiny.ALPHABET[5]
     reranker = Reranker(favouring().critic, VOCAB, 1.0, usage={"wujue": {other: 40.0}})
     ranked = Generator(tiny_model, VOCAB, reranker=reranker)
@@ -157,7 +157,7 @@ def test_best_of_n_adds_the_usage_of_the_form(tiny_model):
 
 
 def test_best_of_n_keeps_the_candidate_of_best_combined_score(tiny_model):
-    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8)
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, prune=False)
     plain = Generator(tiny_model, VOCAB)
     ranked = Generator(tiny_model, VOCAB, reranker=favouring())
     candidates = plain.candidates(opts, 8)

@@ -377,6 +377,27 @@ def test_cli_best_of_and_no_rhyme(ckpt):
     assert bad.exit_code == 2 and "--best-of" in bad.stderr
 
 
+def test_cli_no_prune_writes_the_best_of_all_candidates(ckpt):
+    from poetgen.config import sample_request
+    from poetgen.sample import prepare
+
+    request = sample_request(form="qijue", seed=6, num=3, score="logprob", prune=False)
+    generator, opts, verse = prepare(checkpoint.load(ckpt), request, int8=True)  # as the CLI does
+    every = generator.candidates(opts, 8, verse=verse)
+    best = [max(every[p * 8:(p + 1) * 8], key=lambda c: c.score).body for p in range(3)]
+
+    def records(*extra):
+        result = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "qijue", "--seed", "6", "--num", "3",
+                                     "--score", "logprob", "--format", "jsonl", *extra])
+        assert result.exit_code == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    full, pruned = records("--no-prune"), records()
+    assert [r["text"] for r in full] == best
+    assert all(r["prune"] is False for r in full) and all(r["prune"] is True for r in pruned)
+    assert all(r["text"] in {c.body for c in every[i * 8:(i + 1) * 8]} for i, r in enumerate(pruned))
+
+
 def test_a_drawn_seed_is_shown_and_makes_the_poems_again(ckpt):
     drawn = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "wujue"])
     assert drawn.exit_code == 0, drawn.output

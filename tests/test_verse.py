@@ -94,17 +94,11 @@ def test_best_of_n_keeps_the_candidate_with_the_best_score(form):
     model = tiny(5)
     gen = Generator(model, VOCAB)
     opts = SampleOptions(form=FORMS[form] if form else None, seed=11, num=2, best_of=5, temperature=1.2,
-                         title=DONG[0] + OTHER[0])
+                         title=DONG[0] + OTHER[0], prune=False)
     rules = verse_rules(opts, MASKS) if form else None
     candidates = gen.candidates(opts, 5, verse=rules)
     assert len(candidates) == 10
-
-    def direct_score(body: str) -> float:  # the mean log-probability per character, computed here
-        ids = torch.tensor([VOCAB.encode_record(opts.title, body)])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids[:, :-1])[0], -1)[0]
-        start = len(opts.title) + 2
-        return sum(float(logp[t - 1, ids[0, t]]) for t in range(start, ids.size(1))) / (len(body) + 1)
+    direct_score = direct_scorer(model, opts.title)
 
     kept = gen.generate(opts, verse=rules)
     for p in range(2):
@@ -115,6 +109,60 @@ def test_best_of_n_keeps_the_candidate_with_the_best_score(form):
         assert kept[p].body == group[scores.index(max(scores))].body
         assert kept[p].candidates == 5
     assert [p.body for p in gen.generate(opts, verse=rules)] == [p.body for p in kept]  # reproducible
+
+
+def direct_scorer(model: LanguageModel, title: str):
+    """sample.score computed here, by the model's full forward pass: the mean log-probability per
+    character of a body given `title`; with `prefix`, of the body's first `prefix` characters (the
+    end token counted only for a whole body)."""
+    def direct_score(body: str, prefix: int | None = None) -> float:
+        ids = torch.tensor([VOCAB.encode_record(title, body)])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids[:, :-1])[0], -1)[0]
+        start = len(title) + 2
+        stop = ids.size(1) if prefix is None else start + prefix
+        return sum(float(logp[t - 1, ids[0, t]]) for t in range(start, stop)) / (stop - start + (prefix is not None))
+    return direct_score
+
+
+@pytest.mark.parametrize("form", ["qilv", "wujue"])
+def test_pruning_keeps_the_best_so_far_and_changes_no_candidate(form):
+    """Best of 8 with the default schedule: 6 go on at a quarter of the lines, 4 at half, 3 at three
+    quarters, each time the best by the score of the lines written so far; the 3 left are exactly
+    the candidates a run without pruning writes for those rows (same body, same log-probability)."""
+    from poetgen.sample import PRUNE
+
+    model = tiny(6)
+    gen = Generator(model, VOCAB)
+    opts = SampleOptions(form=FORMS[form], seed=5, num=3, best_of=8, temperature=1.3, title=YANG[1] + OTHER[2])
+    rules = verse_rules(opts, MASKS)
+    full = gen.candidates(opts, 8, verse=rules)
+    pruned = gen.candidates(opts, 8, verse=rules, prune=PRUNE)
+    assert len(full) == 24 and len(pruned) == 9
+    direct_score = direct_scorer(model, opts.title)
+    line = FORMS[form].chars + 1  # a line and its mark
+    for p in range(opts.num):
+        group = full[p * 8:(p + 1) * 8]
+        alive = list(range(8))
+        for lines, keep in [(FORMS[form].lines // 4, 6), (FORMS[form].lines // 2, 4), (3 * FORMS[form].lines // 4, 3)]:
+            so_far = {r: direct_score(group[r].body, lines * line) for r in alive}
+            alive = sorted(sorted(alive, key=lambda r: -so_far[r])[:keep])
+        kept = pruned[p * 3:(p + 1) * 3]
+        assert [c.body for c in kept] == [group[r].body for r in alive]
+        assert [c.logprob for c in kept] == [group[r].logprob for r in alive]
+        assert all(rhymes_in_one_group(c) for c in kept)  # the rules' state went on with its rows
+    chosen = gen.generate(opts, verse=rules)  # the default prunes
+    assert [c.body for c in chosen] == [max(pruned[p * 3:(p + 1) * 3], key=lambda c: c.score).body for p in range(3)]
+    assert all(c.candidates == 8 for c in chosen)
+
+
+def test_no_prune_writes_every_candidate_to_the_end():
+    gen = Generator(tiny(6), VOCAB)
+    opts = SampleOptions(form=FORMS["qijue"], seed=9, num=4, best_of=8, temperature=1.3, prune=False)
+    rules = verse_rules(opts, MASKS)
+    full = gen.candidates(opts, 8, verse=rules)
+    chosen = gen.generate(opts, verse=rules)
+    assert [c.body for c in chosen] == [max(full[p * 8:(p + 1) * 8], key=lambda c: c.score).body for p in range(4)]
 
 
 def test_many_poems_come_in_bounded_batches():

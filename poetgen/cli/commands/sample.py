@@ -68,6 +68,10 @@ def sample_cmd(
                                        "log-probability per character plus the model's critic, which learned to tell "
                                        "poets' poems from the model's own) or logprob (the likeliest).",
                                        **one_of("score", SCORES))] = SampleOptions.score,
+    no_prune: Annotated[bool, flag("--no-prune", "Write every best-of-N candidate to the end. Without it, in a fixed "
+                                   "form the weaker candidates stop early: at a quarter, half and three quarters of "
+                                   "the lines only the best 3/4, 1/2 and 3/8 (by --score so far) go on, about 40% "
+                                   "less work at best of 8.")] = False,
     fp32: Annotated[bool, flag("--fp32", "Sample through the full-precision weights. Without it an LSTM on an x86 "
                                "CPU samples through int8 weights, 1.1 to 1.9 times faster for the 2x1024 and "
                                "within 0.2% in perplexity (`poetgen eval --int8`); either way the same seed gives "
@@ -87,7 +91,7 @@ def sample_cmd(
     request = sample_request(prompt=prompt, title=title, form=form, acrostic=acrostic, num=num,
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_chars=max_chars,
                              best_of=best_of, strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme,
-                             score=score)
+                             score=score, prune=not no_prune)
     from ... import checkpoint
     from ...device import pick_device, set_cpu_threads
     from ...sample import prepare
