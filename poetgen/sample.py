@@ -26,8 +26,8 @@ from .vocab import MAX_TITLE, Vocab
 MAX_ROWS = 800  # candidate rows decoded at once (memory: a few (rows, vocabulary) tensors)
 # Best-of-N of PRUNE_MIN or more candidates in a fixed form prunes as it goes: when a quarter, half and
 # three quarters of the lines are written, only the best 3/4, 1/2 and 3/8 of each poem's candidates
-# (by the score of their lines so far) go on; at best of 8 that is 6, 4 and 3, 4.9 rows on average
-# instead of 8. SampleOptions.prune (`--no-prune`) writes every candidate to the end.
+# (by the score of their lines so far) go on; at best of 8 that is 6, 4 and 3, 5.2 rows per poem on
+# average instead of 8. SampleOptions.prune (`--no-prune`) writes every candidate to the end.
 PRUNE_MIN = 4
 PRUNE = ((1 / 4, 3 / 4), (1 / 2, 1 / 2), (3 / 4, 3 / 8))  # (share of the lines written, share of candidates kept)
 

@@ -70,7 +70,7 @@ def sample_cmd(
                                        **one_of("score", SCORES))] = SampleOptions.score,
     no_prune: Annotated[bool, flag("--no-prune", "Write every best-of-N candidate to the end. Without it, in a fixed "
                                    "form the weaker candidates stop early: at a quarter, half and three quarters of "
-                                   "the lines only the best 3/4, 1/2 and 3/8 (by --score so far) go on, about 40% "
+                                   "the lines only the best 3/4, 1/2 and 3/8 (by --score so far) go on, a third "
                                    "less work at best of 8.")] = False,
     fp32: Annotated[bool, flag("--fp32", "Sample through the full-precision weights. Without it an LSTM on an x86 "
                                "CPU samples through int8 weights, 1.1 to 1.9 times faster for the 2x1024 and "
