@@ -52,6 +52,11 @@ class GeneratedPoem:
         return (f"《{self.title}》\n" if self.title else "") + "\n".join(self.lines)
 
 
+def pruned(opts: SampleOptions, candidates: int) -> bool:
+    """Whether best-of-`candidates` under these options prunes as it goes (PRUNE)."""
+    return opts.prune and opts.form is not None and candidates >= PRUNE_MIN
+
+
 def score(logprob: float, body: str) -> float:
     """The reranking score: mean log-probability per character, the end token counted. Repetition is
     weighed while drawing, by the rules of verse (masks.SECOND_USE_WEIGHT), not here."""
@@ -104,9 +109,10 @@ class Streams:
         return cls(gens, list(range(poems)))
 
     def rows(self, rows: list[int]) -> Streams:
-        """The same streams for a subset of the rows (their owners, in this order)."""
+        """The same streams for a subset of the rows (their owners, in this order), drawing for those
+        rows only; once rows were dropped (keep), for all rows still, as keep does."""
         if self.kept is not None:
-            rows = self.kept[rows].tolist()
+            return self.keep(torch.tensor(rows, dtype=torch.long))
         return Streams(self.gens, [self.owner[r] for r in rows])
 
     def keep(self, rows: torch.Tensor) -> Streams:
@@ -313,7 +319,7 @@ class Generator:
         per_batch = max(1, MAX_ROWS // best_of)
         for start in range(0, opts.num, per_batch):
             part = replace(opts, num=min(per_batch, opts.num - start))
-            prune = PRUNE if opts.prune and best_of >= PRUNE_MIN else ()
+            prune = PRUNE if pruned(opts, best_of) else ()
             candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start, prune=prune)
             if self.reranker is not None and best_of > 1 and opts.form is not None:
                 scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates],
@@ -359,8 +365,9 @@ class Generator:
         all reach the end at the same step. `prune`: (share of the lines, share of candidates) pairs;
         when that share of the lines is written, only each poem's best rows by the score of what they
         have written (_best_so_far) go on, that share of best_of rounded up: the rest of the poem costs
-        fewer rows. A kept row is written as it would have been without the others (its random numbers
-        and rules are its own), so pruning only drops candidates, never changes one."""
+        fewer rows. A cut the prompt reaches is skipped (its rows are all alike there). A kept row is
+        written as it would have been without the others (its random numbers and rules are its own;
+        on the int8 path its arithmetic too), so pruning only drops candidates, never changes one."""
         vocab, form = self.vocab, opts.form
         grammar = opts.body_grammar()
         verse_state = verse.start(form, rows, opts.seed, first_row) if verse is not None else None
@@ -368,7 +375,8 @@ class Generator:
         logprob = torch.zeros(rows, dtype=torch.float64)
         columns: list[torch.Tensor] = []  # (rows,): the token each row took at each step
         survivors = torch.arange(rows)  # each row's index among the rows first drawn
-        cuts = {int(form.lines * at): math.ceil(best_of * share) for at, share in prune}  # line: rows kept per poem
+        cuts = {int(form.lines * at): math.ceil(best_of * share) for at, share in prune  # line: rows kept per poem
+                if int(form.lines * at) * (form.chars + 1) > len(opts.prompt)}  # past the prompt: rows differ
         each = best_of
         for _ in range(form.lines * (form.chars + 1) + 1):  # the characters, their marks and the end
             token_class, head = grammar.expect()
@@ -398,7 +406,7 @@ class Generator:
             columns.append(choice)
             if on_char is not None:
                 for r, t in enumerate(choice.tolist()):
-                    on_char(r, vocab.tokens[t])
+                    on_char(int(survivors[r]), vocab.tokens[t])
             logits, state = self.stepper.step(choice, state)
         bodies = ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()]
         return bodies, logprob, (survivors // best_of).tolist()
@@ -411,7 +419,7 @@ class Generator:
         scores = [score(float(lp), body) for lp, body in zip(logprob, written, strict=True)]
         if self.reranker is not None:
             scores = self.reranker.scores(written, scores, opts.form.key)
-        by_poem = torch.tensor(scores).view(-1, each)
+        by_poem = torch.tensor(scores, dtype=torch.float64).view(-1, each)  # as exact as the final pick's
         order = torch.sort(by_poem, dim=1, descending=True, stable=True).indices  # ties: the earlier row first
         best = order[:, :keep].sort(dim=1).values
         return (best + torch.arange(by_poem.size(0))[:, None] * each).flatten()
@@ -533,4 +541,5 @@ def poem_record(poem: GeneratedPoem, index: int, opts: SampleOptions, strict: bo
             "index": index, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
             "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
             "logprob": round(poem.logprob, 4), "score": round(poem.score, 4), "best_of": poem.candidates,
-            "prune": opts.prune, "strict": strict, "chars": len(poem.body), "checkpoint": str(checkpoint)}
+            "prune": pruned(opts, poem.candidates), "strict": strict, "chars": len(poem.body),
+            "checkpoint": str(checkpoint)}

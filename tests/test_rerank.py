@@ -170,6 +170,33 @@ def test_best_of_n_keeps_the_candidate_of_best_combined_score(tiny_model):
     assert chosen != [poem.body for poem in plain.generate(opts)]  # the critic changed some choices
 
 
+def test_pruning_ranks_what_is_written_so_far_with_the_critic_and_usage(tiny_model):
+    """The cuts of best-of-N (6, 4, 3 of 8) rank partial poems by the same score as the pick: mean
+    log-probability so far plus the critic and the form's usage terms on the lines written."""
+    from poetgen.sample import PRUNE
+
+    other = tiny.ALPHABET[5]
+    reranker = Reranker(favouring().critic, VOCAB, 1.0, usage={"wujue": {other: 2.0}})
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, temperature=1.5)
+    ranked = Generator(tiny_model, VOCAB, reranker=reranker)
+    full, pruned = ranked.candidates(opts, 8), ranked.candidates(opts, 8, prune=PRUNE)
+
+    def so_far(c, chars):
+        written = c.body[:chars]
+        return (tiny.prefix_score(tiny_model, VOCAB, c.title, c.body, chars) + 3.0 * written.count(FAVOURED)
+                + 2.0 * (other in written))
+
+    cuts, by_score, by_logprob_alone = [(1, 6), (2, 4), (3, 3)], [], []
+    for p in range(opts.num):
+        group = full[p * 8:(p + 1) * 8]
+        by_score.append(tiny.survivors_by_hand(lambda r, n, group=group: so_far(group[r], 6 * n), 8, cuts))
+        assert [c.body for c in pruned[p * 3:(p + 1) * 3]] == [group[r].body for r in by_score[-1]]
+        by_logprob_alone.append(tiny.survivors_by_hand(
+            lambda r, n, group=group: tiny.prefix_score(tiny_model, VOCAB, group[r].title, group[r].body, 6 * n),
+            8, cuts))
+    assert by_score != by_logprob_alone  # the critic and usage decided some cuts
+
+
 def test_the_critic_travels_in_the_checkpoint_and_score_logprob_ignores_it(tiny_checkpoint, tmp_path):
     torch.manual_seed(2)
     critic = Critic(CriticConfig(vocab_size=len(VOCAB), dim=8, channels=8, hidden=8))

@@ -395,6 +395,7 @@ def test_cli_no_prune_writes_the_best_of_all_candidates(ckpt):
     full, pruned = records("--no-prune"), records()
     assert [r["text"] for r in full] == best
     assert all(r["prune"] is False for r in full) and all(r["prune"] is True for r in pruned)
+    assert all(r["prune"] is False for r in records("--best-of", "3"))  # under sample.PRUNE_MIN: nothing pruned
     assert all(r["text"] in {c.body for c in every[i * 8:(i + 1) * 8]} for i, r in enumerate(pruned))
 
 
@@ -433,7 +434,7 @@ def test_poems_past_a_batch_are_those_of_a_longer_run(monkeypatch):
     import poetgen.sample as sample
 
     gen = Generator(tiny_model(4), VOCAB)
-    opts = SampleOptions(num=7, seed=2, form=FORMS["wujue"], best_of=2)
+    opts = SampleOptions(num=7, seed=2, form=FORMS["wujue"], best_of=4)  # pruned as it goes
     whole = [p.body for p in gen.generate(opts)]
-    monkeypatch.setattr(sample, "MAX_ROWS", 6)  # batches of 3 poems
+    monkeypatch.setattr(sample, "MAX_ROWS", 8)  # batches of 2 poems
     assert [p.body for p in gen.generate(opts)] == whole

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from synth import ALPHABET
-from tiny import tiny_model
+from tiny import prefix_score, survivors_by_hand, tiny_model
 
 from poetgen import prosody
 from poetgen.config import SampleOptions
@@ -98,7 +98,7 @@ def test_best_of_n_keeps_the_candidate_with_the_best_score(form):
     rules = verse_rules(opts, MASKS) if form else None
     candidates = gen.candidates(opts, 5, verse=rules)
     assert len(candidates) == 10
-    direct_score = direct_scorer(model, opts.title)
+    direct_score = lambda body: prefix_score(model, VOCAB, opts.title, body)  # noqa: E731
 
     kept = gen.generate(opts, verse=rules)
     for p in range(2):
@@ -109,20 +109,6 @@ def test_best_of_n_keeps_the_candidate_with_the_best_score(form):
         assert kept[p].body == group[scores.index(max(scores))].body
         assert kept[p].candidates == 5
     assert [p.body for p in gen.generate(opts, verse=rules)] == [p.body for p in kept]  # reproducible
-
-
-def direct_scorer(model: LanguageModel, title: str):
-    """sample.score computed here, by the model's full forward pass: the mean log-probability per
-    character of a body given `title`; with `prefix`, of the body's first `prefix` characters (the
-    end token counted only for a whole body)."""
-    def direct_score(body: str, prefix: int | None = None) -> float:
-        ids = torch.tensor([VOCAB.encode_record(title, body)])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids[:, :-1])[0], -1)[0]
-        start = len(title) + 2
-        stop = ids.size(1) if prefix is None else start + prefix
-        return sum(float(logp[t - 1, ids[0, t]]) for t in range(start, stop)) / (stop - start + (prefix is not None))
-    return direct_score
 
 
 @pytest.mark.parametrize("form", ["qilv", "wujue"])
@@ -139,14 +125,12 @@ def test_pruning_keeps_the_best_so_far_and_changes_no_candidate(form):
     full = gen.candidates(opts, 8, verse=rules)
     pruned = gen.candidates(opts, 8, verse=rules, prune=PRUNE)
     assert len(full) == 24 and len(pruned) == 9
-    direct_score = direct_scorer(model, opts.title)
-    line = FORMS[form].chars + 1  # a line and its mark
+    line, lines = FORMS[form].chars + 1, FORMS[form].lines  # a line and its mark
     for p in range(opts.num):
         group = full[p * 8:(p + 1) * 8]
-        alive = list(range(8))
-        for lines, keep in [(FORMS[form].lines // 4, 6), (FORMS[form].lines // 2, 4), (3 * FORMS[form].lines // 4, 3)]:
-            so_far = {r: direct_score(group[r].body, lines * line) for r in alive}
-            alive = sorted(sorted(alive, key=lambda r: -so_far[r])[:keep])
+        alive = survivors_by_hand(lambda r, n, group=group: prefix_score(model, VOCAB, opts.title, group[r].body,
+                                                                         n * line),
+                                  8, [(lines // 4, 6), (lines // 2, 4), (3 * lines // 4, 3)])
         kept = pruned[p * 3:(p + 1) * 3]
         assert [c.body for c in kept] == [group[r].body for r in alive]
         assert [c.logprob for c in kept] == [group[r].logprob for r in alive]
@@ -154,6 +138,26 @@ def test_pruning_keeps_the_best_so_far_and_changes_no_candidate(form):
     chosen = gen.generate(opts, verse=rules)  # the default prunes
     assert [c.body for c in chosen] == [max(pruned[p * 3:(p + 1) * 3], key=lambda c: c.score).body for p in range(3)]
     assert all(c.candidates == 8 for c in chosen)
+
+
+def test_a_cut_the_prompt_reaches_is_skipped():
+    """A prompt of a whole first line: all 8 candidates are alike there, so the first cut is not made
+    (it could only drop rows by their index); the cuts at half and three quarters are."""
+    from poetgen.sample import PRUNE
+
+    model = tiny(6)
+    gen = Generator(model, VOCAB)
+    opts = SampleOptions(form=FORMS["qijue"], seed=5, num=2, best_of=8, temperature=1.3, title=YANG[1] + OTHER[2],
+                         prompt="".join(OTHER[3:10]) + "，")
+    rules = verse_rules(opts, MASKS)
+    full = gen.candidates(opts, 8, verse=rules)
+    pruned = gen.candidates(opts, 8, verse=rules, prune=PRUNE)
+    for p in range(opts.num):
+        group = full[p * 8:(p + 1) * 8]
+        score_at = lambda r, n, group=group: prefix_score(model, VOCAB, opts.title, group[r].body, 8 * n)  # noqa: E731
+        alive = survivors_by_hand(score_at, 8, [(2, 4), (3, 3)])
+        assert [c.body for c in pruned[p * 3:(p + 1) * 3]] == [group[r].body for r in alive]
+        assert all(c.body.startswith(opts.prompt) for c in group)
 
 
 def test_no_prune_writes_every_candidate_to_the_end():

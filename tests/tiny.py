@@ -36,3 +36,25 @@ def save_tiny(path: Path, model: LanguageModel | None = None, vocab: Vocab = VOC
     checkpoint.save(path, model if model is not None else tiny_model(vocab=vocab), vocab, ModelMeta(script=script),
                     tones=tones)
     return path
+
+
+def prefix_score(model: LanguageModel, vocab: Vocab, title: str, body: str, prefix: int | None = None) -> float:
+    """sample.score computed by the model's full forward pass: the mean log-probability per character
+    of `body` given `title`, the end token counted; with `prefix`, of the body's first `prefix`
+    characters alone (as a cut of best-of-N scores what a candidate has written so far)."""
+    ids = torch.tensor([vocab.encode_record(title, body)])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids[:, :-1])[0], -1)[0]
+    start = len(title) + 2
+    stop = ids.size(1) if prefix is None else start + prefix
+    return sum(float(logp[t - 1, ids[0, t]]) for t in range(start, stop)) / (stop - start + (prefix is not None))
+
+
+def survivors_by_hand(score_at, rows: int, cuts: list[tuple[int, int]]) -> list[int]:
+    """The rows of one poem's best-of-`rows` that pruning keeps, computed here: at each (lines, keep)
+    cut, the `keep` best of those still alive by score_at(row, lines), ties to the earlier row."""
+    alive = list(range(rows))
+    for lines, keep in cuts:
+        so_far = {r: score_at(r, lines) for r in alive}
+        alive = sorted(sorted(alive, key=lambda r: -so_far[r])[:keep])
+    return alive

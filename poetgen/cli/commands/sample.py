@@ -69,9 +69,9 @@ def sample_cmd(
                                        "poets' poems from the model's own) or logprob (the likeliest).",
                                        **one_of("score", SCORES))] = SampleOptions.score,
     no_prune: Annotated[bool, flag("--no-prune", "Write every best-of-N candidate to the end. Without it, in a fixed "
-                                   "form the weaker candidates stop early: at a quarter, half and three quarters of "
-                                   "the lines only the best 3/4, 1/2 and 3/8 (by --score so far) go on, a third "
-                                   "less work at best of 8.")] = False,
+                                   "form at best of 4 or more the weaker candidates stop early: at a quarter, half "
+                                   "and three quarters of the lines only the best 3/4, 1/2 and 3/8 (by --score so "
+                                   "far) go on, a third less work at best of 8.")] = False,
     fp32: Annotated[bool, flag("--fp32", "Sample through the full-precision weights. Without it an LSTM on an x86 "
                                "CPU samples through int8 weights, 1.1 to 1.9 times faster for the 2x1024 and "
                                "within 0.2% in perplexity (`poetgen eval --int8`); either way the same seed gives "
