@@ -36,8 +36,8 @@ class Model:
         """Poems (sample.GeneratedPoem: title, body, lines, logprob, score), as `poetgen sample` writes
         them. `form`: free, wujue, qijue, wulv, qilv (or 五绝 …); `options`: temperature, top_k, top_p,
         max_chars, best_of, score, prune (False: `--no-prune`), strict, template, rhyme, no_rhyme, as the
-        CLI's options. Without
-        `seed`, one is drawn: each poem's `seed` and `index` attributes make it again."""
+        CLI's options. Without `seed`, one is drawn: each poem's `seed` and `index` attributes make it
+        again."""
         from .config import sample_request
         from .sample import prepare
 

@@ -311,15 +311,16 @@ class Generator:
                       verse: VerseRules | None = None) -> Iterator[list[GeneratedPoem]]:
         """Sample opts.num poems, yielded in batches of at most MAX_ROWS candidate rows, so memory stays
         bounded whatever --num is. Each title is written once; then opts.candidates_per_poem bodies per
-        poem are drawn in one batch under the form's grammar and the rules of verse, and the best by
-        `score` is kept. `on_title(poem, title)` sees each generated title, `on_char(row, ch)` each body
-        character as it comes (rows are candidates: stream only with one per poem). The same options and
-        seed give the same poems. The options are trusted: config.sample_request checks them."""
+        poem are drawn in one batch under the form's grammar and the rules of verse, pruned as they go
+        (PRUNE, unless opts.prune is off), and the best by `score` is kept. `on_title(poem, title)` sees
+        each generated title, `on_char(row, ch)` each body character as it comes (rows are candidates:
+        stream only with one per poem). The same options and seed give the same poems. The options are
+        trusted: config.sample_request checks them."""
         best_of = opts.candidates_per_poem
         per_batch = max(1, MAX_ROWS // best_of)
+        prune = PRUNE if pruned(opts, best_of) else ()
         for start in range(0, opts.num, per_batch):
             part = replace(opts, num=min(per_batch, opts.num - start))
-            prune = PRUNE if pruned(opts, best_of) else ()
             candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start, prune=prune)
             if self.reranker is not None and best_of > 1 and opts.form is not None:
                 scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates],
