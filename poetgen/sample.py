@@ -10,6 +10,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,6 +51,11 @@ class GeneratedPoem:
     def __str__(self) -> str:
         """The poem as `poetgen sample` writes it: the title in 《》, then one line per verse line."""
         return (f"《{self.title}》\n" if self.title else "") + "\n".join(self.lines)
+
+
+def _batch_progress(on_progress: Callable[[float], None], first: int, poems: int, share: float) -> None:
+    """on_progress of iter_generate, from the share of a batch of `poems` poems (from poem `first`) written."""
+    on_progress(first + share * poems)
 
 
 def pruned(opts: SampleOptions, candidates: int) -> bool:
@@ -307,21 +313,24 @@ class Generator:
         return [p for batch in self.iter_generate(opts, on_char, on_title, verse) for p in batch]
 
     def iter_generate(self, opts: SampleOptions, on_char: Callable[[int, str], None] | None = None,
-                      on_title: Callable[[int, str], None] | None = None,
-                      verse: VerseRules | None = None) -> Iterator[list[GeneratedPoem]]:
+                      on_title: Callable[[int, str], None] | None = None, verse: VerseRules | None = None,
+                      on_progress: Callable[[float], None] | None = None) -> Iterator[list[GeneratedPoem]]:
         """Sample opts.num poems, yielded in batches of at most MAX_ROWS candidate rows, so memory stays
         bounded whatever --num is. Each title is written once; then opts.candidates_per_poem bodies per
         poem are drawn in one batch under the form's grammar and the rules of verse, pruned as they go
         (PRUNE, unless opts.prune is off), and the best by `score` is kept. `on_title(poem, title)` sees
         each generated title, `on_char(row, ch)` each body character as it comes (rows are candidates:
-        stream only with one per poem). The same options and seed give the same poems. The options are
-        trusted: config.sample_request checks them."""
+        stream only with one per poem). `on_progress(poems)` hears after each character how many poems'
+        worth are written (a float, up to opts.num). The same options and seed give the same poems. The
+        options are trusted: config.sample_request checks them."""
         best_of = opts.candidates_per_poem
         per_batch = max(1, MAX_ROWS // best_of)
         prune = PRUNE if pruned(opts, best_of) else ()
         for start in range(0, opts.num, per_batch):
             part = replace(opts, num=min(per_batch, opts.num - start))
-            candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start, prune=prune)
+            on_step = None if on_progress is None else partial(_batch_progress, on_progress, start, part.num)
+            candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start, prune=prune,
+                                         on_step=on_step)
             if self.reranker is not None and best_of > 1 and opts.form is not None:
                 scores = self.reranker.scores([c.body for c in candidates], [c.score for c in candidates],
                                               opts.form.key)
@@ -334,13 +343,14 @@ class Generator:
             yield chosen
 
     def candidates(self, opts: SampleOptions, best_of: int, on_char=None, on_title=None,
-                   verse: VerseRules | None = None, first: int = 0,
-                   prune: tuple[tuple[float, float], ...] = ()) -> list[GeneratedPoem]:
+                   verse: VerseRules | None = None, first: int = 0, prune: tuple[tuple[float, float], ...] = (),
+                   on_step: Callable[[float], None] | None = None) -> list[GeneratedPoem]:
         """The candidates of one batch, poem by poem (best_of rows per poem, sharing its title), each
         with its score; the poems are those of index first … first + num - 1 of the request (see
         Streams). `verse` applies to the fixed forms only. `prune` (a schedule like PRUNE): in a
         fixed form, the poems come with as many candidates as the last cut keeps (_decode_fixed_form);
-        empty: all best_of, each written to the end."""
+        empty: all best_of, each written to the end. `on_step(share)` hears after each character the
+        share of the bodies written (free form: of --max-chars, so it may end early)."""
         streams = Streams.for_poems(opts.seed, first, opts.num)
         titles, logits, state = self._titles(opts, streams, on_title)
         gen = streams.per_row(best_of)
@@ -348,18 +358,19 @@ class Generator:
         poem_of_row = torch.arange(opts.num).repeat_interleave(best_of)
         logits, state = logits[poem_of_row], self.stepper.select(state, poem_of_row)
         if opts.form is None:
-            bodies, logprob = self._decode_free_form(opts, rows, logits, state, gen, on_char)
+            bodies, logprob = self._decode_free_form(opts, rows, logits, state, gen, on_char, on_step)
             poem_of = poem_of_row.tolist()
         else:
             bodies, logprob, poem_of = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char,
-                                                               first * best_of, best_of, prune)
+                                                               first * best_of, best_of, prune, on_step)
         return [GeneratedPoem(title=titles[p], body=body, logprob=float(lp), lines=split_lines(body),
                               score=score(float(lp), body), candidates=best_of)
                 for p, body, lp in zip(poem_of, bodies, logprob, strict=True)]
 
     def _decode_fixed_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,
                            verse: VerseRules | None, on_char, first_row: int = 0, best_of: int = 1,
-                           prune: tuple[tuple[float, float], ...] = ()) -> tuple[list[str], torch.Tensor, list[int]]:
+                           prune: tuple[tuple[float, float], ...] = (), on_step: Callable[[float], None] | None = None
+                           ) -> tuple[list[str], torch.Tensor, list[int]]:
         """The bodies of `rows` candidates of the fixed form opts.form (best_of consecutive rows per
         poem), from the logits and state after their titles, their log-probabilities (float64) and the
         poem of each. Every row stands at the same line and column, so one grammar serves them all, and
@@ -378,8 +389,8 @@ class Generator:
         survivors = torch.arange(rows)  # each row's index among the rows first drawn
         cuts = {int(form.lines * at): math.ceil(best_of * share) for at, share in prune  # line: rows kept per poem
                 if int(form.lines * at) * (form.chars + 1) > len(opts.prompt)}  # past the prompt: rows differ
-        each = best_of
-        for _ in range(form.lines * (form.chars + 1) + 1):  # the characters, their marks and the end
+        each, steps = best_of, form.lines * (form.chars + 1) + 1  # the characters, their marks and the end
+        for step in range(steps):
             token_class, head = grammar.expect()
             line, col = grammar.line, grammar.col
             if col == 0 and cuts.get(line, each) < each:
@@ -409,6 +420,8 @@ class Generator:
                 for r, t in enumerate(choice.tolist()):
                     on_char(int(survivors[r]), vocab.tokens[t])
             logits, state = self.stepper.step(choice, state)
+            if on_step is not None:
+                on_step((step + 1) / (steps - 1))  # the last step draws the end and leaves the loop
         bodies = ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()]
         return bodies, logprob, (survivors // best_of).tolist()
 
@@ -426,7 +439,7 @@ class Generator:
         return (best + torch.arange(by_poem.size(0))[:, None] * each).flatten()
 
     def _decode_free_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,
-                          on_char) -> tuple[list[str], torch.Tensor]:
+                          on_char, on_step: Callable[[float], None] | None = None) -> tuple[list[str], torch.Tensor]:
         """The bodies of `rows` free-form candidates, from the logits and state after their titles, and
         their log-probabilities (float64). Each row follows its own grammar and ends when it draws the
         end of the poem; a finished row takes <eos> until all have finished."""
@@ -435,7 +448,8 @@ class Generator:
         bodies: list[list[str]] = [[] for _ in range(rows)]
         logprob = torch.zeros(rows, dtype=torch.float64)
         finished = torch.zeros(rows, dtype=torch.bool)
-        for _ in range(max(opts.max_chars, len(opts.prompt)) + 64):  # a bound no poem reaches
+        longest = max(opts.max_chars, len(opts.prompt))
+        for step in range(longest + 64):  # a bound no poem reaches
             done = finished.tolist()
             class_rows = []  # each row's class of token: a row of class_masks
             forced = torch.full((rows,), -1, dtype=torch.long)
@@ -465,6 +479,8 @@ class Generator:
             if bool(finished.all()):
                 break
             logits, state = self.stepper.step(choice, state)
+            if on_step is not None:
+                on_step(min(1.0, (step + 1) / (longest + 1)))
         return ["".join(b) for b in bodies], logprob
 
     def _next_tokens(self, logits: torch.Tensor, masks: list[torch.Tensor], forced: torch.Tensor,

@@ -438,3 +438,50 @@ def test_poems_past_a_batch_are_those_of_a_longer_run(monkeypatch):
     whole = [p.body for p in gen.generate(opts)]
     monkeypatch.setattr(sample, "MAX_ROWS", 8)  # batches of 2 poems
     assert [p.body for p in gen.generate(opts)] == whole
+
+
+@pytest.mark.parametrize("options", [dict(form=FORMS["qijue"], best_of=4), dict(form=None, best_of=2, max_chars=30)])
+def test_on_progress_hears_the_poems_written_so_far(options, monkeypatch):
+    import poetgen.sample as sample
+
+    monkeypatch.setattr(sample, "MAX_ROWS", 8)  # batches of 2 poems (best of 4) or 4 (best of 2)
+    heard: list[float] = []
+    gen = Generator(tiny_model(4), VOCAB)
+    poems = [p for b in gen.iter_generate(SampleOptions(num=5, seed=3, **options), on_progress=heard.append) for p in b]
+    assert len(poems) == 5 and len(heard) > 5
+    assert heard == sorted(heard) and 0 < heard[0] < 1 and heard[-1] <= 5
+    if options["form"] is not None:
+        assert heard[-1] == 5 and 2 in heard  # a fixed form's steps are known: each batch ends at its poems
+
+
+@pytest.mark.parametrize("fmt", ["text", "jsonl"])
+def test_in_a_terminal_sample_shows_the_load_and_a_moving_bar_and_stdout_keeps_the_poems(tiny_checkpoint, fmt):
+    """Through a pseudo-terminal on stderr (stdout a pipe, as in `poetgen sample … > poems.txt` typed
+    in a terminal): a spinner while the model loads, then the bar from 0 on, before the first batch
+    ends, to the end; and every poem on stdout (0.5 let the bar take them to the terminal)."""
+    import os
+    import pty  # noqa: F401 - POSIX only, as the CLI's terminal handling is tested here
+
+    master, slave = os.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "sample", "-c", str(tiny_checkpoint), "--form", "qijue",
+                             "--num", "20", "--seed", "1", "--format", fmt], stdout=subprocess.PIPE,
+                            stderr=slave, env={**env, "TERM": "xterm"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=120)
+    os.close(master)
+    shown = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0
+    assert "loading the model" in shown
+    assert shown.index(" 0/20") < shown.index("20/20")
+    poems = out.decode().splitlines() if fmt == "jsonl" else out.decode().split("\n\n")
+    assert len(poems) == 20 and "《" not in shown and '"text"' not in shown  # all on stdout, none on the terminal

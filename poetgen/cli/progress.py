@@ -4,7 +4,9 @@ trainer's events."""
 
 from __future__ import annotations
 
+import sys
 import time
+from contextlib import contextmanager
 
 import typer
 
@@ -18,6 +20,27 @@ SHARES = 1000  # a time budget's bar: thousandths of the way to its end
 def tokens(rate: float | None) -> str:
     """A throughput, or - before there is one (validations before the first log line)."""
     return f"{rate:,.0f}" if rate else "-"
+
+
+def stdout_is_terminal() -> bool:
+    """Whether stdout is a terminal. A live bar on stderr takes what is written to stdout and prints it
+    above itself (rich's redirect_stdout): right when both are the terminal, but it would send poems
+    meant for a pipe or a file (`> poems.txt`) to the terminal instead."""
+    try:
+        return sys.stdout is not None and sys.stdout.isatty()
+    except (OSError, ValueError):  # closed
+        return False
+
+
+@contextmanager
+def alive(message: str):
+    """A spinner and `message` on stderr while the block runs, in a terminal; gone when it ends. Where
+    output is plain (a pipe, a log, NO_COLOR, TERM=dumb) nothing is shown: the block is short."""
+    if plain_output():
+        yield
+        return
+    with console().status(message):
+        yield
 
 
 class StageProgress:
@@ -37,7 +60,8 @@ class StageProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), console=console(), transient=False)
+                                     TimeElapsedColumn(), console=console(), transient=False,
+                                     redirect_stdout=stdout_is_terminal())
             self.progress.__enter__()
         return self
 
@@ -89,7 +113,7 @@ class TrainProgress:
                 TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[where]}"),
                 TextColumn("loss {task.fields[loss]}  val ppl {task.fields[ppl]}  {task.fields[tps]} tok/s "
                            "{task.fields[note]}"),
-                TimeRemainingColumn(), console=console(), refresh_per_second=4,
+                TimeRemainingColumn(), console=console(), refresh_per_second=4, redirect_stdout=stdout_is_terminal(),
             )
             self.progress.__enter__()
         return self

@@ -25,7 +25,7 @@ from ..options import (
     one_of,
     output_option,
 )
-from ..progress import StageProgress
+from ..progress import StageProgress, alive
 
 
 @app.command("sample", short_help="Write poems (start here: the shipped model needs nothing else).",
@@ -92,19 +92,20 @@ def sample_cmd(
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_chars=max_chars,
                              best_of=best_of, strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme,
                              score=score, prune=not no_prune)
-    from ... import checkpoint
-    from ...device import pick_device, set_cpu_threads
-    from ...sample import prepare
+    with alive("loading the model"):  # importing torch alone takes seconds
+        from ... import checkpoint
+        from ...device import pick_device, set_cpu_threads
+        from ...sample import prepare
 
-    set_cpu_threads(threads)
-    where = pick_device(device)
-    path = checkpoint_path or checkpoint.default_checkpoint()
-    if output is not None and checkpoint_path is not None:
-        from ...paths import same_file
+        set_cpu_threads(threads)
+        where = pick_device(device)
+        path = checkpoint_path or checkpoint.default_checkpoint()
+        if output is not None and checkpoint_path is not None:
+            from ...paths import same_file
 
-        if same_file(output, checkpoint_path):
-            raise UsageError(f"--output {output} is the checkpoint: choose another path")
-    generator, opts, rules = prepare(checkpoint.load(path, where), request, int8=not fp32)
+            if same_file(output, checkpoint_path):
+                raise UsageError(f"--output {output} is the checkpoint: choose another path")
+        generator, opts, rules = prepare(checkpoint.load(path, where), request, int8=not fp32)
     candidates = opts.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
         _stream(generator, opts, rules)
@@ -120,8 +121,8 @@ def sample_cmd(
         strict = request.verse.strict
         return poem_records([poem_record(p, start + i, opts, strict, path) for i, p in enumerate(batch)], fmt)
 
-    _write_batches(generator.iter_generate(opts, verse=rules), render, fmt, output, path,
-                   f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
+    _write_batches(lambda tick: generator.iter_generate(opts, verse=rules, on_progress=tick), render, fmt, output,
+                   path, f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
     _say_seed(seed, opts)
 
 
@@ -150,10 +151,12 @@ def _stream(generator, opts, rules) -> None:
 
 def _write_batches(batches, render, fmt: str, output: Path | None, checkpoint_path: Path, stage: str, num: int,
                    show: bool) -> None:
-    """Write each batch as it comes (stdout, text or jsonl), or all at the end (json, or --output)."""
+    """Write each batch of `batches(tick)` as it comes (stdout, text or jsonl), or all at the end (json,
+    or --output); `tick(poems)` moves the progress bar while a batch is drawn."""
     parts, done = [], 0
     with StageProgress(quiet=not (sys.stderr.isatty() and show)) as progress:
-        for batch in batches:
+        progress(stage, 0, num)  # the bar and its clock from the start, not after the first batch
+        for batch in batches(lambda poems: progress(stage, min(int(poems), num - 1), num)):
             text = render(batch, done)
             done += len(batch)
             progress(stage, done, num)
