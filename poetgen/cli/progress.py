@@ -33,10 +33,10 @@ def stdout_is_terminal() -> bool:
 
 
 @contextmanager
-def alive(message: str):
+def alive(message: str, quiet: bool = False):
     """A spinner and `message` on stderr while the block runs, in a terminal; gone when it ends. Where
-    output is plain (a pipe, a log, NO_COLOR, TERM=dumb) nothing is shown: the block is short."""
-    if plain_output():
+    output is plain (a pipe, a log, NO_COLOR, TERM=dumb) or quiet nothing is shown: the block is short."""
+    if quiet or plain_output():
         yield
         return
     with console().status(message):

@@ -22,7 +22,7 @@ from ..options import (
     examples,
     flag,
 )
-from ..progress import StageProgress
+from ..progress import StageProgress, alive
 from ..render import to_json
 
 
@@ -47,8 +47,9 @@ def eval_cmd(
     """Measure nats/char, bits/char and perplexity, over whole records and over poem text alone."""
     if (split is None) == (file is None):
         raise fail("give exactly one of --split val|test or --file TEXT", 2)
-    from ... import evaluate
-    from ...device import set_cpu_threads
+    with alive("loading torch", quiet):  # seconds, before the evaluation's own progress
+        from ... import evaluate
+        from ...device import set_cpu_threads
     from ..render import eval_result, unknown_warning
 
     set_cpu_threads(threads)

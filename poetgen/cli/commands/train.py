@@ -29,6 +29,7 @@ from ..options import (
     flag,
     json_option,
 )
+from ..progress import alive
 from ..render import to_json
 
 
@@ -129,20 +130,22 @@ def train_cmd(
     if "init_from" in given:
         given["init_from"] = str(given["init_from"])
     check_out(out)
-    from ... import corpus, train
-    from ...data import load_split, load_train
-    from ...device import set_cpu_threads
-    from ...vocab import Vocab
-    from ..render import print_train_summary
+    with alive("loading torch", quiet):  # seconds, before the run's own progress
+        from ... import corpus, train
+        from ...data import load_split, load_train
+        from ...device import set_cpu_threads
+        from ...vocab import Vocab
+        from ..render import print_train_summary
 
     set_cpu_threads(threads)
     root = data_root(data_dir)
     meta = corpus.load_meta(root)
     vocab = Vocab.load(root / "vocab.json")
     with train.run_lock(out):  # from the check that the folder is free to the end of the run
-        plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
-        train_stream = load_train(root, plan.train_config.train_split, meta=meta)
-        val_stream = load_split(root, "val", meta=meta)
+        with alive("loading the corpus", quiet):
+            plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
+            train_stream = load_train(root, plan.train_config.train_split, meta=meta)
+            val_stream = load_split(root, "val", meta=meta)
         summary = _run(plan, vocab, train_stream, val_stream, out, meta, root, data_dir, quiet)
     if not quiet:
         print_train_summary(summary)
