@@ -463,7 +463,8 @@ def test_in_a_terminal_sample_shows_the_load_and_a_moving_bar_and_stdout_keeps_t
     import pty  # noqa: F401 - POSIX only, as the CLI's terminal handling is tested here
 
     master, slave = os.openpty()
-    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env = {k: v for k, v in os.environ.items()  # nothing that tells rich or poetgen the terminal is not one
+           if k not in ("NO_COLOR", "TERM", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "FORCE_TERMINAL")}
     proc = subprocess.Popen([sys.executable, "-m", "poetgen", "sample", "-c", str(tiny_checkpoint), "--form", "qijue",
                              "--num", "20", "--seed", "1", "--format", fmt], stdout=subprocess.PIPE,
                             stderr=slave, env={**env, "TERM": "xterm"})
