@@ -19,7 +19,7 @@ from ..options import (
     examples,
     output_option,
 )
-from ..progress import StageProgress
+from ..progress import StageProgress, alive
 from ..render import to_json
 
 
@@ -28,10 +28,12 @@ from ..render import to_json
 @handle_errors
 def info_cmd(checkpoint_path: CheckpointOpt = None, as_json: JsonOpt = False) -> None:
     """Print a model's card: architecture, parameters, corpus, validation and test figures."""
-    from ... import checkpoint
     from ..render import model_card
 
-    card = checkpoint.describe(checkpoint.read(checkpoint_path or checkpoint.default_checkpoint()))
+    with alive("reading the model"):  # importing torch alone takes seconds
+        from ... import checkpoint
+
+        card = checkpoint.describe(checkpoint.read(checkpoint_path or checkpoint.default_checkpoint()))
     write_stdout(to_json(card, indent=1) + "\n" if as_json else model_card(card))
 
 
@@ -50,7 +52,8 @@ def export_cmd(
 ) -> None:
     """Make a shipped model: weights only (fp16 by default) with the corpus's tone and 叠字 tables
     inside, and the val/test figures measured on the file as written."""
-    from ... import checkpoint, corpus, evaluate
+    with alive("loading torch", quiet):
+        from ... import checkpoint, corpus, evaluate
     from ..render import figures
 
     root = data_root(data_dir)

@@ -24,7 +24,7 @@ from ..options import (
     flag,
     output_option,
 )
-from ..progress import StageProgress
+from ..progress import StageProgress, alive
 from ..render import to_json
 
 
@@ -52,9 +52,10 @@ def inspect_gradients(
     away, an LSTM's holds. Give trained checkpoints, fresh cells, or both."""
     if not checkpoints and not cells:
         raise fail("give --checkpoint FILE and/or --cell rnn|gru|lstm", 2)
-    from ... import checkpoint, corpus, introspect
-    from ...data import load_split
-    from ...vocab import Vocab
+    with alive("loading torch"):  # seconds
+        from ... import checkpoint, corpus, introspect
+        from ...data import load_split
+        from ...vocab import Vocab
     from ..render import gradient_table
 
     root = data_root(data_dir)
@@ -120,10 +121,12 @@ def inspect_cells(
         raise fail(f"--output {output}: give a .png or .html file name", 2)
     if poem is not None and not poem.strip():
         raise fail("--poem is empty: give the poem's text, or leave --poem out for the first val poem", 2)
-    from ... import checkpoint, corpus, introspect
     from .. import render
 
-    ck = checkpoint.load(checkpoint_path or checkpoint.default_checkpoint())
+    with alive("loading the model"):  # importing torch alone takes seconds
+        from ... import checkpoint, corpus, introspect
+
+        ck = checkpoint.load(checkpoint_path or checkpoint.default_checkpoint())
     found = None
     if find or poem is None:
         records = corpus.val_records(data_root(data_dir), poems, ck.meta.script)
@@ -174,11 +177,13 @@ def inspect_gates(
 ) -> None:
     """Mean gate activations of an LSTM by position in the line, over val poems: does the forget gate
     open at line ends?"""
-    from ... import checkpoint, corpus, introspect
     from ...forms import detect
     from ..render import gate_table
 
-    ck = checkpoint.load(checkpoint_path or checkpoint.default_checkpoint())
+    with alive("loading the model"):  # importing torch alone takes seconds
+        from ... import checkpoint, corpus, introspect
+
+        ck = checkpoint.load(checkpoint_path or checkpoint.default_checkpoint())
     if layer >= ck.config.num_layers:
         raise fail(f"--layer {layer}: the model has {plural(ck.config.num_layers, 'layer')} (0-based)", 2)
     records = [r for r in corpus.val_records(data_root(data_dir), 100_000, ck.meta.script)
