@@ -321,7 +321,8 @@ class Generator:
         (PRUNE, unless opts.prune is off), and the best by `score` is kept. `on_title(poem, title)` sees
         each generated title, `on_char(row, ch)` each body character as it comes (rows are candidates:
         stream only with one per poem). `on_progress(poems)` hears after each character how many poems'
-        worth are written (a float, up to opts.num). The same options and seed give the same poems. The
+        worth are written (a float, up to opts.num; in free form measured against opts.max_chars, so it
+        may jump at a batch's end). The same options and seed give the same poems. The
         options are trusted: config.sample_request checks them."""
         best_of = opts.candidates_per_poem
         per_batch = max(1, MAX_ROWS // best_of)

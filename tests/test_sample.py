@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import tiny
@@ -455,34 +456,73 @@ def test_on_progress_hears_the_poems_written_so_far(options, monkeypatch):
 
 
 @pytest.mark.parametrize("fmt", ["text", "jsonl"])
-def test_in_a_terminal_sample_shows_the_load_and_a_moving_bar_and_stdout_keeps_the_poems(tiny_checkpoint, fmt):
-    """Through a pseudo-terminal on stderr (stdout a pipe, as in `poetgen sample … > poems.txt` typed
-    in a terminal): a spinner while the model loads, then the bar from 0 on, before the first batch
-    ends, to the end; and every poem on stdout (0.5 let the bar take them to the terminal)."""
+def test_in_a_terminal_sample_shows_the_load_and_a_moving_bar_and_stdout_keeps_the_poems(tiny_checkpoint, fmt,
+                                                                                         tmp_path):
+    """Through a pseudo-terminal on stderr (stdout a file, as in `poetgen sample … > poems.txt` typed
+    in a terminal): a spinner while the model loads, then the bar to the end; and every poem on stdout
+    (0.5 let the bar take them to the terminal)."""
     import os
-    import pty  # noqa: F401 - POSIX only, as the CLI's terminal handling is tested here
+    import selectors
+    import time
 
+    pytest.importorskip("pty")  # POSIX: where the terminal handling is tested
     master, slave = os.openpty()
     env = {k: v for k, v in os.environ.items()  # nothing that tells rich or poetgen the terminal is not one
            if k not in ("NO_COLOR", "TERM", "TTY_INTERACTIVE", "TTY_COMPATIBLE", "FORCE_TERMINAL")}
-    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "sample", "-c", str(tiny_checkpoint), "--form", "qijue",
-                             "--num", "20", "--seed", "1", "--format", fmt], stdout=subprocess.PIPE,
-                            stderr=slave, env={**env, "TERM": "xterm"})
+    with open(tmp_path / "poems.out", "wb") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "poetgen", "sample", "-c", str(tiny_checkpoint), "--form",
+                                 "qijue", "--num", "20", "--seed", "1", "--format", fmt], stdout=stdout,
+                                stderr=slave, env={**env, "TERM": "xterm"})
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # the other end closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    out, _ = proc.communicate(timeout=120)
+    chunks, deadline = [], time.monotonic() + 120
+    with selectors.DefaultSelector() as sel:
+        sel.register(master, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=1):
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the other end closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    proc.wait(timeout=10)
     os.close(master)
     shown = b"".join(chunks).decode("utf-8", "replace")
+    out = (tmp_path / "poems.out").read_text()
     assert proc.returncode == 0
     assert "loading the model" in shown
     assert shown.index(" 0/20") < shown.index("20/20")
-    poems = out.decode().splitlines() if fmt == "jsonl" else out.decode().split("\n\n")
+    poems = out.splitlines() if fmt == "jsonl" else out.split("\n\n")
     assert len(poems) == 20 and "《" not in shown and '"text"' not in shown  # all on stdout, none on the terminal
+
+
+def test_the_bar_hears_each_character_and_each_batch(monkeypatch):
+    """_write_batches: the bar from 0, each tick of the library (a share of a poem), each batch's end."""
+    from poetgen.cli.commands import sample as command
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, quiet):
+            pass
+
+        def __enter__(self):
+            return lambda stage, done, total: calls.append((done, total))
+
+        def __exit__(self, *exc):
+            return False
+
+    def batches(tick):  # two batches of one poem each
+        tick(0.7)
+        yield ["poem 0"]
+        tick(1.4)
+        tick(2.0)  # the last character of the last batch: the batch's end says done
+        yield ["poem 1"]
+
+    monkeypatch.setattr(command, "StageProgress", Recorder)
+    command._write_batches(batches, lambda batch, start: "", "text", None, Path("model.pt"), "drawing", 2, True)
+    assert calls == [(0, 2), (0.7, 2), (1, 2), (1.4, 2), (pytest.approx(1.999), 2), (2, 2)]

@@ -34,12 +34,17 @@ def stdout_is_terminal() -> bool:
 
 @contextmanager
 def alive(message: str, quiet: bool = False):
-    """A spinner and `message` on stderr while the block runs, in a terminal; gone when it ends. Where
-    output is plain (a pipe, a log, NO_COLOR, TERM=dumb) or quiet nothing is shown: the block is short."""
+    """A spinner and `message` on stderr while the block runs (a few seconds: torch loading), in a
+    terminal; gone when it ends. Where output is plain (a pipe, a log, NO_COLOR, TERM=dumb: no cursor
+    movement) or quiet, nothing is shown, as StageProgress shows no bar there."""
     if quiet or plain_output():
         yield
         return
-    with console().status(message):
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    with Live(Spinner("dots", message), console=console(), transient=True, refresh_per_second=12.5,
+              redirect_stdout=stdout_is_terminal()):
         yield
 
 
@@ -75,9 +80,9 @@ class StageProgress:
             if stage not in self.said:
                 self.said[stage] = now - self.PLAIN_EVERY_S + self.PLAIN_FIRST_S  # the first line after 2 s
             if done == total:
-                typer.echo(f"{stage}: done ({done}/{total})", err=True)
+                typer.echo(f"{stage}: done ({total}/{total})", err=True)
             elif now - self.said[stage] >= self.PLAIN_EVERY_S:
-                typer.echo(f"{stage}: {done}/{total}", err=True)
+                typer.echo(f"{stage}: {int(done)}/{total}", err=True)  # (done may be a float: a share of one)
                 self.said[stage] = now
         if self.progress is None:
             return

@@ -57,8 +57,9 @@ def export_cmd(
     from ..render import figures
 
     root = data_root(data_dir)
-    tones = corpus.corpus_tones(root)
-    doubles = corpus.corpus_doubles(root)
+    with alive("reading the corpus's tables", quiet):
+        tones = corpus.corpus_tones(root)
+        doubles = corpus.corpus_doubles(root)
 
     def measure(path: Path) -> dict:
         measured = {}

@@ -92,6 +92,11 @@ def sample_cmd(
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_chars=max_chars,
                              best_of=best_of, strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme,
                              score=score, prune=not no_prune)
+    if output is not None and checkpoint_path is not None:
+        from ...paths import same_file
+
+        if same_file(output, checkpoint_path):
+            raise UsageError(f"--output {output} is the checkpoint: choose another path")
     with alive("loading the model"):  # importing torch alone takes seconds
         from ... import checkpoint
         from ...device import pick_device, set_cpu_threads
@@ -100,11 +105,6 @@ def sample_cmd(
         set_cpu_threads(threads)
         where = pick_device(device)
         path = checkpoint_path or checkpoint.default_checkpoint()
-        if output is not None and checkpoint_path is not None:
-            from ...paths import same_file
-
-            if same_file(output, checkpoint_path):
-                raise UsageError(f"--output {output} is the checkpoint: choose another path")
         generator, opts, rules = prepare(checkpoint.load(path, where), request, int8=not fp32)
     candidates = opts.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
@@ -156,7 +156,7 @@ def _write_batches(batches, render, fmt: str, output: Path | None, checkpoint_pa
     parts, done = [], 0
     with StageProgress(quiet=not (sys.stderr.isatty() and show)) as progress:
         progress(stage, 0, num)  # the bar and its clock from the start, not after the first batch
-        for batch in batches(lambda poems: progress(stage, min(int(poems), num - 1), num)):
+        for batch in batches(lambda poems: progress(stage, min(poems, num - 0.001), num)):  # done: batch by batch
             text = render(batch, done)
             done += len(batch)
             progress(stage, done, num)

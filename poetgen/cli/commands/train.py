@@ -146,22 +146,23 @@ def train_cmd(
             plan = train.plan_run(out, vocab, given, resume=resume, preset=preset)
             train_stream = load_train(root, plan.train_config.train_split, meta=meta)
             val_stream = load_split(root, "val", meta=meta)
-        summary = _run(plan, vocab, train_stream, val_stream, out, meta, root, data_dir, quiet)
+            tables = {"tones": corpus.corpus_tones(root), "doubles": corpus.corpus_doubles(root)}
+        summary = _run(plan, vocab, train_stream, val_stream, out, meta, tables, data_dir, quiet)
     if not quiet:
         print_train_summary(summary)
     if as_json:
         write_stdout(to_json(summary) + "\n")
 
 
-def _run(plan, vocab, train_stream, val_stream, out: Path, meta: dict, root: Path, data_dir: Path | None,
+def _run(plan, vocab, train_stream, val_stream, out: Path, meta: dict, tables: dict, data_dir: Path | None,
          quiet: bool) -> dict:
-    """The run of a plan, with its progress; its summary."""
-    from ... import corpus, train
+    """The run of a plan, with its progress; its summary. `tables`: the corpus's tones and doubles."""
+    from ... import train
     from ..progress import TrainProgress
 
     with TrainProgress(quiet) as progress:
         trainer = train.Trainer(plan.model_config, plan.train_config, vocab, train_stream, val_stream, out, meta,
-                                tones=corpus.corpus_tones(root), doubles=corpus.corpus_doubles(root),
+                                tones=tables["tones"], doubles=tables["doubles"],
                                 data_dir=data_dir.resolve() if data_dir else None, on_train_event=progress,
                                 init_checkpoint=plan.init_checkpoint)
         if plan.resume_from is not None:
