@@ -6,6 +6,7 @@ All of it runs the model one character at a time on the CPU, in eval mode (no dr
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,17 +166,23 @@ def properties(tokens: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def find_units(model: LanguageModel, vocab: Vocab, records: list[tuple[str, str]], top: int = 3) -> dict:
+def find_units(model: LanguageModel, vocab: Vocab, records: list[tuple[str, str]], top: int = 3,
+               progress: Callable[[int, int], None] | None = None) -> dict:
     """For each property, the units (any layer, hidden state, cell or gate) whose activation correlates
-    best with it over the given poems: {property: [(unit, r), ...]} by |r|, strongest first."""
+    best with it over the given poems: {property: [(unit, r), ...]} by |r|, strongest first.
+    `progress(done, total)` hears each poem traced."""
     acts: dict[str, list[np.ndarray]] = {}
     props: dict[str, list[np.ndarray]] = {p: [] for p in PROPERTIES}
-    for title, body in records:
+    for i, (title, body) in enumerate(records):
+        if progress is not None:
+            progress(i, len(records))
         tr = trace(model, record_ids(vocab, title, body), vocab)
         for name, values in tr.series.items():
             acts.setdefault(name, []).append(values)
         for p, values in properties(tr.tokens).items():
             props[p].append(values)
+    if progress is not None:
+        progress(len(records), len(records))
     if not acts:
         raise UsageError("no poems to search over: prepare the corpus (poetgen corpus prepare)")
     act = {k: np.concatenate(v) for k, v in acts.items()}
@@ -208,14 +215,17 @@ def unit_values(tr: Trace, unit: str) -> np.ndarray:
 
 
 def gate_means(model: LanguageModel, vocab: Vocab, records: list[tuple[str, str]], chars: int,
-               layer: int = 0) -> dict[str, list[float]]:
+               layer: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
     """Mean input/forget/output gate activations (over units and lines) at each position of lines of
-    `chars` characters, and at the mark that ends the line (the last entry)."""
+    `chars` characters, and at the mark that ends the line (the last entry). `progress(done, total)`
+    hears each poem traced."""
     if model.config.cell != "lstm":
         raise UsageError("gates are an LSTM's: pass an LSTM checkpoint")
     sums = {g: np.zeros(chars + 1) for g in ("input gate", "forget gate", "output gate")}
     counts = np.zeros(chars + 1)
-    for title, body in records:
+    for i, (title, body) in enumerate(records):
+        if progress is not None:
+            progress(i, len(records))
         tr = trace(model, record_ids(vocab, title, body), vocab)
         sep = tr.tokens.index("<sep>")
         col = 0
@@ -227,6 +237,8 @@ def gate_means(model: LanguageModel, vocab: Vocab, records: list[tuple[str, str]
                     sums[g][pos] += tr.series[f"{layer}:{g}"][t].mean()
                 counts[pos] += 1
             col = 0 if ch in LINE_END else col + 1
+    if progress is not None:
+        progress(len(records), len(records))
     if counts.min() == 0:
         raise UsageError(f"no lines of {chars} characters among the poems: choose another --chars")
     return {g: (s / counts).tolist() for g, s in sums.items()}

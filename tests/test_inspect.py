@@ -139,7 +139,10 @@ def synthetic_records(n: int) -> list[tuple[str, str]]:
 
 
 def test_find_recovers_a_planted_unit():
-    found = introspect.find_units(planted_model(), VOCAB, synthetic_records(30))
+    heard = []
+    found = introspect.find_units(planted_model(), VOCAB, synthetic_records(30),
+                                  progress=lambda d, t: heard.append((d, t)))
+    assert heard == [(i, 30) for i in range(31)]  # each poem traced, then done
     unit, r = found["position in line"][0]
     assert unit == "0:hidden 0" and r > 0.9
     assert found["distance to punctuation"][0][0] == "0:hidden 0"
@@ -147,7 +150,10 @@ def test_find_recovers_a_planted_unit():
 
 def test_gate_means_by_position():
     model = tiny_model(0, VOCAB, emb_size=8, hidden_size=8)
-    means = introspect.gate_means(model, VOCAB, synthetic_records(20), chars=5, layer=1)
+    heard = []
+    means = introspect.gate_means(model, VOCAB, synthetic_records(20), chars=5, layer=1,
+                                  progress=lambda d, t: heard.append((d, t)))
+    assert heard[0] == (0, 20) and heard[-1] == (20, 20) and len(heard) == 21
     assert set(means) == {"input gate", "forget gate", "output gate"}
     assert all(len(v) == 6 and all(0 < x < 1 for x in v) for v in means.values())
     with pytest.raises(UsageError, match="LSTM"):

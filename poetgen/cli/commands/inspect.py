@@ -137,7 +137,9 @@ def inspect_cells(
             title, poem = next(((t, b) for t, b in records if not ck.vocab.unknown(t + b)), records[0])
     title, poem = introspect.as_read(ck.vocab, ck.meta.script, title, poem)
     if find:
-        found = introspect.find_units(ck.model, ck.vocab, records)
+        with StageProgress(not sys.stderr.isatty()) as progress:
+            found = introspect.find_units(ck.model, ck.vocab, records,
+                                          progress=lambda d, t: progress("tracing val poems", d, t))
     tr = introspect.trace(ck.model, introspect.record_ids(ck.vocab, title, poem), ck.vocab)
     if unit is None:
         unit = found["position in line"][0][0] if found and found["position in line"] else "0:hidden 0"
@@ -188,7 +190,9 @@ def inspect_gates(
         raise fail(f"--layer {layer}: the model has {plural(ck.config.num_layers, 'layer')} (0-based)", 2)
     records = [r for r in corpus.val_records(data_root(data_dir), 100_000, ck.meta.script)
                if (f := detect(r[1])) is not None and f.chars == chars][:poems]
-    means = introspect.gate_means(ck.model, ck.vocab, records, chars, layer)
+    with StageProgress(not sys.stderr.isatty()) as progress:
+        means = introspect.gate_means(ck.model, ck.vocab, records, chars, layer,
+                                      progress=lambda d, t: progress("tracing val poems", d, t))
     labels = [str(i + 1) for i in range(chars)] + ["mark"]
     if output is not None:
         from ... import plot
