@@ -55,6 +55,7 @@ class ModelMeta:
     time: str | None = None
     exported_from: str | None = None
     software: dict | None = None  # what trained it: {"poetgen": version, "torch": version, "commit": sha or None}
+    poets: dict | None = None  # {name: train poems} of the poets its records name (poetgen.plan)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelMeta:
@@ -142,8 +143,10 @@ def load_weights(model: torch.nn.Module, weights: dict) -> None:
 
 def carry_vocab(weights: dict, old: Vocab, new: Vocab, fresh: dict) -> tuple[dict, int]:
     """`weights` (a state dict over vocabulary `old`) re-indexed to vocabulary `new`: the tensors
-    with one row per token (VOCAB_ROWS) take the old row of each token both hold and `fresh`'s row otherwise.
-    Returns the new state dict and the number of tokens carried over."""
+    with one row per token (VOCAB_ROWS) take the old row of each token both hold; a token `old` lacks
+    starts from the mean of the carried rows (`fresh`'s row when none is carried), so a new character
+    begins as an average one rather than as noise. Returns the new state dict and the number of tokens
+    carried over."""
     import torch
 
     pairs = [(i, old.stoi[t]) for i, t in enumerate(new.tokens) if t in old.stoi]
@@ -153,6 +156,8 @@ def carry_vocab(weights: dict, old: Vocab, new: Vocab, fresh: dict) -> tuple[dic
     for name, value in weights.items():
         if name in VOCAB_ROWS:
             rows = fresh[name].detach().clone().to(value.dtype)
+            if len(pairs):
+                rows[:] = value[from_old].float().mean(0).to(value.dtype)
             rows[to_new] = value[from_old]
             value = rows
         out[name] = value

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import plan
 from .errors import CorpusError, UsageError
 from .forms import detect_form
 from .glyphs import KINDS, LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, in_gb2312
@@ -331,6 +332,7 @@ class Poem:
     author: str
     body: str
     tones: str
+    plan: list[str] | None = None  # one keyword a line (poetgen.plan)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False, separators=(",", ":"))
@@ -468,7 +470,8 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         counts.update(poem.title)
         counts.update(poem.body)
     # simplified: a character with no form inside the BMP (few fonts draw it) is <unk>, not a token
-    vocab = Vocab.build(counts, min_count, keep=(lambda c: ord(c) <= 0xFFFF) if script == "simplified" else None)
+    vocab = Vocab.build(counts, min_count, keep=(lambda c: ord(c) <= 0xFFFF) if script == "simplified" else None,
+                        plan=True)
     if len(vocab) > np.iinfo(np.uint16).max:
         raise CorpusError(f"vocabulary of {len(vocab)} tokens does not fit uint16: raise --min-count")
 
@@ -476,10 +479,13 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     outputs: dict[str, bytes] = {"vocab.json": vocab.to_json().encode("utf-8")}
     tokens: dict[str, int] = {}
     unknown: dict[str, int] = {}
+    rule = plan.KeywordRule.fit(p.body for p in splits["train"])
+    known_poets = plan.poets(p.author for p in splits["train"])
     for s in SPLITS:
         ids: list[int] = []
         for poem in splits[s]:
-            ids.extend(vocab.encode_record(poem.title, poem.body))
+            poem.plan = rule.plan(poem.body)
+            ids.extend(record_ids(vocab, poem, known_poets if s == "train" else None))
         arr = np.asarray(ids, dtype=np.uint16)
         outputs[f"{s}.bin"] = arr.tobytes()
         tokens[s] = int(arr.size)
@@ -487,7 +493,8 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         outputs[f"poems.{s}.jsonl"] = "".join(p.to_json() + "\n" for p in splits[s]).encode("utf-8")
     song_meta = None
     if raw_song is not None:
-        song_meta = _song(raw_song, script, vocab, {p.body for s in SPLITS for p in splits[s]}, outputs, progress)
+        song_meta = _song(raw_song, script, vocab, {p.body for s in SPLITS for p in splits[s]}, outputs, progress,
+                          rule)
     outputs[GLYPHS_FILE] = glyph_table(normalizer).encode("utf-8")
     tones = count_tones((p.body, p.tones) for s in SPLITS for p in splits[s])
     outputs["tones.json"] = (json.dumps(tones, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
@@ -499,7 +506,11 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
         "source": {"package": PACKAGE, "version": VERSION, "integrity": verified},
         "script": script,
         "min_count": min_count,
-        "record_format": "<bos> title <sep> body <eos>, one token per character",
+        "record_format": "<bos> title [<author> poet] [<kw> keyword]… <sep> body <eos>, one token per character; "
+                         "val and test records without poet and plan",
+        "plan": {"rule": "poetgen.plan.KeywordRule", "plan_share": plan.PLAN_SHARE, "poet_share": plan.POET_SHARE,
+                 "min_poet_poems": plan.MIN_POET_POEMS, "max_plan_lines": plan.MAX_PLAN_LINES},
+        "poets": known_poets,
         "poems_read": total,
         "poems": {s: len(splits[s]) for s in SPLITS},
         "tokens": tokens,
@@ -519,8 +530,20 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     return BuildResult(data_dir, meta, dropped)
 
 
+def record_ids(vocab: Vocab, poem: Poem, known_poets: dict | None) -> list[int]:
+    """The tokens of a poem's record: a train record (`known_poets` given) carries its poet (if known) and
+    its plan, each in its share of the records (plan.carries); the others carry neither."""
+    if known_poets is None:
+        return vocab.encode_record(poem.title, poem.body)
+    author = poem.author if poem.author in known_poets and plan.carries(poem.id, "poet", plan.POET_SHARE) else ""
+    keywords = None
+    if len(poem.plan) <= plan.MAX_PLAN_LINES and plan.carries(poem.id, "plan", plan.PLAN_SHARE):
+        keywords = poem.plan
+    return vocab.encode_record(poem.title, poem.body, author, keywords)
+
+
 def _song(raw: dict[str, list], script: str, vocab: Vocab, tang_bodies: set[str], outputs: dict[str, bytes],
-          progress: Progress | None) -> dict:
+          progress: Progress | None, rule: plan.KeywordRule) -> dict:
     """Clean the 全宋诗's files into outputs (song.bin, poems.song.jsonl); its meta.json entry."""
     def song_progress(stage: str, done: int, total: int) -> None:
         if progress:
@@ -536,7 +559,8 @@ def _song(raw: dict[str, list], script: str, vocab: Vocab, tang_bodies: set[str]
     kept.sort(key=_order_key)
     ids: list[int] = []
     for poem in kept:
-        ids.extend(vocab.encode_record(poem.title, poem.body))
+        poem.plan = rule.plan(poem.body)
+        ids.extend(record_ids(vocab, poem, {}))  # a training split: plans, no poets
     arr = np.asarray(ids, dtype=np.uint16)
     outputs[SONG_FILES[0]] = arr.tobytes()
     outputs[SONG_FILES[1]] = "".join(p.to_json() + "\n" for p in kept).encode("utf-8")

@@ -20,7 +20,7 @@ from .errors import UsageError
 from .forms import TOKEN_CLASSES, Form, TokenClass
 from .prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
 from .text import LINE_END, STOPS
-from .vocab import SPECIALS, Vocab
+from .vocab import MARKERS, Vocab
 
 
 def token_class_masks(vocab: Vocab, drawable: Callable[[str], bool] | None = None
@@ -30,9 +30,9 @@ def token_class_masks(vocab: Vocab, drawable: Callable[[str], bool] | None = Non
     `drawable` rejects are never drawn (a model's own variant forms; see glyphs.drawable)."""
     V = len(vocab)
     # each mask made from one list, not 6,800 single writes into a tensor
-    is_mark = torch.tensor([t in LINE_END and t not in SPECIALS for t in vocab.tokens], dtype=torch.bool)
-    is_stop = torch.tensor([t in STOPS and t not in SPECIALS for t in vocab.tokens], dtype=torch.bool)
-    is_han = torch.tensor([t not in SPECIALS and t not in LINE_END and (drawable is None or drawable(t))
+    is_mark = torch.tensor([t in LINE_END and t not in MARKERS for t in vocab.tokens], dtype=torch.bool)
+    is_stop = torch.tensor([t in STOPS and t not in MARKERS for t in vocab.tokens], dtype=torch.bool)
+    is_han = torch.tensor([t not in MARKERS and t not in LINE_END and (drawable is None or drawable(t))
                            for t in vocab.tokens], dtype=torch.bool)
     comma = torch.zeros(V, dtype=torch.bool)
     if "，" in vocab:
@@ -70,7 +70,7 @@ class ProsodyMasks:
             self.may_double[:] = False
             ids = [vocab.stoi[c] for c, n in doubles.items() if n >= ATTESTED_DOUBLE and c in vocab.stoi]
             self.may_double[ids] = True
-        usual = [None if t in SPECIALS or t in LINE_END else tones.usual(t) for t in vocab.tokens]
+        usual = [None if t in MARKERS or t in LINE_END else tones.usual(t) for t in vocab.tokens]
         self.ping = torch.tensor([u == PING for u in usual], dtype=torch.bool)  # (one tensor from a list,
         self.ze = torch.tensor([u == ZE for u in usual], dtype=torch.bool)  # not 6,800 single writes)
         self.group_names = sorted(rhymes.groups)

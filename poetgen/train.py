@@ -280,8 +280,8 @@ def check_streams(train_stream: np.ndarray, val_stream: np.ndarray, batch_size: 
 def warm_start(model: LanguageModel, ckpt: Checkpoint, vocab: Vocab, script: str | None) -> str | None:
     """Load another run's weights into `model` (fine-tuning, a second schedule): same shape and script
     (`script`: the corpus's). A model of another vocabulary (an older corpus build) lends the rows of
-    the characters both vocabularies hold, the others keep their fresh initialization, and a note
-    saying so is returned."""
+    the tokens both vocabularies hold, the others start from the mean of those rows
+    (checkpoint.carry_vocab), and a note saying so is returned."""
     if ckpt.vocab.tokens == vocab.tokens:
         ckpt.require_shape(model.config, "drop the size options to take its shape")
         checkpoint.load_weights(model, ckpt.state_dict)
@@ -293,8 +293,8 @@ def warm_start(model: LanguageModel, ckpt: Checkpoint, vocab: Vocab, script: str
                          "prepare the corpus in its script, or start afresh")
     weights, shared = checkpoint.carry_vocab(ckpt.state_dict, ckpt.vocab, vocab, model.state_dict())
     checkpoint.load_weights(model, weights)
-    return (f"{ckpt.path} has another vocabulary: {shared:,} of {len(vocab):,} tokens take its rows, the rest "
-            "start fresh")
+    return (f"{ckpt.path} has another vocabulary: {shared:,} of {len(vocab):,} tokens take its rows; "
+            f"{len(vocab) - shared:,} new ones start from their mean")
 
 
 def negative_sampler(train_stream: np.ndarray, negatives: int, vocab_size: int) -> NegativeSampler:
@@ -424,6 +424,7 @@ class Trainer:
             device=str(self.device),
             time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             software=self.software,
+            poets=self.corpus_meta.get("poets"),
         )
 
     def run_state(self) -> RunState:

@@ -1,7 +1,9 @@
 """Character vocabulary: build from counts, encode, write and load as readable JSON.
 
 A record is one poem: ``<bos> title <sep> body <eos>``, one token per character. The body keeps
-its full-width punctuation, which marks the line ends."""
+its full-width punctuation, which marks the line ends. A record may also carry, between title and
+<sep>, the poet's name after ``<author>`` and the plan, each line's keyword after a ``<kw>``
+(poetgen.plan): ``<bos> title <author> name <kw> k1 <kw> k2 … <sep> body <eos>``."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from .errors import CorpusError
 
 UNK, BOS, SEP, EOS = "<unk>", "<bos>", "<sep>", "<eos>"
 SPECIALS = (UNK, BOS, SEP, EOS)
+AUTHOR, KW = "<author>", "<kw>"
+PLAN_MARKS = (AUTHOR, KW)  # the last tokens of a vocabulary whose records carry poets and plans
+MARKERS = SPECIALS + PLAN_MARKS  # every token that is not text
 MAX_TITLE = 30  # characters of a title: longer ones are cut at corpus build, refused from --title
 
 
@@ -28,14 +33,22 @@ class Vocab:
         self.tokens = list(tokens)
         self.stoi = {t: i for i, t in enumerate(self.tokens)}
         self.unk_id, self.bos_id, self.sep_id, self.eos_id = (self.stoi[s] for s in SPECIALS)
+        self.author_id, self.kw_id = (self.stoi.get(s) for s in PLAN_MARKS)  # None: a vocabulary without plans
+
+    @property
+    def plans(self) -> bool:
+        """Whether records of this vocabulary may carry a poet and a plan."""
+        return self.kw_id is not None and self.author_id is not None
 
     @classmethod
-    def build(cls, counts: Counter, min_count: int = 1, keep: Callable[[str], bool] | None = None) -> Vocab:
+    def build(cls, counts: Counter, min_count: int = 1, keep: Callable[[str], bool] | None = None,
+              plan: bool = False) -> Vocab:
         """Specials first, then every character seen at least `min_count` times (and that `keep`
-        accepts), most frequent first (ties by code point, so the order is deterministic)."""
-        chars = [c for c, n in counts.items() if n >= min_count and c not in SPECIALS and (keep is None or keep(c))]
+        accepts), most frequent first (ties by code point, so the order is deterministic); with
+        `plan`, the plan's markers last."""
+        chars = [c for c, n in counts.items() if n >= min_count and c not in MARKERS and (keep is None or keep(c))]
         chars.sort(key=lambda c: (-counts[c], c))
-        return cls([*SPECIALS, *chars])
+        return cls([*SPECIALS, *chars, *(PLAN_MARKS if plan else ())])
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -47,9 +60,17 @@ class Vocab:
         """Ids of the characters of `text`; characters outside the vocabulary become <unk>."""
         return [self.stoi.get(c, self.unk_id) for c in text]
 
-    def encode_record(self, title: str, body: str) -> list[int]:
-        """Ids of one poem record: <bos> title <sep> body <eos>."""
-        return [self.bos_id, *self.encode(title), self.sep_id, *self.encode(body), self.eos_id]
+    def encode_record(self, title: str, body: str, author: str = "", plan: list[str] | None = None) -> list[int]:
+        """Ids of one poem record: <bos> title [<author> author] [<kw> keyword …] <sep> body <eos>."""
+        ids = [self.bos_id, *self.encode(title)]
+        if author or plan:
+            if not self.plans:
+                raise CorpusError("this vocabulary has no plan markers: rebuild the corpus")
+            if author:
+                ids += [self.author_id, *self.encode(author)]
+            for keyword in plan or ():
+                ids += [self.kw_id, *self.encode(keyword)]
+        return [*ids, self.sep_id, *self.encode(body), self.eos_id]
 
     def unknown(self, text: str) -> list[str]:
         """The distinct characters of `text` outside the vocabulary, in order of appearance."""

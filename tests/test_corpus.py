@@ -156,7 +156,7 @@ def test_prepared_streams_decode_to_the_poems(prepared):
         assert len(poems) == meta["poems"][split]
         expected = []
         for p in poems:
-            expected.extend(vocab.encode_record(p.title, p.body))
+            expected.extend(corpus.record_ids(vocab, p, meta["poets"] if split == "train" else None))
         assert stream.tolist() == expected
     assert sum(meta["poems"].values()) == 400
     assert all(detect_form(p.body) != "other" for p in corpus.iter_poems(prepared, "train"))
@@ -182,7 +182,8 @@ def test_vocab_uses_train_split_only(prepared):
     train_chars = set()
     for p in corpus.iter_poems(prepared, "train"):
         train_chars |= set(p.title) | set(p.body)
-    assert set(vocab.tokens[4:]) <= train_chars
+    assert set(vocab.tokens[4:-2]) <= train_chars
+    assert vocab.tokens[-2:] == ["<author>", "<kw>"]
 
 
 # --- fetch and bad inputs ------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def train_cmd(
     init_from: Annotated[Optional[Path], typer.Option(
         "--init-from", help="Start from this checkpoint's weights (its shape; fresh optimizer and schedule). "
         "From a model of another vocabulary, the characters both hold keep their rows and the others start "
-        "fresh.", metavar="FILE", show_default="fresh weights")] = None,
+        "from their mean.", metavar="FILE", show_default="fresh weights")] = None,
     sampled_softmax: Annotated[int, typer.Option(
         "--sampled-softmax", help="Train the output layer on the batch's targets plus K sampled negatives "
         "instead of the whole vocabulary (faster; an approximation: finish with a full-softmax run; the logged "
