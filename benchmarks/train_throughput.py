@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from poetgen.data import load_split
+from poetgen.corpus import load_split
 from poetgen.device import use_bf16
 from poetgen.model import PRESETS, ModelConfig
 from poetgen.train import TrainConfig, Trainer

@@ -5,39 +5,11 @@ from disk, or a text file of poems encoded the same way."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from . import corpus
-from .errors import CorpusError, UsageError
 from .text import to_script
 from .vocab import Vocab
-
-
-def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.ndarray:
-    """The uint16 token stream of one split of a prepared corpus (checked against its manifest, `meta`:
-    the corpus's meta.json as corpus.load_meta returned it, read here when not given)."""
-    if split not in (*corpus.SPLITS, corpus.SONG):
-        raise UsageError(f"unknown split {split!r}: choose one of {', '.join((*corpus.SPLITS, corpus.SONG))}")
-    if meta is None:
-        meta = corpus.load_meta(data_dir)
-    if split == corpus.SONG and not meta.get(corpus.SONG):
-        raise UsageError(f"the corpus in {data_dir} has no Song poems: run `poetgen corpus prepare --with-song`")
-    path = data_dir / f"{split}.bin"
-    try:
-        return np.fromfile(path, dtype=np.uint16)
-    except FileNotFoundError:
-        raise CorpusError(f"{path} is missing: run `poetgen corpus build`") from None
-
-
-def load_train(data_dir: Path, which: str = "train", meta: dict | None = None) -> np.ndarray:
-    """The training stream: a split, or "song+train", the Song split followed by the Tang train split
-    (batchify cuts it into rows, so every batch mixes both). `meta` as for load_split."""
-    if meta is None:
-        meta = corpus.load_meta(data_dir)
-    return np.concatenate([load_split(data_dir, split, meta) for split in which.split("+")])
 
 
 def file_records(text: str) -> list[tuple[str, str]]:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import checkpoint, corpus
-from .data import batchify, body_targets, encode_records, file_records, get_batch, load_split, num_windows
+from .corpus import load_split
+from .data import batchify, body_targets, encode_records, file_records, get_batch, num_windows
 from .device import autocast, pick_device
 from .errors import CorpusError, UsageError
 from .model import Int8LanguageModel, LanguageModel, int8_available

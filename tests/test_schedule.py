@@ -66,7 +66,7 @@ def test_the_schedule_takes_its_settings_from_the_train_config():
 
 
 def test_training_with_sgd_decays_the_rate_at_each_epoch_boundary(prepared, tmp_path):
-    from poetgen.data import load_split
+    from poetgen.corpus import load_split
     from poetgen.model import ModelConfig
     from poetgen.train import Trainer
     from poetgen.vocab import Vocab

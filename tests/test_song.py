@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from poetgen import corpus
 from poetgen.cli import app
-from poetgen.data import load_split, load_train
+from poetgen.corpus import load_split, load_train
 
 runner = CliRunner()
 

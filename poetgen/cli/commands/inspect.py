@@ -54,7 +54,7 @@ def inspect_gradients(
         raise fail("give --checkpoint FILE and/or --cell rnn|gru|lstm", 2)
     with alive("loading torch"):  # seconds
         from ... import checkpoint, corpus, introspect
-        from ...data import load_split
+        from ...corpus import load_split
         from ...vocab import Vocab
     from ..render import gradient_table
 

@@ -132,7 +132,7 @@ def train_cmd(
     check_out(out)
     with alive("loading torch", quiet):  # seconds, before the run's own progress
         from ... import corpus, train
-        from ...data import load_split, load_train
+        from ...corpus import load_split, load_train
         from ...device import set_cpu_threads
         from ...vocab import Vocab
         from ..render import print_train_summary
