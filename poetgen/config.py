@@ -15,6 +15,7 @@ from .text import full_width_marks
 from .vocab import MAX_TITLE
 
 CELLS = ("lstm", "gru", "rnn")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks of each cell's weight matrices
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_LR = {"adamw": 2e-3, "sgd": 1.0}  # the peak learning rate when --lr is not given
@@ -69,7 +70,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell]
+        gates = GATES[self.cell]
         h, e = self.hidden_size, self.emb_size
         parameters = self.vocab_size * e * 2 + gates * h * (e + h + 2) + (self.num_layers - 1) * gates * h * (2 * h + 2)
         if parameters > MAX_PARAMETERS:

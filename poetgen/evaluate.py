@@ -20,7 +20,8 @@ from .corpus import load_split
 from .data import batchify, body_targets, encode_records, file_records, get_batch, num_windows
 from .device import autocast, pick_device
 from .errors import CorpusError, UsageError
-from .model import Int8LanguageModel, LanguageModel, int8_available
+from .model import LanguageModel
+from .steppers import Int8LanguageModel, int8_available
 from .text import read_text_file
 from .vocab import Vocab
 
@@ -84,7 +85,7 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
         progress: Callable[[int, int], None] | None = None, int8: bool = False) -> dict:
     """Evaluate a checkpoint on a split of the prepared corpus or on a text file of poems (one per line,
     `title<TAB>body` or a body). Returns the figures of evaluate_stream plus source, unknown, checkpoint.
-    `int8` evaluates the CPU sampling path (model.Int8Stepper, token by token) instead of the fp32 module."""
+    `int8` evaluates the CPU sampling path (steppers.Int8Stepper, token by token) instead of the fp32 module."""
     if (split is None) == (file is None):
         raise UsageError("give exactly one of --split val|test or --file TEXT")
     if file is not None:

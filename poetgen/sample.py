@@ -19,8 +19,9 @@ from .config import SampleOptions, SampleRequest, VerseOptions
 from .forms import TOKEN_CLASSES, TokenClass, split_lines
 from .glyphs import drawable
 from .masks import VerseRules, token_class_masks
-from .model import Int8Stepper, LanguageModel, Stepper, int8_available
+from .model import LanguageModel
 from .rerank import Reranker
+from .steppers import Int8Stepper, Stepper, int8_available
 from .text import to_script
 from .vocab import MAX_TITLE, Vocab
 
@@ -510,7 +511,7 @@ def prepare(ckpt, request: SampleRequest, int8: bool = False) -> tuple[Generator
     new options with the text in the model's script, the rules of verse or None). Raises UsageError
     for what this model cannot do: characters outside its vocabulary, --strict without a tone table,
     a --rhyme group it has no character of, given characters no template allows. `int8`: sample
-    through model.Int8Stepper where the model allows it (an LSTM on the CPU). Best-of-N in a fixed form
+    through steppers.Int8Stepper where the model allows it (an LSTM on the CPU). Best-of-N in a fixed form
     ranks with the checkpoint's critic unless the options say score="logprob"."""
     opts = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
     verse = _verse_rules(ckpt, opts, request.verse)

@@ -1,14 +1,18 @@
-"""The int8 sampling path (model.Int8Stepper): close to the fp32 step, deterministic, the same
+"""The int8 sampling path (steppers.Int8Stepper): close to the fp32 step, deterministic, the same
 arithmetic whatever the batch's other rows, and a perplexity within a hair of fp32's."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from cli_helpers import runner
 
-from poetgen.model import Int8LanguageModel, Int8Stepper, LanguageModel, ModelConfig, Stepper, int8_available
+from poetgen.cli import app
+from poetgen.model import LanguageModel, ModelConfig
+from poetgen.steppers import Int8LanguageModel, Int8Stepper, Stepper, int8_available
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch build has no fbgemm int8 kernels")
 
@@ -89,13 +93,9 @@ def test_int8_language_model_carries_state_like_the_module_and_keeps_the_loss():
 
 
 def test_sample_int8_through_the_cli_is_repeatable_and_keeps_the_form(tiny_checkpoint):
-    from typer.testing import CliRunner
-
-    from poetgen.cli import app
-
     args = ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "4", "--num", "2"]  # int8 by default
-    first, again = CliRunner().invoke(app, args), CliRunner().invoke(app, args)
-    full = CliRunner().invoke(app, [*args, "--fp32"])
+    first, again = runner.invoke(app, args), runner.invoke(app, args)
+    full = runner.invoke(app, [*args, "--fp32"])
     assert first.exit_code == 0 and full.exit_code == 0, first.output + full.output
     assert first.stdout == again.stdout
     bodies = [p for p in first.stdout.split("\n\n") if p.strip()]
@@ -104,19 +104,13 @@ def test_sample_int8_through_the_cli_is_repeatable_and_keeps_the_form(tiny_check
 
 
 def test_eval_int8_through_the_cli_is_close_to_fp32(tiny_checkpoint, tmp_path):
-    import json
-
-    from typer.testing import CliRunner
-
-    from poetgen.cli import app
-
     poems = tmp_path / "poems.txt"
-    text = CliRunner().invoke(app, ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "1",
-                                    "--num", "3", "--format", "jsonl"]).stdout
+    text = runner.invoke(app, ["sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "1",
+                               "--num", "3", "--format", "jsonl"]).stdout
     poems.write_text("\n".join(json.loads(line)["text"] for line in text.splitlines()) + "\n", encoding="utf-8")
     runs = {}
     for flag in ([], ["--int8"]):
-        r = CliRunner().invoke(app, ["eval", "-c", str(tiny_checkpoint), "--file", str(poems), "--json", "-q", *flag])
+        r = runner.invoke(app, ["eval", "-c", str(tiny_checkpoint), "--file", str(poems), "--json", "-q", *flag])
         assert r.exit_code == 0, r.output
         runs[bool(flag)] = json.loads(r.stdout)
     assert runs[True]["path"] == "int8" and runs[False]["path"] == "fp32"
