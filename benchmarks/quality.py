@@ -1,7 +1,7 @@
 """Reader-side statistics of sampled poems against the real regulated poems of the test split.
 
 For each fixed form: the plain model (--no-rhyme --best-of 1, what poetgen 0.1 printed), the default
-settings, and --strict, each drawn as `poetgen sample` draws it (sample.prepare: the checkpoint's
+settings, and --strict, each drawn as `poetgen sample` draws it (sample.Sampler: the checkpoint's
 critic and usage weights, its 叠字 table, the int8 path unless --fp32); and the test split's real
 poems of that form as the anchor. Prints one JSON line per row, then a table.
 
@@ -25,10 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from poetgen import checkpoint, corpus, prosody  # noqa: E402
-from poetgen.config import SampleOptions, sample_request  # noqa: E402
 from poetgen.forms import FORMS, detect  # noqa: E402
 from poetgen.paths import resolve_data_dir  # noqa: E402
-from poetgen.sample import prepare  # noqa: E402
+from poetgen.sample import (  # noqa: E402
+    SampleOptions,
+    Sampler,  # noqa: E402
+    sample_request,
+)
 from poetgen.text import LINE_END  # noqa: E402
 
 
@@ -92,7 +95,8 @@ def main() -> None:
         """Poems as `poetgen sample` makes them: the same request check, rules, critic and int8 path."""
         request = sample_request(form=form, num=num, seed=seed, best_of=best_of, no_rhyme=mode is None,
                                  strict=mode == "strict")
-        gen, opts, verse = prepare(ckpt, request, int8=not args.fp32)
+        sampler = Sampler(ckpt, request, int8=not args.fp32)
+        gen, opts, verse = sampler.generator, sampler.options, sampler.rules
         return gen.generate(opts, verse=verse)
 
     real: dict[str, list[str]] = {f.name: [] for f in FORMS.values()}

@@ -35,8 +35,7 @@ import torch
 
 from poetgen import checkpoint
 from poetgen.checkpoint import default_checkpoint
-from poetgen.config import sample_request
-from poetgen.sample import prepare
+from poetgen.sample import Sampler, sample_request
 
 TARGETS = {"chars_per_s_batch1": ">= 700", "qilv_1_default_s": "<= 0.25 (issue 23: <= 0.4)",
            "qilv_100_default_s": "<= 5 (issue 23: <= 8)",
@@ -53,15 +52,18 @@ def best_time(fn, repeats: int) -> float:
 
 
 def measure(loaded, int8: bool, repeats: int) -> dict:
-    free, free_opts, _ = prepare(loaded, sample_request(title="", max_chars=400, best_of=1), int8=int8)
+    sampler = Sampler(loaded, sample_request(title="", max_chars=400, best_of=1), int8=int8)
+    free, free_opts, _ = sampler.generator, sampler.options, sampler.rules
     free.generate(replace(free_opts, seed=10_000))  # warm: the first layer's table fills as characters come
     chars, seconds = 0, 0.0
     for r in range(max(repeats, 5)):  # poems differ in length: all characters over all the time
         t = time.perf_counter()
         chars += len(free.generate(replace(free_opts, seed=r))[0].body) + 1  # +1: the end token
         seconds += time.perf_counter() - t
-    one, one_opts, one_verse = prepare(loaded, sample_request(form="qilv", num=1), int8=int8)
-    hundred, opts, verse = prepare(loaded, sample_request(form="qilv", num=100), int8=int8)
+    sampler = Sampler(loaded, sample_request(form="qilv", num=1), int8=int8)
+    one, one_opts, one_verse = sampler.generator, sampler.options, sampler.rules
+    sampler = Sampler(loaded, sample_request(form="qilv", num=100), int8=int8)
+    hundred, opts, verse = sampler.generator, sampler.options, sampler.rules
     hundred_times: dict[bool, list[float]] = {True: [], False: []}
     for r in range(repeats):  # pruned and not in turns: a drift of the machine's speed hits both alike
         for prune in (True, False):

@@ -38,13 +38,11 @@ class Model:
         max_chars, best_of, score, prune (False: `--no-prune`), strict, template, rhyme, no_rhyme, as the
         CLI's options. Without `seed`, one is drawn: each poem's `seed` and `index` attributes make it
         again."""
-        from .config import sample_request
-        from .sample import prepare
+        from .sample import Sampler, sample_request
 
         request = sample_request(prompt=prompt, title=title, form=form, acrostic=acrostic, num=num, seed=seed,
                                  **options)
-        generator, opts, rules = prepare(self.checkpoint, request, int8=self.int8)
-        return generator.generate(opts, verse=rules)
+        return Sampler(self.checkpoint, request, int8=self.int8).poems()
 
     def info(self) -> dict:
         """What `poetgen info --json` says of this model."""
@@ -55,11 +53,11 @@ class Model:
 
 def load(path: str | os.PathLike | None = None, int8: bool = True, device: str | None = None) -> Model:
     """The model at `path` (a .pt file `poetgen train` or `export` wrote), else the shipped one, on
-    `device` (auto, cpu, cuda or mps; config.SAMPLE_DEVICE when None). On a CPU an LSTM samples through
+    `device` (auto, cpu, cuda or mps; sample.SAMPLE_DEVICE when None). On a CPU an LSTM samples through
     int8 weights (`int8=False`: through the full-precision weights)."""
     from . import checkpoint
-    from .config import SAMPLE_DEVICE
     from .device import pick_device
+    from .sample import SAMPLE_DEVICE
 
     where = pick_device(device or SAMPLE_DEVICE)
     return Model(checkpoint.load(path if path is not None else checkpoint.default_checkpoint(), where), int8=int8)

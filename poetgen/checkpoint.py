@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ATTESTED_DOUBLE, ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, UsageError
+from .forms import ATTESTED_DOUBLE
 from .paths import atomic_path, same_file, shipped_file
 from .text import plural
 from .vocab import Vocab

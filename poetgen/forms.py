@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from .errors import UsageError
 from .text import COMMA, LINE_END, STOPS, plural
 
+ATTESTED_DOUBLE = 5  # a fixed form writes a 叠字 (萧萧) only where the train split holds the pair this often
+
 _LINE_RE = re.compile(f"[^{LINE_END}]+[{LINE_END}]?")
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ATTESTED_DOUBLE, SampleOptions
 from .errors import UsageError
-from .forms import TOKEN_CLASSES, Form, TokenClass
+from .forms import ATTESTED_DOUBLE, TOKEN_CLASSES, Form, TokenClass
 from .prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
+from .sample.request import SampleOptions
 from .text import LINE_END, STOPS
 from .vocab import MARKERS, Vocab
 

@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from poetgen import checkpoint, corpus
-from poetgen.config import sample_request
 from poetgen.forms import FORMS, detect
 from poetgen.rerank import USAGE_MIN_SHARE, Reranker, chosen_shares, critic_logits, fit_usage, usage_shares
-from poetgen.sample import prepare
+from poetgen.sample import Sampler, sample_request
 
 
 def log(*parts) -> None:
@@ -52,7 +51,8 @@ def draw_pools(ckpt, form: str, num: int, seed: int, path: Path) -> list[dict]:
         pools = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if len(pools) >= num:
             return pools[:num]
-    generator, opts, verse = prepare(ckpt, sample_request(form=form, num=100, seed=seed), int8=True)
+    sampler = Sampler(ckpt, sample_request(form=form, num=100, seed=seed), int8=True)
+    generator, opts, verse = sampler.generator, sampler.options, sampler.rules
     best_of, critic = opts.candidates_per_poem, generator.reranker
     pools, started = [], time.time()
     for first in range(0, num, 100):

@@ -18,14 +18,13 @@ from ..config import (
     OPTIMIZERS,
     PRECISIONS,
     PRESETS,
-    SAMPLE_FORMATS,
-    SCRIPTS,
-    TEMPLATES,
     TRAIN_SPLITS,
     TrainConfig,
 )
 from ..errors import UsageError
 from ..forms import FORMS, get_form
+from ..sample.request import SAMPLE_FORMATS, SCORES, TEMPLATES
+from ..text import SCRIPTS
 
 
 def examples(*lines: str) -> str:
@@ -156,3 +155,46 @@ TrainSplitOpt = Annotated[str, typer.Option(
 def cell_option(help: str, **kw):
     """--cell: `train` takes one, `inspect gradients` several."""
     return typer.Option("--cell", help=help, **one_of("cell", CELLS), **kw)
+
+
+# -- `poetgen sample`'s own options (its request: sample.sample_request) -------------------------------
+PromptOpt = Annotated[str, typer.Option("--prompt", "-p", help="The poem's beginning, kept verbatim.",
+                                        show_default="none")]
+TitleOpt = Annotated[Optional[str], typer.Option("--title", "-t", help="A title to condition on.",
+                                                 show_default="the model writes one (shown as the first line)")
+                     ]
+AcrosticOpt = Annotated[str, typer.Option("--acrostic", "-a", help="藏头诗: these characters start the lines.",
+                                          show_default="none")]
+NumOpt = Annotated[int, typer.Option("--num", "-n", help="How many poems (sampled together as one batch).")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", "-T", help="Sampling temperature; 0 is greedy.")
+                           ]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k likeliest characters only.",
+                                                 show_default="all")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the smallest set reaching "
+                                                   "this probability, in (0, 1].", show_default="1")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", "-s", help="Random seed: the same seed and options give "
+                                                "the same poems.", show_default="random")]
+MaxCharsOpt = Annotated[int, typer.Option("--max-chars", help="Longest body in free form.")]
+StrictOpt = Annotated[bool, flag("--strict", "Enforce 格律 with --form: 平仄 template, one 平水韵 rhyme group, "
+                                 "no repeated rhyme, no 孤平 or 三平尾.")]
+RhymeOpt = Annotated[Optional[str], typer.Option("--rhyme", help="Fixed forms: rhyme in the 平水韵 group of this "
+                                                 "character (e.g. 东).", show_default="any group")]
+NoRhymeOpt = Annotated[bool, flag("--no-rhyme", "Fixed forms without rhyme or the 重字 rule (the plain model).")
+                        ]
+BestOfOpt = Annotated[int, typer.Option("--best-of", "-N", help="Draw N candidates per poem in one batch and keep "
+                                         "the best by --score; 1 is plain sampling.")]
+ScoreOpt = Annotated[str, typer.Option("--score", help="What best-of-N ranks by in a fixed form: critic (the mean "
+                                       "log-probability per character plus the model's critic, which learned to tell "
+                                       "poets' poems from the model's own) or logprob (the likeliest).",
+                                       **one_of("score", SCORES))]
+NoPruneOpt = Annotated[bool, flag("--no-prune", "Write every best-of-N candidate to the end. Without it, in a fixed "
+                                   "form at best of 4 or more the weaker candidates stop early: at a quarter, half "
+                                   "and three quarters of the lines only the best 3/4, 1/2 and 3/8 (by --score so "
+                                   "far) go on, a third less work at best of 8.")]
+Fp32Opt = Annotated[bool, flag("--fp32", "Sample through the full-precision weights. Without it an LSTM on an x86 "
+                               "CPU samples through int8 weights, 1.1 to 1.9 times faster for the 2x1024 and "
+                               "within 0.2% in perplexity (`poetgen eval --int8`); either way the same seed gives "
+                               "the same poems on the same machine, and in int8 poem i is the same whatever "
+                               "--num.")]
+SampleOutputOpt = Annotated[Optional[Path], output_option("Write to this file (atomically) instead of stdout.",
+                                                    show_default="stdout")]

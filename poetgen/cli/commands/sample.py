@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
-from ...config import SAMPLE_DEVICE, SCORES, SampleOptions
 from ...errors import UsageError
+from ...sample.request import SAMPLE_DEVICE, SampleOptions, sample_request
 from ...text import plural
 from ..app import app
 from ..errors import emit, handle_errors, write_stdout
 from ..options import (
+    AcrosticOpt,
+    BestOfOpt,
     CheckpointOpt,
     DeviceOpt,
     FormatOpt,
     FormOpt,
+    Fp32Opt,
+    MaxCharsOpt,
+    NoPruneOpt,
+    NoRhymeOpt,
+    NumOpt,
+    PromptOpt,
+    RhymeOpt,
+    SampleOutputOpt,
+    ScoreOpt,
+    SeedOpt,
+    StrictOpt,
+    TemperatureOpt,
     TemplateOpt,
     ThreadsOpt,
+    TitleOpt,
+    TopKOpt,
+    TopPOpt,
     examples,
-    flag,
-    one_of,
-    output_option,
 )
 from ..progress import StageProgress, alive
+from ..render import render_poems
+
+REQUEST_WORDS = frozenset(inspect.signature(sample_request).parameters)  # the options sample_request takes
 
 
 @app.command("sample", short_help="Write poems (start here: the shipped model needs nothing else).",
@@ -35,63 +53,37 @@ from ..progress import StageProgress, alive
     "poetgen sample --form wujue --strict --rhyme 东 | poetgen check"))
 @handle_errors
 def sample_cmd(
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The poem's beginning, kept verbatim.",
-                                        show_default="none")] = "",
-    title: Annotated[Optional[str], typer.Option("--title", "-t", help="A title to condition on.",
-                                                 show_default="the model writes one (shown as the first line)")
-                     ] = None,
+    ctx: typer.Context,
+    prompt: PromptOpt = "",
+    title: TitleOpt = None,
     form: FormOpt = "free",
-    acrostic: Annotated[str, typer.Option("--acrostic", "-a", help="藏头诗: these characters start the lines.",
-                                          show_default="none")] = "",
-    num: Annotated[int, typer.Option("--num", "-n", help="How many poems (sampled together as one batch).")] = (
-        SampleOptions.num),
-    temperature: Annotated[float, typer.Option("--temperature", "-T", help="Sampling temperature; 0 is greedy.")
-                           ] = SampleOptions.temperature,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k likeliest characters only.",
-                                                 show_default="all")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the smallest set reaching "
-                                                   "this probability, in (0, 1].", show_default="1")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", "-s", help="Random seed: the same seed and options give "
-                                                "the same poems.", show_default="random")] = None,
-    max_chars: Annotated[int, typer.Option("--max-chars", help="Longest body in free form.")] = (
-        SampleOptions.max_chars),
-    strict: Annotated[bool, flag("--strict", "Enforce 格律 with --form: 平仄 template, one 平水韵 rhyme group, "
-                                 "no repeated rhyme, no 孤平 or 三平尾.")] = False,
+    acrostic: AcrosticOpt = "",
+    num: NumOpt = SampleOptions.num,
+    temperature: TemperatureOpt = SampleOptions.temperature,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    seed: SeedOpt = None,
+    max_chars: MaxCharsOpt = SampleOptions.max_chars,
+    strict: StrictOpt = False,
     template: TemplateOpt = None,
-    rhyme: Annotated[Optional[str], typer.Option("--rhyme", help="Fixed forms: rhyme in the 平水韵 group of this "
-                                                 "character (e.g. 东).", show_default="any group")] = None,
-    no_rhyme: Annotated[bool, flag("--no-rhyme", "Fixed forms without rhyme or the 重字 rule (the plain model).")
-                        ] = False,
-    best_of: Annotated[int, typer.Option("--best-of", "-N", help="Draw N candidates per poem in one batch and keep "
-                                         "the best by --score; 1 is plain sampling.")] = SampleOptions.best_of,
-    score: Annotated[str, typer.Option("--score", help="What best-of-N ranks by in a fixed form: critic (the mean "
-                                       "log-probability per character plus the model's critic, which learned to tell "
-                                       "poets' poems from the model's own) or logprob (the likeliest).",
-                                       **one_of("score", SCORES))] = SampleOptions.score,
-    no_prune: Annotated[bool, flag("--no-prune", "Write every best-of-N candidate to the end. Without it, in a fixed "
-                                   "form at best of 4 or more the weaker candidates stop early: at a quarter, half "
-                                   "and three quarters of the lines only the best 3/4, 1/2 and 3/8 (by --score so "
-                                   "far) go on, a third less work at best of 8.")] = False,
-    fp32: Annotated[bool, flag("--fp32", "Sample through the full-precision weights. Without it an LSTM on an x86 "
-                               "CPU samples through int8 weights, 1.1 to 1.9 times faster for the 2x1024 and "
-                               "within 0.2% in perplexity (`poetgen eval --int8`); either way the same seed gives "
-                               "the same poems on the same machine, and in int8 poem i is the same whatever "
-                               "--num.")] = False,
+    rhyme: RhymeOpt = None,
+    no_rhyme: NoRhymeOpt = False,
+    best_of: BestOfOpt = SampleOptions.best_of,
+    score: ScoreOpt = SampleOptions.score,
+    no_prune: NoPruneOpt = False,
+    fp32: Fp32Opt = False,
     device: DeviceOpt = SAMPLE_DEVICE,
     threads: ThreadsOpt = None,
     checkpoint_path: CheckpointOpt = None,
     fmt: FormatOpt = "text",
-    output: Annotated[Optional[Path], output_option("Write to this file (atomically) instead of stdout.",
-                                                    show_default="stdout")] = None,
+    output: SampleOutputOpt = None,
 ) -> None:
     """Write poems. Poems go to stdout, one line per verse line, a blank line between poems; the title
     (the model's, or the one given) comes first, in 《》."""
-    from ...config import sample_request
+    from ...sample import sample_request
 
-    request = sample_request(prompt=prompt, title=title, form=form, acrostic=acrostic, num=num,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_chars=max_chars,
-                             best_of=best_of, strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme,
-                             score=score, prune=not no_prune)
+    words = {k: v for k, v in ctx.params.items() if k in REQUEST_WORDS}
+    request = sample_request(**words, prune=not no_prune)
     if output is not None and checkpoint_path is not None:
         from ...paths import same_file
 
@@ -100,39 +92,22 @@ def sample_cmd(
     with alive("loading the model"):  # importing torch alone takes seconds
         from ... import checkpoint
         from ...device import pick_device, set_cpu_threads
-        from ...sample import prepare
+        from ...sample import Sampler
 
         set_cpu_threads(threads)
-        where = pick_device(device)
         path = checkpoint_path or checkpoint.default_checkpoint()
-        generator, opts, rules = prepare(checkpoint.load(path, where), request, int8=not fp32)
-    candidates = opts.candidates_per_poem
+        sampler = Sampler(checkpoint.load(path, pick_device(device)), request, int8=not fp32)
+    candidates = sampler.options.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
-        _stream(generator, opts, rules)
-        _say_seed(seed, opts)
-        return
-
-    def render(batch, start: int) -> str:
-        from ...sample import poem_record
-        from ..render import poem_records, poems_text
-
-        if fmt == "text":
-            return poems_text(batch, start)
-        strict = request.verse.strict
-        return poem_records([poem_record(p, start + i, opts, strict, path) for i, p in enumerate(batch)], fmt)
-
-    _write_batches(lambda tick: generator.iter_generate(opts, verse=rules, on_progress=tick), render, fmt, output,
-                   path, f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
-    _say_seed(seed, opts)
+        _stream(sampler)
+    else:
+        _write_batches(sampler.stream, partial(render_poems, sampler, fmt), fmt, output, path,
+                       f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
+    if seed is None:  # a drawn seed, once the poems are out: with it the poems can be made again
+        typer.echo(f"seed {sampler.options.seed} (--seed {sampler.options.seed} makes these poems again)", err=True)
 
 
-def _say_seed(given: int | None, opts) -> None:
-    """A drawn seed, once the poems are out (stderr): with it the poems can be made again."""
-    if given is None:
-        typer.echo(f"seed {opts.seed} (--seed {opts.seed} makes these poems again)", err=True)
-
-
-def _stream(generator, opts, rules) -> None:
+def _stream(sampler) -> None:
     """One poem, written to the terminal character by character as it is drawn."""
     from ...text import LINE_END
 
@@ -143,9 +118,9 @@ def _stream(generator, opts, rules) -> None:
     def on_char(row: int, ch: str) -> None:
         write_stdout(ch + ("\n" if ch in LINE_END else ""))
 
-    if opts.title:  # a given title is not drawn: say it first
-        on_title(0, opts.title)
-    poems = generator.generate(opts, on_char=on_char, on_title=on_title, verse=rules)
+    if sampler.options.title:  # a given title is not drawn: say it first
+        on_title(0, sampler.options.title)
+    poems = sampler.poems(on_char=on_char, on_title=on_title)
     write_stdout("\n" if poems[0].body and poems[0].body[-1] not in LINE_END else "")
 
 

@@ -1,0 +1,37 @@
+"""Sampling poems: the request and its one validation (request), the draw of each next token (draw),
+the decoding loops (decode), best-of-N's scores, cuts and pick (rank), and the Sampler that puts a
+request and a loaded model together (session).
+
+Importing this package is cheap: request needs no torch, and the other names load on first use."""
+
+from __future__ import annotations
+
+import importlib
+
+from .request import (
+    MAX_CHARS,
+    MAX_NUM,
+    SAMPLE_DEVICE,
+    SAMPLE_FORMATS,
+    SCORES,
+    TEMPLATES,
+    SampleOptions,
+    SampleRequest,
+    VerseOptions,
+    sample_request,
+)
+
+_LAZY = {  # name: the module that holds it (imports torch)
+    "Chooser": "draw", "Streams": "draw", "draw": "draw", "filter_logits": "draw", "poem_seed": "draw",
+    "Decoder": "decode", "GeneratedPoem": "rank", "PRUNE": "rank", "PRUNE_MIN": "rank", "pick": "rank",
+    "pruned": "rank", "score": "rank", "Generator": "session", "MAX_ROWS": "session", "Sampler": "session",
+}
+
+__all__ = ["MAX_CHARS", "MAX_NUM", "SAMPLE_DEVICE", "SAMPLE_FORMATS", "SCORES", "TEMPLATES", "SampleOptions",
+           "SampleRequest", "VerseOptions", "sample_request", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
