@@ -188,3 +188,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**_known(cls, d))
+
+
+RUN_OPTIONS = frozenset(f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)
+                        if f.name != "vocab_size")  # what `poetgen train` passes on to a run's plan

@@ -12,6 +12,7 @@ import typer
 
 from ..config import (
     CELLS,
+    DEFAULT_LR,
     DEFAULT_PRESET,
     DEVICES,
     EVAL_SPLITS,
@@ -19,6 +20,8 @@ from ..config import (
     PRECISIONS,
     PRESETS,
     TRAIN_SPLITS,
+    WARMUP_STEPS,
+    ModelConfig,
     TrainConfig,
 )
 from ..errors import UsageError
@@ -198,3 +201,68 @@ Fp32Opt = Annotated[bool, flag("--fp32", "Sample through the full-precision weig
                                "--num.")]
 SampleOutputOpt = Annotated[Optional[Path], output_option("Write to this file (atomically) instead of stdout.",
                                                     show_default="stdout")]
+
+
+# -- `poetgen train`'s own options (a run's settings: config.ModelConfig and config.TrainConfig) ----------
+def _from_preset(option: str, help: str):
+    return typer.Option(option, help=help, show_default="from --preset")
+
+
+OutOpt = Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl.",
+                                      metavar="DIR")]
+CellOpt = Annotated[Optional[str], cell_option(f"Recurrent cell: {', '.join(CELLS)} (tanh).",
+                                               show_default=ModelConfig.cell)]
+EmbSizeOpt = Annotated[Optional[int], _from_preset("--emb-size", "Embedding size.")]
+HiddenSizeOpt = Annotated[Optional[int], _from_preset("--hidden-size", "Hidden size.")]
+NumLayersOpt = Annotated[Optional[int], _from_preset("--layers", "Stacked layers.")]
+DropoutOpt = Annotated[Optional[float], _from_preset("--dropout", "Dropout between layers and on the output.")
+                       ]
+EmbDropoutOpt = Annotated[Optional[float], _from_preset("--emb-dropout", "Dropout on the embeddings.")]
+LockedDropoutOpt = Annotated[bool, typer.Option(
+        "--locked-dropout/--no-locked-dropout", help="AWD-LSTM: one dropout mask per sequence for the "
+        "embeddings, between layers and the output, the same at every step.")]
+CharDropoutOpt = Annotated[float, typer.Option(
+        "--char-dropout", help="AWD-LSTM: drop whole characters from the embedding table (one draw per "
+        "window).")]
+WeightDropOpt = Annotated[float, typer.Option(
+        "--weight-drop", help="AWD-LSTM: DropConnect on the hidden-to-hidden matrices while training.")]
+UntiedOpt = Annotated[bool, flag("--untied", "Do not tie input and output embeddings.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Rows B of the (B, T) window.")]
+BpttOpt = Annotated[int, typer.Option("--bptt", help="Window length T of truncated BPTT.")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Passes over the train split.",
+                                                  show_default=f"{TrainConfig.epochs}, none with --max-steps alone")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps.",
+                                                     show_default="no limit")]
+MaxMinutesOpt = Annotated[Optional[float], typer.Option(
+        "--max-minutes", help="Stop after this much time, the final evaluation included (a fresh run's cosine "
+        "schedule follows it).", show_default="no limit")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", show_default=", ".join(
+        f"{v:g} with {k}" for k, v in DEFAULT_LR.items()))]
+WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on matrices.")]
+WarmupStepsOpt = Annotated[Optional[int], typer.Option(
+        "--warmup-steps", help="Linear warmup steps (adamw).",
+        show_default=f"{WARMUP_STEPS}, or a tenth of the budget if that is less")]
+MinLrRatioOpt = Annotated[float, typer.Option("--min-lr-ratio", help="The cosine ends at this share of the "
+                                                "peak rate (adamw).")]
+LrDecayOpt = Annotated[float, typer.Option("--lr-decay", help="sgd: multiply the rate by this each epoch after "
+                                            "--decay-after.")]
+DecayAfterOpt = Annotated[int, typer.Option("--decay-after", help="sgd: the epoch the step decay starts.")]
+ClipOpt = Annotated[float, typer.Option("--clip", help="Global gradient-norm clipping threshold.")]
+EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Validate (and save) every N steps.")]
+LogEveryOpt = Annotated[int, typer.Option("--log-every", help="Log train loss every N steps.")]
+PatienceOpt = Annotated[Optional[int], typer.Option("--patience", help="Stop after N evaluations without "
+                                                    "improvement.", show_default="never")]
+TrainSeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (CPU runs repeat exactly).")]
+InitFromOpt = Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Start from this checkpoint's weights (its shape; fresh optimizer and schedule). "
+        "From a model of another vocabulary, the characters both hold keep their rows and the others start "
+        "from their mean.", metavar="FILE", show_default="fresh weights")]
+SampledSoftmaxOpt = Annotated[int, typer.Option(
+        "--sampled-softmax", help="Train the output layer on the batch's targets plus K sampled negatives "
+        "instead of the whole vocabulary (faster; an approximation: finish with a full-softmax run; the logged "
+        "train loss is over the sampled columns); 0 is off.",
+        metavar="K")]
+ResumeOpt = Annotated[bool, flag("--resume", "Continue the run in --out from its last.pt (only the budget "
+                                 "options --epochs, --max-steps, --max-minutes, --eval-every, --log-every, "
+                                 "--patience may change).")]
+AsJsonOpt = Annotated[bool, json_option("Print a JSON summary on stdout at the end.")]

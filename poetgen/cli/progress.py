@@ -111,17 +111,22 @@ class TrainProgress:
 
     def __enter__(self):
         self.plain = not self.quiet and plain_output()
-        if not self.quiet and not self.plain:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[where]}"),
-                TextColumn("loss {task.fields[loss]}  val ppl {task.fields[ppl]}  {task.fields[tps]} tok/s "
-                           "{task.fields[note]}"),
-                TimeRemainingColumn(), console=console(), refresh_per_second=4, redirect_stdout=stdout_is_terminal(),
-            )
-            self.progress.__enter__()
         return self
+
+    def _live(self) -> None:
+        """The live bar, from the run's start (a spinner may run while the run loads: one live display
+        at a time)."""
+        if self.quiet or self.plain or self.progress is not None:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.fields[where]}"),
+            TextColumn("loss {task.fields[loss]}  val ppl {task.fields[ppl]}  {task.fields[tps]} tok/s "
+                       "{task.fields[note]}"),
+            TimeRemainingColumn(), console=console(), refresh_per_second=4, redirect_stdout=stdout_is_terminal(),
+        )
+        self.progress.__enter__()
 
     def __call__(self, e: TrainEvent) -> None:
         if isinstance(e, RunStarted):
@@ -144,6 +149,7 @@ class TrainProgress:
 
     def _started(self, e: RunStarted) -> None:
         self.val_ppl = e.val_ppl
+        self._live()
         if not self.quiet:
             budget = [f"{e.stop_steps:,} steps" if e.stop_steps else None,
                       f"{e.max_minutes:g} min" if e.max_minutes else None]
