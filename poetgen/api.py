@@ -46,7 +46,7 @@ class Model:
 
     def info(self) -> dict:
         """What `poetgen info --json` says of this model."""
-        from .checkpoint import describe
+        from .card import describe
 
         return describe(self.checkpoint)
 

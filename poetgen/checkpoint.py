@@ -1,28 +1,33 @@
 """One self-contained checkpoint file: weights, model config, vocabulary, script, tone table and
-typed metadata; training adds its state for --resume. Atomic save, safe load, export, a card.
+typed metadata; training adds its state for --resume. Atomic save, safe load.
 
-Format 2 is written and read; an older file is refused with a CheckpointError that says so.
-`read_header` reads everything but the weights without torch, so `poetgen check` stays fast."""
+Its format and checks are in payload.py, with `read_header`, which reads everything but the weights
+without torch, so `poetgen check` stays fast."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import io
-import math
 import os
-import pickle
 import threading
-import zipfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, UsageError
-from .forms import ATTESTED_DOUBLE
-from .paths import atomic_path, same_file, shipped_file
-from .text import plural
+from .paths import atomic_path, shipped_file
+from .payload import (
+    FORMAT,
+    FORMAT_VERSION,
+    ModelMeta,
+    _damaged,
+    _missing,
+    _parts,
+    _validate_payload,
+    pack_tones,
+    read_header,
+)
 from .vocab import Vocab
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it
@@ -30,50 +35,8 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it
 
     from .model import LanguageModel
 
-FORMAT = "poetgen-checkpoint"
-FORMAT_VERSION = 3  # 3: the tone table packed (poetgen 0.5); format 2 files are read as well
-OLDEST_FORMAT = 2
 DEFAULT_NAME = "poetgen-default.pt"
 VOCAB_ROWS = ("embed.weight", "head.weight", "head.bias")  # the weights with one row per token
-
-
-@dataclass
-class ModelMeta:
-    """What a checkpoint records about its model's training and figures."""
-
-    script: str | None = None  # simplified | traditional: the script of the corpus it was trained on
-    corpus_hash: str | None = None
-    corpus_source: dict | None = None
-    step: int = 0
-    epoch: int = 0
-    tokens_seen: int = 0
-    elapsed_s: float = 0.0
-    best_val_loss: float | None = None  # nats/char over whole records, the figure best.pt is chosen by
-    val: dict | None = None  # evaluate.evaluate_stream figures on the val split
-    test: dict | None = None  # the same on the test split (measured by `poetgen export`)
-    train_config: dict | None = None
-    device: str | None = None
-    time: str | None = None
-    exported_from: str | None = None
-    software: dict | None = None  # what trained it: {"poetgen": version, "torch": version, "commit": sha or None}
-    poets: dict | None = None  # {name: train poems} of the poets its records name (poetgen.plan)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelMeta:
-        """Typed metadata; ValueError naming the first field of the wrong type."""
-        kinds = {"str": str, "dict": dict, "int": int, "float": (int, float)}
-        out = {}
-        for f in fields(cls):
-            if f.name not in d or d[f.name] is None:
-                continue
-            value = d[f.name]
-            kind = kinds[str(f.type).split(" |")[0]]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise ValueError(f"metadata field {f.name} is {type(value).__name__}")
-            if f.name in ("val", "test") and not all(isinstance(value.get(k), dict) for k in ("record",)):
-                raise ValueError(f"metadata field {f.name} has no figures")
-            out[f.name] = value
-        return cls(**out)
 
 
 @dataclass
@@ -191,29 +154,6 @@ def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: Mode
     _write(path, payload)
 
 
-def pack_tones(tones: dict[str, list[int]] | None) -> dict | None:
-    """The tone table as a checkpoint stores it: {"chars": one string, "counts": [平, 仄, 平, 仄, …]}.
-    Two objects instead of one list per character: a third of the time a checkpoint takes to unpickle."""
-    if tones is None or "chars" in tones:
-        return tones
-    return {"chars": "".join(tones), "counts": [n for pair in tones.values() for n in pair]}
-
-
-def _unpack_tones(stored: Any) -> dict[str, list[int]] | None:
-    """A stored tone table (packed, or one list per character as before 0.5) as {char: [平, 仄]}; None
-    when it is malformed."""
-    if isinstance(stored, dict) and set(stored) == {"chars", "counts"}:
-        chars, counts = stored["chars"], stored["counts"]
-        if (isinstance(chars, str) and isinstance(counts, list) and len(counts) == 2 * len(chars)
-                and len(set(chars)) == len(chars) and all(type(n) is int and n >= 0 for n in counts)):
-            return {c: counts[2 * i:2 * i + 2] for i, c in enumerate(chars)}
-        return None
-    if isinstance(stored, dict) and all(isinstance(v, list) and len(v) == 2
-                                        and all(type(n) is int and n >= 0 for n in v) for v in stored.values()):
-        return stored
-    return None
-
-
 def _write(path: str | os.PathLike, payload: dict) -> None:
     """torch.save through a temp file and a rename."""
     import torch
@@ -229,94 +169,6 @@ def _write(path: str | os.PathLike, payload: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Read
-
-
-def _damaged(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(f"{path} is damaged ({what}): train, export or download it again")
-
-
-def _missing(path: Path) -> CheckpointError:
-    if path.is_dir():
-        return CheckpointError(f"--checkpoint {path} is a folder: pass a .pt file (e.g. {path}/best.pt)")
-    return CheckpointError(f"no checkpoint at {path}: pass --checkpoint FILE (a poetgen .pt file)")
-
-
-def _validate_payload(path: Path, payload: Any) -> dict:
-    """The payload checked for consistency; CheckpointError otherwise."""
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a poetgen checkpoint: pass a file that `poetgen train` wrote")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise _damaged(path, "no format version")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} is from a newer poetgen (format {version}): upgrade poetgen")
-    if version < OLDEST_FORMAT:
-        raise CheckpointError(f"{path} is from an older poetgen (format {version}; this one reads formats "
-                              f"{OLDEST_FORMAT} to {FORMAT_VERSION}): train or export the model again")
-    for key in ("model_config", "state_dict", "vocab", "meta"):
-        if key not in payload:
-            raise _damaged(path, f"no {key}")
-    if not isinstance(payload["model_config"], dict) or not isinstance(payload["meta"], dict):
-        raise _damaged(path, "its config or metadata is not a table")
-    if not isinstance(payload["vocab"], list) or not all(isinstance(t, str) for t in payload["vocab"]):
-        raise _damaged(path, "its vocabulary is not a list of tokens")
-    if payload.get("tones") is not None:
-        payload["tones"] = _unpack_tones(payload["tones"])
-        if payload["tones"] is None:
-            raise _damaged(path, "its tone table is malformed")
-    doubles = payload.get("doubles")
-    if doubles is not None and not (isinstance(doubles, dict) and all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-            for k, v in doubles.items())):
-        raise _damaged(path, "its 叠字 table is malformed")
-    return payload
-
-
-class _HeaderUnpickler(pickle.Unpickler):
-    """Reads a torch checkpoint's pickle without torch: tensors become None, nothing else is built."""
-
-    SAFE = {("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str):
-        if module == "torch" or module.startswith("torch."):
-            return _placeholder
-        if (module, name) in self.SAFE:
-            import collections
-
-            return collections.OrderedDict
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
-
-    def persistent_load(self, pid):
-        return None
-
-
-def _placeholder(*args, **kwargs):
-    return None
-
-
-def read_header(path: str | os.PathLike) -> tuple[ModelConfig, Vocab, ModelMeta, dict | None]:
-    """(config, vocabulary, meta, tone table) of a checkpoint, read without torch (fast)."""
-    path = Path(path)
-    if not path.is_file():
-        raise _missing(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
-            payload = _HeaderUnpickler(io.BytesIO(archive.read(name))).load()
-    except (OSError, zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError,
-            TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is not a readable poetgen checkpoint: pass a file that `poetgen train` "
-                              "wrote") from None
-    payload = _validate_payload(path, payload)
-    try:
-        config = ModelConfig.from_dict(payload["model_config"]).validate()
-        vocab = Vocab(payload["vocab"])
-        meta = ModelMeta.from_dict(payload["meta"])
-    except Exception as e:  # noqa: BLE001 - any inconsistency means the same to the user
-        raise _damaged(path, str(e).split(":")[0]) from None
-    if config.vocab_size != len(vocab):
-        raise _damaged(path, f"its vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
-    return config, vocab, meta, payload.get("tones")
 
 
 def tone_counts(path: str | os.PathLike | None = None, data_dir: Path | None = None) -> dict[str, list[int]]:
@@ -346,14 +198,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable poetgen checkpoint (not a file `poetgen train` wrote, "
                               "or cut short): pass a file that `poetgen train` wrote") from None
     payload = _validate_payload(path, payload)
-    try:
-        config = ModelConfig.from_dict(payload["model_config"]).validate()
-        vocab = Vocab(payload["vocab"])
-        meta = ModelMeta.from_dict(payload["meta"])
-    except Exception as e:  # noqa: BLE001
-        raise _damaged(path, str(e).split(":")[0]) from None
-    if config.vocab_size != len(vocab):
-        raise _damaged(path, f"its vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
+    config, vocab, meta = _parts(path, payload)
     if not isinstance(payload["state_dict"], dict):
         raise _damaged(path, "no weights")
     if _weight_shapes(payload["state_dict"]) != _expected_shapes(config):
@@ -451,35 +296,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpo
 # Export and describe
 
 
-def export(source: Path, output: Path, tones: dict | None = None, half: bool = True,
-           measure=None, doubles: dict | None = None) -> Checkpoint:
-    """Write a shipped model from a trained one: weights only (fp16 by default), with the tone table
-    (`tones`, else the source's own), the 叠字 table (`doubles`, else the source's own, if any) and the
-    source's critic, if any. `measure(path) -> {split: figures}`
-    evaluates the weights as they will be written (a temp file beside `output`); the figures are recorded
-    in the file, and `output` is written once, at the end: a failure or a signal before then leaves any
-    previous file intact."""
-    if same_file(source, output):
-        raise UsageError(f"--output {output} is the checkpoint being exported: choose another path")
-    ckpt = load(source)
-    meta = ModelMeta(**{**asdict(ckpt.meta), "exported_from": str(source)})
-    tones = tones if tones is not None else ckpt.tones
-    doubles = doubles if doubles is not None else ckpt.doubles
-    if tones is None:
-        raise UsageError(f"{source} has no tone table and no prepared corpus gives one: pass --data-dir with "
-                         "the corpus it was trained on")
-    if measure is not None:
-        trial = Path(output).with_name(f".{Path(output).name}.measuring.{os.getpid()}.tmp")
-        try:
-            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank, doubles=doubles)
-            for split, figures in measure(trial).items():
-                setattr(meta, split, figures)
-        finally:
-            trial.unlink(missing_ok=True)
-    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank, doubles=doubles)
-    return read(output)
-
-
 def attach_rerank(source: Path, output: Path, rerank: dict) -> Checkpoint:
     """Write `output`: the checkpoint `source` as it is, with `rerank` (a critic's payload) as its critic."""
     return attach(source, output, rerank=rerank)
@@ -500,51 +316,6 @@ def attach(source: Path, output: Path, **parts) -> Checkpoint:
     payload["format_version"] = FORMAT_VERSION
     _write(output, payload)
     return read(output)
-
-
-def describe(ckpt: Checkpoint) -> dict:
-    """The model card of a checkpoint as a plain dict (what `poetgen info` prints)."""
-    c = ckpt.config
-    m = ckpt.meta
-    params = sum(math.prod(v.shape) for v in ckpt.state_dict.values() if hasattr(v, "shape"))
-    return {
-        "checkpoint": str(ckpt.path),
-        "size_mb": round(ckpt.path.stat().st_size / 1e6, 2),
-        "format_version": ckpt.version,
-        "architecture": f"{c.num_layers}-layer {c.cell.upper()}, hidden {c.hidden_size}, "
-                        f"embedding {c.emb_size}{', tied' if c.tie_weights else ''}",
-        "parameters": params,
-        "model_config": c.to_dict(),
-        "vocab_size": len(ckpt.vocab),
-        "script": m.script,
-        "tone_table": ckpt.tones is not None,
-        "doubles": (f"{plural(sum(n >= ATTESTED_DOUBLE for n in ckpt.doubles.values()), 'character')} poets "
-                    f"double {ATTESTED_DOUBLE}+ times" if ckpt.doubles is not None else
-                    "none: any character may be doubled (a file from before poetgen 0.4; `poetgen export` "
-                    "with its corpus adds the table)"),
-        "corpus": m.corpus_source,
-        "corpus_hash": m.corpus_hash,
-        "step": m.step,
-        "val": m.val,
-        "test": m.test,
-        "trained": m.time,
-        "device": m.device,
-        "software": m.software,
-        "train_config": m.train_config,
-        "resumable": ckpt.train_state is not None,
-        "critic": _critic_card(ckpt.rerank),
-    }
-
-
-def _critic_card(rerank: dict | None) -> dict | None:
-    """What the card says of the critic of best-of-N: its weight and its val figures."""
-    if rerank is None:
-        return None
-    figures = rerank.get("figures") or {}
-    usage = rerank.get("usage") or {}
-    return {"weight": rerank.get("weight"), "val_auc": figures.get("val_auc"),
-            "trained_on": {k: figures.get(k) for k in ("train_real", "train_generated")},
-            "usage": {form: len(table) for form, table in usage.items()}}
 
 
 def train_config_of(ckpt: Checkpoint) -> TrainConfig:

@@ -150,19 +150,26 @@ def inspect_cells(
     else:
         write_stdout((render.units_found(found) if found else "") + render.activations(unit, chars, acts))
     if output is not None:
-        if output.suffix.lower() == ".png":
-            from ... import plot
+        _write_activations(output, unit, chars, acts)
 
-            if plot.cjk_font() is None:
-                typer.echo(f"warning: no font that draws Chinese characters ({plot.CJK_FONTS[0]} or another of "
-                           f"{len(plot.CJK_FONTS)}): {output} shows each character's value instead; install one "
-                           "(Debian: fonts-noto-cjk), or write .html", err=True)
-            plot.activation_strip("".join(chars), acts, f"unit {unit}", output)
-        else:
-            from ...paths import atomic_write_text
 
-            atomic_write_text(output, render.activations_html(unit, chars, acts))
-        typer.echo(f"wrote {output}", err=True)
+def _write_activations(output: Path, unit: str, chars: list[str], acts: list[float]) -> None:
+    """The colouring of `inspect cells` as a .png picture or an .html page."""
+    from .. import render
+
+    if output.suffix.lower() == ".png":
+        from ... import plot
+
+        if plot.cjk_font() is None:
+            typer.echo(f"warning: no font that draws Chinese characters ({plot.CJK_FONTS[0]} or another of "
+                       f"{len(plot.CJK_FONTS)}): {output} shows each character's value instead; install one "
+                       "(Debian: fonts-noto-cjk), or write .html", err=True)
+        plot.activation_strip("".join(chars), acts, f"unit {unit}", output)
+    else:
+        from ...paths import atomic_write_text
+
+        atomic_write_text(output, render.activations_html(unit, chars, acts))
+    typer.echo(f"wrote {output}", err=True)
 
 
 @inspect_app.command("gates", short_help="An LSTM's mean input/forget/output gates along the line.",
