@@ -66,13 +66,11 @@ def load(path: str | os.PathLike | None = None, int8: bool = True, device: str |
 def check(poem: str, model: str | os.PathLike | None = None):
     """The 格律 of one poem (prosody.CheckResult: ok, form, template, violations, rhyme, to_dict()), with
     the tone table of `model` (a checkpoint path; the shipped model's by default). Never imports torch."""
-    from . import checkpoint, prosody
+    from . import prosody
+    from .checking import Checker
     from .errors import UsageError
-    from .text import is_han, to_script
 
     poems = list(prosody.read_poems(poem.splitlines()))
-    if len(poems) != 1 or not any(is_han(c) for c in poems[0]):
-        found = "no Chinese characters" if len(poems) == 1 else f"{len(poems)} poems"
-        raise UsageError(f"give the text of one poem (found {found})")
-    tones = prosody.ToneTable.from_counts(checkpoint.tone_counts(model, None))
-    return prosody.check_poem(to_script(poems[0], "simplified"), tones, prosody.load_rhymes("simplified"))
+    if len(poems) != 1:
+        raise UsageError(f"give the text of one poem (found {len(poems)} poems)")
+    return Checker(model).check(poems[0])

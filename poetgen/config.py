@@ -192,3 +192,9 @@ class TrainConfig:
 
 RUN_OPTIONS = frozenset(f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)
                         if f.name != "vocab_size")  # what `poetgen train` passes on to a run's plan
+
+
+def check_eval_source(split: str | None, file: object | None) -> None:
+    """`poetgen eval` measures a split or a file: UsageError unless exactly one is given."""
+    if (split is None) == (file is None):
+        raise UsageError("give exactly one of --split val|test or --file TEXT")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, corpus
+from .config import check_eval_source
 from .corpus import load_split
 from .data import batchify, body_targets, encode_records, file_records, get_batch, num_windows
 from .device import autocast, pick_device
@@ -86,8 +87,7 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
     """Evaluate a checkpoint on a split of the prepared corpus or on a text file of poems (one per line,
     `title<TAB>body` or a body). Returns the figures of evaluate_stream plus source, unknown, checkpoint.
     `int8` evaluates the CPU sampling path (steppers.Int8Stepper, token by token) instead of the fp32 module."""
-    if (split is None) == (file is None):
-        raise UsageError("give exactly one of --split val|test or --file TEXT")
+    check_eval_source(split, file)
     if file is not None:
         records = file_records(read_text_file(file))
         if not records:

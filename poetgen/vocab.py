@@ -19,6 +19,7 @@ SPECIALS = (UNK, BOS, SEP, EOS)
 AUTHOR, KW = "<author>", "<kw>"
 PLAN_MARKS = (AUTHOR, KW)  # the last tokens of a vocabulary whose records carry poets and plans
 MARKERS = SPECIALS + PLAN_MARKS  # every token that is not text
+MIN_COUNT = 2  # a prepared corpus keeps the characters its train split holds this often; the rest are <unk>
 MAX_TITLE = 30  # characters of a title: longer ones are cut at corpus build, refused from --title
 
 

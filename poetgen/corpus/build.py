@@ -17,7 +17,7 @@ from ..errors import CorpusError, UsageError
 from ..forms import detect_form
 from ..glyphs import KINDS, LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, in_gb2312
 from ..text import converter, is_han
-from ..vocab import Vocab
+from ..vocab import MIN_COUNT, Vocab
 from .clean import (
     PING,
     ZE,
@@ -69,7 +69,7 @@ def build(
     data_dir: Path,
     source: Path | None = None,
     script: str = "simplified",
-    min_count: int = 1,
+    min_count: int = MIN_COUNT,
     integrity: str = INTEGRITY,
     progress: Progress | None = None,
     with_song: bool = False,

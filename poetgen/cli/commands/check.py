@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ...errors import PoetgenError
+from ...errors import PoetgenError, UsageError
 from ..app import app
 from ..errors import fail, handle_errors, write_stdout
 from ..options import CheckpointOpt, data_dir_option, examples, json_option
@@ -35,8 +35,9 @@ def check_cmd(
     """Check 格律: form, 平仄 under each line, template, violations, rhyme group, 孤平 and 三平尾.
 
     Exits 0 when every poem passes, 1 when one does not, 2 on bad input."""
-    from ... import checkpoint, prosody
-    from ...text import is_han, iter_lines, to_script
+    from ... import prosody
+    from ...checking import Checker
+    from ...text import iter_lines
     from ..render import check_result
 
     if extra:  # `poetgen check 床前明月光 疑是地上霜 …`: the shell split the lines at the spaces
@@ -48,17 +49,17 @@ def check_cmd(
     if poem is not None and file is not None:
         raise fail("give the poem as an argument or --file, not both", 2)
     try:
-        tones = prosody.ToneTable.from_counts(checkpoint.tone_counts(checkpoint_path, data_dir))
+        checker = Checker(checkpoint_path, data_dir)
     except PoetgenError as e:  # a model or corpus that cannot be read is bad input (2), not a failing poem (1)
         raise fail(str(e), 2) from None
-    rhymes = prosody.load_rhymes("simplified")
     ok, reader_gone, count = True, False, 0
     lines = poem.splitlines() if poem is not None else iter_lines(file)
     for count, text in enumerate(prosody.read_poems(lines), 1):
-        if not any(is_han(c) for c in text):
+        try:
+            r = checker.check(text)
+        except UsageError:
             hint = " (to read a file, use --file)" if poem is not None else ""
-            raise fail(f"poem {count} has no Chinese characters: give the poem's text{hint}", 2)
-        r = prosody.check_poem(to_script(text, "simplified"), tones, rhymes)
+            raise fail(f"poem {count} has no Chinese characters: give the poem's text{hint}", 2) from None
         ok = ok and r.ok
         if not reader_gone:
             out = to_json(r.to_dict()) + "\n" if as_json else \

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ...vocab import MIN_COUNT
 from ..app import corpus_app
 from ..errors import handle_errors, write_stdout
 from ..options import DataDirOpt, JsonOpt, QuietOpt, ScriptOpt, data_root, examples
@@ -58,7 +59,7 @@ def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_fir
     epilog=examples("poetgen corpus build", "poetgen corpus build --script traditional"))
 @handle_errors
 def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
-                 min_count: MinCountOpt = 2, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
+                 min_count: MinCountOpt = MIN_COUNT, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
     """Clean, convert, split and tokenize the fetched package into the prepared corpus."""
     _build(data_dir, source, script, min_count, quiet, fetch_first=False, with_song=with_song)
 
@@ -69,7 +70,7 @@ def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: Sc
                                                "poetgen corpus prepare --data-dir /tmp/tang --script traditional"))
 @handle_errors
 def corpus_prepare(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
-                   min_count: MinCountOpt = 2, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
+                   min_count: MinCountOpt = MIN_COUNT, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
     """Fetch and build in one step: the command to run before training."""
     _build(data_dir, source, script, min_count, quiet, fetch_first=True, with_song=with_song)
 

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ...config import check_eval_source
 from ..app import app
-from ..errors import fail, handle_errors, write_stdout
+from ..errors import handle_errors, write_stdout
 from ..options import (
     DEFAULT_DEVICE,
     CheckpointOpt,
@@ -45,8 +46,7 @@ def eval_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Measure nats/char, bits/char and perplexity, over whole records and over poem text alone."""
-    if (split is None) == (file is None):
-        raise fail("give exactly one of --split val|test or --file TEXT", 2)
+    check_eval_source(split, file)
     with alive("loading torch", quiet):  # seconds, before the evaluation's own progress
         from ... import evaluate
         from ...device import set_cpu_threads

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import typer
 
+from ...checkpoint import default_checkpoint
 from ...errors import UsageError
+from ...paths import same_file
 from ...sample.request import SAMPLE_DEVICE, SampleOptions, sample_request
 from ...text import plural
 from ..app import app
@@ -84,18 +86,15 @@ def sample_cmd(
 
     words = {k: v for k, v in ctx.params.items() if k in REQUEST_WORDS}
     request = sample_request(**words, prune=not no_prune)
-    if output is not None and checkpoint_path is not None:
-        from ...paths import same_file
-
-        if same_file(output, checkpoint_path):
-            raise UsageError(f"--output {output} is the checkpoint: choose another path")
+    path = checkpoint_path or default_checkpoint()  # read without torch
+    if output is not None and same_file(output, path):
+        raise UsageError(f"--output {output} is the checkpoint: choose another path")
     with alive("loading the model"):  # importing torch alone takes seconds
         from ... import checkpoint
         from ...device import pick_device, set_cpu_threads
         from ...sample import Sampler
 
         set_cpu_threads(threads)
-        path = checkpoint_path or checkpoint.default_checkpoint()
         sampler = Sampler(checkpoint.load(path, pick_device(device)), request, int8=not fp32)
     candidates = sampler.options.candidates_per_poem
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
@@ -143,5 +142,5 @@ def _write_batches(batches, render, fmt: str, output: Path | None, checkpoint_pa
     if fmt == "json":
         parts = ["[\n" + ",\n".join(p for p in parts if p) + "\n]\n"]
     if parts:
-        emit("".join(parts), output, (checkpoint_path,))
+        emit("".join(parts), output)
 
