@@ -35,12 +35,12 @@ def export(source: Path, output: Path, tones: dict | None = None, half: bool = T
     if measure is not None:
         trial = Path(output).with_name(f".{Path(output).name}.measuring.{os.getpid()}.tmp")
         try:
-            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank, doubles=doubles)
+            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.critic_payload, doubles=doubles)
             for split, figures in measure(trial).items():
                 setattr(meta, split, figures)
         finally:
             trial.unlink(missing_ok=True)
-    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.rerank, doubles=doubles)
+    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.critic_payload, doubles=doubles)
     return read(output)
 
 
@@ -74,7 +74,7 @@ def describe(ckpt: Checkpoint) -> dict:
         "software": m.software,
         "train_config": m.train_config,
         "resumable": ckpt.train_state is not None,
-        "critic": _critic_card(ckpt.rerank),
+        "critic": _critic_card(ckpt.critic_payload),
     }
 
 

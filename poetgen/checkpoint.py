@@ -52,17 +52,17 @@ class Checkpoint:
     train_state: dict | None = field(default=None, repr=False)
     version: int = FORMAT_VERSION
     model: LanguageModel | None = field(default=None, repr=False)
-    rerank: dict | None = field(default=None, repr=False)  # the critic of best-of-N (rerank.Reranker's payload)
-    critic: object = field(default=None, repr=False)  # that payload built, once (read builds it to check it)
+    critic_payload: dict | None = field(default=None, repr=False)  # best-of-N's critic as stored (reranker())
+    _reranker: object = field(default=None, repr=False)  # that payload built, once (read builds it to check it)
     doubles: dict[str, int] | None = field(default=None, repr=False)  # {char: 叠字 count} of the train split
 
     def reranker(self):
         """The model's critic as a rerank.Reranker, or None when it ships without one."""
-        if self.rerank is not None and self.critic is None:
+        if self.critic_payload is not None and self._reranker is None:
             from .rerank import Reranker
 
-            self.critic = Reranker.from_payload(self.rerank, self.vocab)
-        return self.critic
+            self._reranker = Reranker.from_payload(self.critic_payload, self.vocab)
+        return self._reranker
 
     def require_vocab(self, vocab: Vocab, fix: str) -> None:
         """UsageError unless this model was trained on `vocab`."""
@@ -218,7 +218,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         except ValueError as e:
             raise _damaged(path, str(e)) from None
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
-                      payload["format_version"], rerank=rerank, critic=critic, doubles=payload.get("doubles"))
+                      payload["format_version"], critic_payload=rerank, _reranker=critic, doubles=payload.get("doubles"))
 
 
 def _weight_shapes(state_dict: dict) -> dict | None:

@@ -12,7 +12,7 @@ The recipe, per form:
    all its best-of-N candidates written to the end and their scores without usage (`--pools-dir`:
    JSONL, one pool a line, reused when there; seeds from --seed, apart from the benchmarks' seed 1).
    The fit models the pick among all of them, as `--no-prune` makes it; since poetgen 0.6 `sample`
-   prunes as it goes (sample.PRUNE), and the usage terms also rank the partial poems at its cuts.
+   prunes as it goes (sample.CUTS), and the usage terms also rank the partial poems at its cuts.
 2. Real shares: the share of the train split's poems of the form that hold each character.
 3. Check: weights fitted on the first 3/4 of the pools, the held-out quarter's picked shares against
    the real ones (mean |log ratio| over the table's characters), before and after.

@@ -23,7 +23,7 @@ from .request import (
 
 _LAZY = {  # name: the module that holds it (imports torch)
     "Chooser": "draw", "Streams": "draw", "draw": "draw", "filter_logits": "draw", "poem_seed": "draw",
-    "Decoder": "decode", "GeneratedPoem": "rank", "PRUNE": "rank", "PRUNE_MIN": "rank", "pick": "rank",
+    "Decoder": "decode", "GeneratedPoem": "rank", "CUTS": "rank", "CUT_MIN": "rank", "pick": "rank",
     "pruned": "rank", "score": "rank", "Generator": "session", "MAX_ROWS": "session", "Sampler": "session",
 }
 

@@ -77,11 +77,11 @@ class Decoder:
         return ["".join(t) for t in titles], final_logits, final_state
 
     def candidates(self, opts: SampleOptions, best_of: int, on_char=None, on_title=None,
-                   verse: VerseRules | None = None, first: int = 0, prune: tuple[tuple[float, float], ...] = (),
+                   verse: VerseRules | None = None, first: int = 0, cuts: tuple[tuple[float, float], ...] = (),
                    on_step: Callable[[float], None] | None = None) -> list[GeneratedPoem]:
         """The candidates of one batch, poem by poem (best_of rows per poem, sharing its title), each
         with its score; the poems are those of index first … first + num - 1 of the request (see
-        Streams). `verse` applies to the fixed forms only. `prune` (a schedule like PRUNE): in a
+        Streams). `verse` applies to the fixed forms only. `cuts` (a schedule like CUTS): in a
         fixed form, the poems come with as many candidates as the last cut keeps (_decode_fixed_form);
         empty: all best_of, each written to the end. `on_step(share)` hears after each character the
         share of the bodies written (free form: of --max-chars, so it may end early)."""
@@ -96,19 +96,19 @@ class Decoder:
             poem_of = poem_of_row.tolist()
         else:
             bodies, logprob, poem_of = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char,
-                                                               first * best_of, best_of, prune, on_step)
+                                                               first * best_of, best_of, cuts, on_step)
         return [GeneratedPoem(title=titles[p], body=body, logprob=float(lp), lines=split_lines(body),
                               score=score(float(lp), body), candidates=best_of)
                 for p, body, lp in zip(poem_of, bodies, logprob, strict=True)]
 
     def _decode_fixed_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,
                            verse: VerseRules | None, on_char, first_row: int = 0, best_of: int = 1,
-                           prune: tuple[tuple[float, float], ...] = (), on_step: Callable[[float], None] | None = None
+                           cuts: tuple[tuple[float, float], ...] = (), on_step: Callable[[float], None] | None = None
                            ) -> tuple[list[str], torch.Tensor, list[int]]:
         """The bodies of `rows` candidates of the fixed form opts.form (best_of consecutive rows per
         poem), from the logits and state after their titles, their log-probabilities (float64) and the
         poem of each. Every row stands at the same line and column, so one grammar serves them all, and
-        all reach the end at the same step. `prune`: (share of the lines, share of candidates) pairs;
+        all reach the end at the same step. `cuts`: (share of the lines, share of candidates) pairs;
         when that share of the lines is written, only each poem's best rows by the score of what they
         have written (rank.best_so_far) go on, that share of best_of rounded up: the rest of the poem costs
         fewer rows. A cut the prompt reaches is skipped (its rows are all alike there). A kept row is
@@ -121,7 +121,7 @@ class Decoder:
         logprob = torch.zeros(rows, dtype=torch.float64)
         columns: list[torch.Tensor] = []  # (rows,): the token each row took at each step
         survivors = torch.arange(rows)  # each row's index among the rows first drawn
-        cuts = {int(form.lines * at): math.ceil(best_of * share) for at, share in prune  # line: rows kept per poem
+        cuts = {int(form.lines * at): math.ceil(best_of * share) for at, share in cuts  # line: rows kept per poem
                 if int(form.lines * at) * (form.chars + 1) > len(opts.prompt)}  # past the prompt: rows differ
         each, steps = best_of, form.lines * (form.chars + 1) + 1  # the characters, their marks and the end
         for step in range(steps):

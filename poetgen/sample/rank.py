@@ -1,5 +1,5 @@
 """Ranking best-of-N: a candidate's score (mean log-probability, plus the critic and usage terms of the
-model's Reranker), the cuts that drop the weaker candidates as they go (PRUNE), and the pick."""
+model's Reranker), the cuts that drop the weaker candidates as they go (CUTS), and the pick."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from ..rerank import Reranker
 from ..vocab import Vocab
 from .request import SampleOptions
 
-# Best-of-N of PRUNE_MIN or more candidates in a fixed form prunes as it goes: when a quarter, half and
+# Best-of-N of CUT_MIN or more candidates in a fixed form prunes as it goes: when a quarter, half and
 # three quarters of the lines are written, only the best 3/4, 1/2 and 3/8 of each poem's candidates
 # (by the score of their lines so far) go on; at best of 8 that is 6, 4 and 3, 5.2 rows per poem on
 # average instead of 8. SampleOptions.prune (`--no-prune`) writes every candidate to the end.
-PRUNE_MIN = 4
-PRUNE = ((1 / 4, 3 / 4), (1 / 2, 1 / 2), (3 / 4, 3 / 8))  # (share of the lines written, share of candidates kept)
+CUT_MIN = 4
+CUTS = ((1 / 4, 3 / 4), (1 / 2, 1 / 2), (3 / 4, 3 / 8))  # (share of the lines written, share of candidates kept)
 
 
 @dataclass
@@ -37,8 +37,8 @@ class GeneratedPoem:
 
 
 def pruned(opts: SampleOptions, candidates: int) -> bool:
-    """Whether best-of-`candidates` under these options prunes as it goes (PRUNE)."""
-    return opts.prune and opts.form is not None and candidates >= PRUNE_MIN
+    """Whether best-of-`candidates` under these options prunes as it goes (CUTS)."""
+    return opts.prune and opts.form is not None and candidates >= CUT_MIN
 
 
 def score(logprob: float, body: str) -> float:

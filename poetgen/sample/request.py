@@ -46,7 +46,7 @@ class SampleOptions:
     best_of: int = 8  # candidates per poem, the best kept by sample.score; 1 is plain sampling
     score: str = "critic"  # best-of-N in a fixed form: log-probability + the model's critic (rerank.py), or
     # "logprob" alone; a model without a critic, and free form, rank by log-probability
-    prune: bool = True  # best-of-N in a fixed form drops its weaker candidates as it goes (sample.PRUNE)
+    prune: bool = True  # best-of-N in a fixed form drops its weaker candidates as it goes (sample.CUTS)
 
     @property
     def candidates_per_poem(self) -> int:

@@ -10,7 +10,7 @@ from functools import partial
 from ..masks import VerseRules
 from ..text import to_script
 from .decode import Decoder
-from .rank import PRUNE, GeneratedPoem, pick, pruned
+from .rank import CUTS, GeneratedPoem, pick, pruned
 from .request import SampleOptions, SampleRequest, VerseOptions, in_model_script
 
 MAX_ROWS = 800  # candidate rows decoded at once (memory: a few (rows, vocabulary) tensors)
@@ -37,7 +37,7 @@ class Generator(Decoder):
         """Sample opts.num poems, yielded in batches of at most MAX_ROWS candidate rows, so memory stays
         bounded whatever --num is. Each title is written once; then opts.candidates_per_poem bodies per
         poem are drawn in one batch under the form's grammar and the rules of verse, pruned as they go
-        (PRUNE, unless opts.prune is off), and the best by `score` is kept. `on_title(poem, title)` sees
+        (CUTS, unless opts.prune is off), and the best by `score` is kept. `on_title(poem, title)` sees
         each generated title, `on_char(row, ch)` each body character as it comes (rows are candidates:
         stream only with one per poem). `on_progress(poems)` hears after each character how many poems'
         worth are written (a float, up to opts.num; in free form measured against opts.max_chars, so it
@@ -45,11 +45,11 @@ class Generator(Decoder):
         options are trusted: request.sample_request checks them."""
         best_of = opts.candidates_per_poem
         per_batch = max(1, MAX_ROWS // best_of)
-        prune = PRUNE if pruned(opts, best_of) else ()
+        cuts = CUTS if pruned(opts, best_of) else ()
         for start in range(0, opts.num, per_batch):
             part = replace(opts, num=min(per_batch, opts.num - start))
             on_step = None if on_progress is None else partial(_batch_progress, on_progress, start, part.num)
-            candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start, prune=prune,
+            candidates = self.candidates(part, best_of, on_char, on_title, verse, first=start, cuts=cuts,
                                          on_step=on_step)
             chosen = pick(candidates, part.num, best_of, self.reranker, opts.form.key if opts.form else None)
             for p, poem in enumerate(chosen):
