@@ -21,8 +21,8 @@ from independent_checker import independent_check  # noqa: E402
 
 from poetgen import checkpoint, prosody  # noqa: E402
 from poetgen.forms import FORMS  # noqa: E402
-from poetgen.masks import ProsodyMasks, verse_rules  # noqa: E402
 from poetgen.sample import Generator, SampleOptions  # noqa: E402
+from poetgen.sample.masks import ProsodyMasks, verse_rules  # noqa: E402
 
 
 def main() -> None:

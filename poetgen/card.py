@@ -35,7 +35,8 @@ def export(source: Path, output: Path, tones: dict | None = None, half: bool = T
     if measure is not None:
         trial = Path(output).with_name(f".{Path(output).name}.measuring.{os.getpid()}.tmp")
         try:
-            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.critic_payload, doubles=doubles)
+            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.critic_payload,
+                 doubles=doubles)
             for split, figures in measure(trial).items():
                 setattr(meta, split, figures)
         finally:

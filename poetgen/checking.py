@@ -23,5 +23,5 @@ class Checker:
     def check(self, poem: str) -> prosody.CheckResult:
         """The verdict on one poem's text; UsageError when it holds no Chinese character."""
         if not any(is_han(c) for c in poem):
-            raise UsageError("the poem has no Chinese characters: give the poem's text")
+            raise UsageError("give the text of one poem (found no Chinese characters)")
         return prosody.check_poem(to_script(poem, "simplified"), self.tones, self.rhymes)

@@ -218,7 +218,8 @@ def read(path: str | os.PathLike) -> Checkpoint:
         except ValueError as e:
             raise _damaged(path, str(e)) from None
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
-                      payload["format_version"], critic_payload=rerank, _reranker=critic, doubles=payload.get("doubles"))
+                      payload["format_version"], critic_payload=rerank, _reranker=critic,
+                      doubles=payload.get("doubles"))
 
 
 def _weight_shapes(state_dict: dict) -> dict | None:

@@ -89,3 +89,13 @@ def untoned_checkpoint(tiny_model, tiny_vocab, tmp_path_factory) -> Path:
     from tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny") / "untoned.pt", tiny_model, tiny_vocab)
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    """The sampling tests' model (tiny_sampling.tiny_model(0), over tiny_sampling.VOCAB) saved as a
+    simplified-script checkpoint without a tone table. Read it, never write to it."""
+    import tiny
+    from tiny_sampling import VOCAB, tiny_model
+
+    return tiny.save_tiny(tmp_path_factory.mktemp("ckpt") / "tiny.pt", tiny_model(0), VOCAB, "simplified")

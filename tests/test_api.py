@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from synth import ALPHABET
+from tiny import PING, ZE
 
 import poetgen
 from poetgen.errors import UsageError
@@ -41,8 +42,18 @@ def test_generate_refuses_what_sample_refuses(tiny_checkpoint):
 
 
 def test_check_a_poem(tiny_checkpoint):
+    """The verdict with the tiny model's tone table (tiny.TONE_COUNTS: PING reads 平, ZE 仄) and the real
+    rhyme data, in which 丸 and 乾 (干) both belong to 十四寒."""
+    ping, ze = "".join(PING), "".join(ZE)  # ping[5] left out (丣 reads 酉 in simplified), ping[8] is 丸
+    good = (ze[0] + ze[1] + ping[0] + ping[1] + ze[2] + "，" + ping[2] + ping[3] + ze[3] + ze[4] + "丸。"
+            + ping[4] + ping[6] + ping[7] + ze[6] + ze[7] + "，" + ze[8] + ze[9] + ze[10] + ping[9] + "乾。")
+    result = poetgen.check(good, model=tiny_checkpoint)  # 仄起首句不入韵 to the letter, rhymed in 十四寒
+    assert (result.form, result.ok, result.template, result.violations) == ("五绝", True, "仄起首句不入韵", [])
+    assert result.rhyme_group == "十四寒" and result.to_dict()["ok"] is True
     poem = "".join(ALPHABET[i] for i in range(5)) + "，" + "".join(ALPHABET[i] for i in range(5, 10)) + "。"
-    result = poetgen.check(poem * 2, model=tiny_checkpoint)
-    assert result.form == "五绝" and isinstance(result.ok, bool) and result.to_dict()["form"] == "五绝"
+    result = poetgen.check(poem * 2, model=tiny_checkpoint)  # every character 平: wrong tones, no rhyme
+    assert result.form == "五绝" and result.ok is False and result.to_dict()["form"] == "五绝"
+    assert result.violations and result.rhyme_group is None
+    assert {(v["line"], v["position"]) for v in result.violations} == {(1, 2), (2, 4), (3, 4), (3, 5), (4, 2)}
     with pytest.raises(UsageError, match="one poem"):
         poetgen.check("hello", model=tiny_checkpoint)

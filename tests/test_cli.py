@@ -1,14 +1,13 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
-from typer.testing import CliRunner
+from cli_helpers import runner
 
 from poetgen import __version__
 from poetgen.cli import app
-
-runner = CliRunner()
 
 
 def test_help_does_not_import_torch():
@@ -29,10 +28,25 @@ def test_version_and_module_entry_point():
 
 
 def test_every_command_has_short_help():
-    for args in (["-h"], ["corpus", "-h"], ["corpus", "prepare", "-h"], ["train", "-h"], ["eval", "-h"],
-                 ["sample", "-h"], ["check", "-h"], ["info", "-h"], ["export", "-h"], ["corpus", "stats", "-h"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0 and "Usage" in result.stdout, args
+    """-h is --help for the app, for each group and for each command a group lists, and shows that
+    command's own usage line; the commands found so are COMMANDS, the list the help tests below walk."""
+    commands, paths = [], [[]]
+    while paths:
+        path = paths.pop(0)
+        short = runner.invoke(app, [*path, "-h"], env={"COLUMNS": "200"})
+        assert short.exit_code == 0, (path, short.output)
+        assert short.stdout == runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).stdout, path
+        usage = short.stdout.split()
+        assert usage[0] == "Usage:" and usage[2:2 + len(path)] == path, (path, short.stdout[:200])
+        if "Commands:" in short.stdout:  # a group: its listed commands are walked in turn
+            listed = re.findall(r"^  (\S+)", short.stdout.split("Commands:")[1], flags=re.MULTILINE)
+            assert listed, path
+            paths.extend([*path, name] for name in listed)
+        else:
+            commands.append(path)
+    assert sorted(commands) == sorted(COMMANDS)
+    assert {name for name, *_ in commands} == {"train", "eval", "sample", "check", "info", "export", "corpus",
+                                                 "plot", "inspect"}
 
 
 def test_unknown_option_is_a_usage_error_without_traceback():

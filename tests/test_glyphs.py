@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from cli_helpers import runner
 from synth import make_corpus
 from tiny import save_tiny, tiny_model
-from typer.testing import CliRunner
 
 from poetgen import corpus
 from poetgen.cli import app
@@ -18,7 +18,6 @@ from poetgen.sample import Generator, SampleOptions
 from poetgen.text import to_script
 from poetgen.vocab import SPECIALS, Vocab
 
-runner = CliRunner()
 NO_FORM = "𪭢"  # outside the BMP, with no BMP form in the tables
 
 
@@ -66,7 +65,7 @@ def test_build_normalizes_counts_and_lists_every_pair(tmp_path):
     extra = [{"id": f"variants-{i}", "title": "劒", "author": "",
               "paragraphs": [f"劒疎鴈乾徵山，{NO_FORM}水水山水鑪。"]} for i in range(40)]
     root = make_corpus(tmp_path / "src", poems=60, extra=extra)
-    result = corpus.build(tmp_path / "data", source=root / "package", script="simplified")
+    result = corpus.build(tmp_path / "data", source=root / "package", script="simplified", min_count=1)
     glyphs = result.meta["glyphs"]
     assert glyphs["changed"]["variant"] >= 40 * 4  # 劒 疎 鴈 in the body, 劒 in the title (and the
     assert glyphs["changed"]["outside_bmp"] == 40  # synthetic alphabet's own variants); 鑪 (t2s: 𬬻)

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_TRAIN_ARGS, runner
 from synth import ALPHABET
 from tiny import save_tiny, tiny_model
-from typer.testing import CliRunner
 
 from poetgen import checkpoint, corpus, introspect, plot
 from poetgen.checkpoint import ModelMeta
@@ -22,7 +22,6 @@ from poetgen.forms import detect
 from poetgen.model import LanguageModel, ModelConfig
 from poetgen.vocab import SPECIALS, Vocab
 
-runner = CliRunner()
 VOCAB = Vocab([*SPECIALS, *ALPHABET[:20], *"，。"])
 
 
@@ -180,9 +179,8 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
 
 def test_plot_cli_reads_runs_and_renders_text(prepared, tmp_path):
     out = tmp_path / "run"
-    trained_run = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), "--hidden-size", "16",
-                                      "--emb-size", "8", "--batch-size", "4", "--bptt", "8", "--max-steps", "6",
-                                      "--eval-every", "2", "--quiet"])
+    trained_run = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), *TINY_TRAIN_ARGS,
+                                      "--max-steps", "6", "--eval-every", "2", "--quiet"])
     assert trained_run.exit_code == 0, trained_run.stderr
     result = runner.invoke(app, ["plot", str(out), "-o", str(tmp_path / "c.png")])
     assert result.exit_code == 0, result.stderr

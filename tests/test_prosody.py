@@ -4,23 +4,21 @@ import json
 import re
 
 import pytest
+from cli_helpers import runner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from independent_checker import independent_check
 from synth import ALPHABET
 from tiny import save_tiny, tiny_model
-from typer.testing import CliRunner
 
 from poetgen import prosody
 from poetgen.cli import app
 from poetgen.forms import FORMS, split_lines
-from poetgen.masks import ProsodyMasks, verse_rules
 from poetgen.prosody import RhymeTable, ToneTable, check_poem, normalize_poem, templates
 from poetgen.sample import Generator, SampleOptions
+from poetgen.sample.masks import ProsodyMasks, verse_rules
 from poetgen.text import to_script
 from poetgen.vocab import SPECIALS, Vocab
-
-runner = CliRunner()
 
 # A synthetic prosody: characters of the synthetic alphabet given made-up tones and rhyme groups.
 PING_A = ALPHABET[0:10]  # 平, rhyme group 甲

@@ -9,29 +9,16 @@ import numpy as np
 import pytest
 import tiny
 import torch
-from typer.testing import CliRunner
+from cli_helpers import runner
 
 from poetgen import checkpoint
 from poetgen.cli import app
-from poetgen.config import sample_request
+from poetgen.critic_fit import auc, choose_weight, chosen_shares, fit, fit_usage, record_logprobs, usage_shares
 from poetgen.errors import CheckpointError
 from poetgen.forms import FORMS
-from poetgen.rerank import (
-    Critic,
-    CriticConfig,
-    Reranker,
-    auc,
-    choose_weight,
-    chosen_shares,
-    critic_logits,
-    fit,
-    fit_usage,
-    record_logprobs,
-    usage_shares,
-)
-from poetgen.sample import Generator, SampleOptions, prepare
+from poetgen.rerank import Critic, CriticConfig, Reranker, critic_logits
+from poetgen.sample import Generator, SampleOptions, Sampler, sample_request
 
-runner = CliRunner()
 VOCAB = tiny.VOCAB
 FAVOURED = tiny.ALPHABET[3]
 
@@ -173,13 +160,13 @@ def test_best_of_n_keeps_the_candidate_of_best_combined_score(tiny_model):
 def test_pruning_ranks_what_is_written_so_far_with_the_critic_and_usage(tiny_model):
     """The cuts of best-of-N (6, 4, 3 of 8) rank partial poems by the same score as the pick: mean
     log-probability so far plus the critic and the form's usage terms on the lines written."""
-    from poetgen.sample import PRUNE
+    from poetgen.sample import CUTS
 
     other = tiny.ALPHABET[5]
     reranker = Reranker(favouring().critic, VOCAB, 1.0, usage={"wujue": {other: 2.0}})
     opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, temperature=1.5)
     ranked = Generator(tiny_model, VOCAB, reranker=reranker)
-    full, pruned = ranked.candidates(opts, 8), ranked.candidates(opts, 8, prune=PRUNE)
+    full, pruned = ranked.candidates(opts, 8), ranked.candidates(opts, 8, cuts=CUTS)
 
     def so_far(c, chars):
         written = c.body[:chars]
@@ -219,8 +206,8 @@ def test_the_critic_travels_in_the_checkpoint_and_score_logprob_ignores_it(tiny_
     for r in ranked:  # each score is the mean log-probability plus the weighed critic
         expected = reranker.scores([r["text"]], [r["logprob"] / (len(r["text"]) + 1)])[0]
         assert r["score"] == pytest.approx(expected, abs=1e-3)
-    generator, _, _ = prepare(checkpoint.load(tmp_path / "ranked.pt"), sample_request(form="free"))
-    assert generator.reranker is None  # free form: the critic knows the regulated forms only
+    sampler = Sampler(checkpoint.load(tmp_path / "ranked.pt"), sample_request(form="free"))
+    assert sampler.generator.reranker is None  # free form: the critic knows the regulated forms only
 
 
 def test_info_names_the_usage_tables(tiny_checkpoint, tmp_path):

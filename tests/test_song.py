@@ -6,14 +6,12 @@ import json
 import random
 
 import numpy as np
+from cli_helpers import runner
 from synth import random_poem, write_package
-from typer.testing import CliRunner
 
 from poetgen import corpus
 from poetgen.cli import app
 from poetgen.corpus import load_split, load_train
-
-runner = CliRunner()
 
 
 def package(root, with_leak: bool = True):

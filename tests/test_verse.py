@@ -12,11 +12,10 @@ from synth import ALPHABET
 from tiny import prefix_score, survivors_by_hand, tiny_model
 
 from poetgen import prosody
-from poetgen.config import SampleOptions
 from poetgen.forms import FORMS, detect_form
-from poetgen.masks import ProsodyMasks, verse_rules
 from poetgen.model import LanguageModel
-from poetgen.sample import Generator
+from poetgen.sample import Generator, SampleOptions
+from poetgen.sample.masks import ProsodyMasks, verse_rules
 from poetgen.vocab import SPECIALS, Vocab
 
 RHYMES = prosody.load_rhymes("simplified")
@@ -116,14 +115,14 @@ def test_pruning_keeps_the_best_so_far_and_changes_no_candidate(form):
     """Best of 8 with the default schedule: 6 go on at a quarter of the lines, 4 at half, 3 at three
     quarters, each time the best by the score of the lines written so far; the 3 left are exactly
     the candidates a run without pruning writes for those rows (same body, same log-probability)."""
-    from poetgen.sample import PRUNE
+    from poetgen.sample import CUTS
 
     model = tiny(6)
     gen = Generator(model, VOCAB)
     opts = SampleOptions(form=FORMS[form], seed=5, num=3, best_of=8, temperature=1.3, title=YANG[1] + OTHER[2])
     rules = verse_rules(opts, MASKS)
     full = gen.candidates(opts, 8, verse=rules)
-    pruned = gen.candidates(opts, 8, verse=rules, prune=PRUNE)
+    pruned = gen.candidates(opts, 8, verse=rules, cuts=CUTS)
     assert len(full) == 24 and len(pruned) == 9
     line, lines = FORMS[form].chars + 1, FORMS[form].lines  # a line and its mark
     for p in range(opts.num):
@@ -143,7 +142,7 @@ def test_pruning_keeps_the_best_so_far_and_changes_no_candidate(form):
 def test_a_cut_the_prompt_reaches_is_skipped():
     """A prompt of a whole first line: all 8 candidates are alike there, so the first cut is not made
     (it could only drop rows by their index); the cuts at half and three quarters are."""
-    from poetgen.sample import PRUNE
+    from poetgen.sample import CUTS
 
     model = tiny(6)
     gen = Generator(model, VOCAB)
@@ -151,7 +150,7 @@ def test_a_cut_the_prompt_reaches_is_skipped():
                          prompt="".join(OTHER[3:10]) + "，")
     rules = verse_rules(opts, MASKS)
     full = gen.candidates(opts, 8, verse=rules)
-    pruned = gen.candidates(opts, 8, verse=rules, prune=PRUNE)
+    pruned = gen.candidates(opts, 8, verse=rules, cuts=CUTS)
     for p in range(opts.num):
         group = full[p * 8:(p + 1) * 8]
         score_at = lambda r, n, group=group: prefix_score(model, VOCAB, opts.title, group[r].body, 8 * n)  # noqa: E731
@@ -183,7 +182,7 @@ def test_verse_rules_need_a_fixed_form():
 
 
 def test_second_uses_and_doubles_weigh_what_the_rules_say():
-    from poetgen.masks import VerseRules
+    from poetgen.sample.masks import VerseRules
 
     rules = VerseRules(MASKS, rhyme=False, max_uses=2, again=0.25, doubled=0.5)
     state = rules.start(FORMS["wujue"], 2, 0)
@@ -207,8 +206,8 @@ def test_second_uses_and_doubles_weigh_what_the_rules_say():
 def test_a_double_poets_do_not_write_is_never_drawn():
     """With a 叠字 table, only the characters poets double ATTESTED_DOUBLE+ times may follow themselves;
     without one (older checkpoints), any may."""
-    from poetgen.config import ATTESTED_DOUBLE
-    from poetgen.masks import VerseRules
+    from poetgen.forms import ATTESTED_DOUBLE
+    from poetgen.sample.masks import VerseRules
 
     a, b = OTHER[:2]
     masks = ProsodyMasks(VOCAB, TONES, RHYMES, doubles={a: ATTESTED_DOUBLE, b: ATTESTED_DOUBLE - 1})
@@ -232,7 +231,7 @@ def test_a_double_poets_do_not_write_is_never_drawn():
 
 
 def test_default_rules_weigh_second_uses_per_form_and_no_rhyme_does_not():
-    from poetgen.masks import SECOND_USE_WEIGHT
+    from poetgen.sample.masks import SECOND_USE_WEIGHT
 
     for key in ("wujue", "qilv"):
         rules = verse_rules(SampleOptions(form=FORMS[key]), MASKS)

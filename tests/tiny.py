@@ -16,6 +16,10 @@ from poetgen.vocab import SPECIALS, Vocab
 MARKS = "，。？！；：、"
 VOCAB = Vocab([*SPECIALS, *ALPHABET, *MARKS])
 
+# A small model shape (ModelConfig keywords, dropout included) for tests of the model, its training and
+# its checkpoints.
+SMALL = dict(emb_size=24, hidden_size=32, num_layers=2, emb_dropout=0.1, dropout=0.2)
+
 # A made-up tone table in the shape of a prepared corpus's tones.json ([平 count, 仄 count] per character):
 # the first 20 characters read 平, the next 30 仄, the next 6 either way; the last 4 have no entry.
 PING, ZE, EITHER = ALPHABET[0:20], ALPHABET[20:50], ALPHABET[50:56]
@@ -58,3 +62,8 @@ def survivors_by_hand(score_at, rows: int, cuts: list[tuple[int, int]]) -> list[
         so_far = {r: score_at(r, lines) for r in alive}
         alive = sorted(sorted(alive, key=lambda r: -so_far[r])[:keep])
     return alive
+
+
+def as_records(callback):
+    """A trainer's listener that hands `callback` each event as its metrics.jsonl record (a dict)."""
+    return lambda event: callback(event.record())

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from poetgen import checkpoint, corpus
+from poetgen.critic_fit import USAGE_MIN_SHARE, chosen_shares, fit_usage, usage_shares
 from poetgen.forms import FORMS, detect
-from poetgen.rerank import USAGE_MIN_SHARE, Reranker, chosen_shares, critic_logits, fit_usage, usage_shares
+from poetgen.rerank import Reranker, critic_logits
 from poetgen.sample import Sampler, sample_request
 
 

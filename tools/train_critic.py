@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from poetgen import checkpoint, corpus
+from poetgen.critic_fit import choose_weight, fit, record_logprobs
 from poetgen.forms import FORMS, detect
-from poetgen.rerank import Reranker, choose_weight, critic_logits, fit, record_logprobs
+from poetgen.rerank import Reranker, critic_logits
 
 
 def log(*parts) -> None:
@@ -122,7 +123,7 @@ def main() -> None:
 
 
 def _auc(scores, labels, groups, form):
-    from poetgen.rerank import auc
+    from poetgen.critic_fit import auc
 
     keep = groups == form
     return auc(scores[keep], labels[keep])

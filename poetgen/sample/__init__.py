@@ -22,7 +22,7 @@ from .request import (
 )
 
 _LAZY = {  # name: the module that holds it (imports torch)
-    "Chooser": "draw", "Streams": "draw", "draw": "draw", "filter_logits": "draw", "poem_seed": "draw",
+    "Chooser": "choice", "Streams": "choice", "draw": "choice", "filter_logits": "choice", "poem_seed": "choice",
     "Decoder": "decode", "GeneratedPoem": "rank", "CUTS": "rank", "CUT_MIN": "rank", "pick": "rank",
     "pruned": "rank", "score": "rank", "Generator": "session", "MAX_ROWS": "session", "Sampler": "session",
 }

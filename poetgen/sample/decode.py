@@ -12,12 +12,12 @@ import torch
 
 from ..forms import TOKEN_CLASSES, TokenClass, split_lines
 from ..glyphs import drawable
-from ..masks import VerseRules, token_class_masks
 from ..model import LanguageModel
 from ..rerank import Reranker
 from ..steppers import Int8Stepper, Stepper, int8_available
 from ..vocab import MAX_TITLE, Vocab
-from .draw import Chooser, Streams
+from .choice import Chooser, Streams
+from .masks import VerseRules, token_class_masks
 from .rank import GeneratedPoem, best_so_far, score
 from .request import SampleOptions
 

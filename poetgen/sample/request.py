@@ -135,7 +135,7 @@ def check_verse(form: Form | None, verse: VerseOptions) -> None:
     if verse.rhyme and verse.no_rhyme:
         raise UsageError("--rhyme and --no-rhyme contradict each other: drop one")
     if verse.template:
-        from .prosody import get_template
+        from ..prosody import get_template
 
         get_template(form, verse.template)
 

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 
-from ..masks import VerseRules
 from ..text import to_script
 from .decode import Decoder
+from .masks import VerseRules
 from .rank import CUTS, GeneratedPoem, pick, pruned
 from .request import SampleOptions, SampleRequest, VerseOptions, in_model_script
 
@@ -94,8 +94,8 @@ def verse_rules(ckpt, opts: SampleOptions, verse: VerseOptions) -> VerseRules | 
         return None
     from .. import prosody
     from ..errors import UsageError
-    from ..masks import ProsodyMasks
-    from ..masks import verse_rules as rules_of_verse
+    from .masks import ProsodyMasks
+    from .masks import verse_rules as rules_of_verse
 
     if ckpt.tones is None and verse.strict:
         raise UsageError(f"{ckpt.path} has no tone table, which --strict needs: export it again with "

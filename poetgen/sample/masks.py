@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
-from .forms import ATTESTED_DOUBLE, TOKEN_CLASSES, Form, TokenClass
-from .prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
-from .sample.request import SampleOptions
-from .text import LINE_END, STOPS
-from .vocab import MARKERS, Vocab
+from ..errors import UsageError
+from ..forms import ATTESTED_DOUBLE, TOKEN_CLASSES, Form, TokenClass
+from ..prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
+from ..text import LINE_END, STOPS
+from ..vocab import MARKERS, Vocab
+from .request import SampleOptions
 
 
 def token_class_masks(vocab: Vocab, drawable: Callable[[str], bool] | None = None

@@ -1,0 +1,70 @@
+"""`poetgen export`: the shipped model (half storage, test figures, tone and 叠字 tables, its card in
+`info`), the 叠字 count it ships, and what export does when it cannot measure or write."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from cli_helpers import POETGEN, SMALL_TRAIN_ARGS, cli, one_line_error, runner, shell
+
+import poetgen
+from poetgen import checkpoint, corpus
+from poetgen.cli import app
+from poetgen.model import LanguageModel, ModelConfig
+
+
+def test_export_writes_a_half_model_with_test_figures_and_tones(prepared, tmp_path):
+    out = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(prepared), *SMALL_TRAIN_ARGS,
+                                  "--max-steps", "6", "--eval-every", "3", "--quiet"])
+    assert trained.exit_code == 0, trained.stderr
+    shipped = tmp_path / "model.pt"
+    result = runner.invoke(app, ["export", "-c", str(out / "best.pt"), "-o", str(shipped), "--data-dir",
+                                 str(prepared)])
+    assert result.exit_code == 0, result.stderr
+    payload = torch.load(shipped, weights_only=True)
+    expected_tones = json.loads((prepared / "tones.json").read_text(encoding="utf-8"))
+    assert payload["tones"] == checkpoint.pack_tones(expected_tones)  # stored packed
+    assert checkpoint.load(shipped).tones == expected_tones
+    doubles = corpus.count_doubles(p.body for p in corpus.iter_poems(prepared, "train"))
+    assert payload["doubles"] == doubles and torch.load(out / "best.pt", weights_only=True)["doubles"] == doubles
+    assert "train_state" not in payload
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    test = runner.invoke(app, ["eval", "--checkpoint", str(shipped), "--split", "test", "--json",
+                               "--data-dir", str(prepared)])
+    assert json.loads(test.stdout)["record"] == pytest.approx(payload["meta"]["test"]["record"])
+    info = runner.invoke(app, ["info", "--checkpoint", str(shipped), "--json"])
+    card = json.loads(info.stdout)
+    assert card["parameters"] == LanguageModel(ModelConfig.from_dict(card["model_config"])).num_parameters()
+    assert card["test"]["body"]["perplexity"] == pytest.approx(payload["meta"]["test"]["body"]["perplexity"])
+    assert card["corpus"]["version"] == "2.0.1"
+    assert card["software"]["torch"] == torch.__version__ and card["software"]["poetgen"] == poetgen.__version__
+
+
+def test_count_doubles_counts_pairs_inside_lines_only():
+    assert corpus.count_doubles(["萧萧落叶，叶叶风。", "悠悠，悠悠。", "ＡＡ一，一二。"]) == {"叶": 1, "悠": 2, "萧": 1}
+
+
+def test_export_keeps_the_old_file_when_it_cannot_measure(tiny_checkpoint, tmp_path):
+    shipped = tmp_path / "shipped.pt"
+    shipped.write_bytes(b"the previous model")
+    result = cli("export", "-c", str(tiny_checkpoint), "-o", str(shipped), "--data-dir", str(tmp_path))
+    assert result.exit_code != 0 and one_line_error(result)
+    assert shipped.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]
+
+
+def test_a_checkpoint_never_replaces_a_device(tiny_checkpoint):
+    result = cli("export", "-c", str(tiny_checkpoint), "-o", os.devnull, "--no-test")
+    assert result.exit_code == 1 and one_line_error(result) and "not a regular file" in result.stderr
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_a_closed_stderr_costs_the_progress_not_the_work(tiny_checkpoint, tmp_path, prepared):
+    shipped = tmp_path / "shipped.pt"
+    result = shell(f"{POETGEN} export -c {tiny_checkpoint} -o {shipped} --data-dir {prepared} --no-test 2>&-")
+    assert result.returncode == 0 and shipped.is_file()
