@@ -48,8 +48,9 @@ def generated(form: str, args: str, num: int, seed: int, checkpoint: str | None)
 
 
 def real_poems(data_dir: Path, split: str, form: str) -> dict[str, str]:
-    """{id: body} of the split's poems in `form`."""
-    return {p.id: p.body for p in corpus.iter_poems(data_dir, split) if detect_form(p.body) == form}
+    """{id: body} of the split's poems in `form` (a key: qijue)."""
+    name = FORMS[form].name
+    return {p.id: p.body for p in corpus.iter_poems(data_dir, split) if detect_form(p.body) == name}
 
 
 def make(a: argparse.Namespace) -> None:
