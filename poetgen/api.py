@@ -31,17 +31,15 @@ class Model:
     def path(self) -> Path:
         return self.checkpoint.path
 
-    def generate(self, *, prompt: str = "", title: str | None = None, form: str = "free", acrostic: str = "",
-                 num: int = 1, seed: int | None = None, **options) -> list:
+    def generate(self, **words) -> list:
         """Poems (sample.GeneratedPoem: title, body, lines, logprob, score), as `poetgen sample` writes
-        them. `form`: free, wujue, qijue, wulv, qilv (or 五绝 …); `options`: temperature, top_k, top_p,
-        max_chars, best_of, score, prune (False: `--no-prune`), strict, template, rhyme, no_rhyme, as the
-        CLI's options. Without `seed`, one is drawn: each poem's `seed` and `index` attributes make it
-        again."""
+        them, from its words with their defaults (sample.sample_request): prompt, title, form (free,
+        wujue, qijue, wulv, qilv, or 五绝 …), acrostic, num, seed, temperature, top_k, top_p, max_chars,
+        best_of, score, prune (False: `--no-prune`), strict, template, rhyme, no_rhyme. Without `seed`,
+        one is drawn: each poem's `seed` and `index` attributes make it again."""
         from .sample import Sampler, sample_request
 
-        request = sample_request(prompt=prompt, title=title, form=form, acrostic=acrostic, num=num, seed=seed,
-                                 **options)
+        request = sample_request(**words)
         return Sampler(self.checkpoint, request, int8=self.int8).poems()
 
     def info(self) -> dict:

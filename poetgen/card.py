@@ -35,13 +35,13 @@ def export(source: Path, output: Path, tones: dict | None = None, half: bool = T
     if measure is not None:
         trial = Path(output).with_name(f".{Path(output).name}.measuring.{os.getpid()}.tmp")
         try:
-            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.critic_payload,
+            save(trial, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, critic=ckpt.critic_payload,
                  doubles=doubles)
             for split, figures in measure(trial).items():
                 setattr(meta, split, figures)
         finally:
             trial.unlink(missing_ok=True)
-    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, rerank=ckpt.critic_payload, doubles=doubles)
+    save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, critic=ckpt.critic_payload, doubles=doubles)
     return read(output)
 
 
@@ -79,12 +79,12 @@ def describe(ckpt: Checkpoint) -> dict:
     }
 
 
-def _critic_card(rerank: dict | None) -> dict | None:
+def _critic_card(critic: dict | None) -> dict | None:
     """What the card says of the critic of best-of-N: its weight and its val figures."""
-    if rerank is None:
+    if critic is None:
         return None
-    figures = rerank.get("figures") or {}
-    usage = rerank.get("usage") or {}
-    return {"weight": rerank.get("weight"), "val_auc": figures.get("val_auc"),
+    figures = critic.get("figures") or {}
+    usage = critic.get("usage") or {}
+    return {"weight": critic.get("weight"), "val_auc": figures.get("val_auc"),
             "trained_on": {k: figures.get(k) for k in ("train_real", "train_generated")},
             "usage": {form: len(table) for form, table in usage.items()}}

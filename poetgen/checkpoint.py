@@ -21,12 +21,12 @@ from .payload import (
     FORMAT,
     FORMAT_VERSION,
     ModelMeta,
-    _damaged,
-    _missing,
-    _parts,
-    _validate_payload,
+    damaged,
+    missing,
     pack_tones,
+    parse_parts,
     read_header,
+    validate_payload,
 )
 from .vocab import Vocab
 
@@ -130,7 +130,7 @@ def carry_vocab(weights: dict, old: Vocab, new: Vocab, fresh: dict) -> tuple[dic
 
 def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: ModelMeta,
          tones: dict | None = None, train_state: dict | None = None, half: bool = False,
-         rerank: dict | None = None, doubles: dict | None = None) -> None:
+         critic: dict | None = None, doubles: dict | None = None) -> None:
     """Write a checkpoint atomically (temp file, fsync, rename): a crash leaves the previous file intact.
     `half` stores floating-point weights as fp16 (a shipped model); they load back as fp32."""
     weights = model_state(model)
@@ -147,8 +147,8 @@ def save(path: str | os.PathLike, model: LanguageModel, vocab: Vocab, meta: Mode
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    if rerank is not None:
-        payload["rerank"] = rerank
+    if critic is not None:
+        payload["rerank"] = critic  # the file's key for the critic since format 3
     if doubles is not None:
         payload["doubles"] = doubles
     _write(path, payload)
@@ -191,34 +191,34 @@ def read(path: str | os.PathLike) -> Checkpoint:
 
     path = Path(path)
     if not path.is_file():
-        raise _missing(path)
+        raise missing(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - the unpickler fails on foreign bytes in many ways
         raise CheckpointError(f"{path} is not a readable poetgen checkpoint (not a file `poetgen train` wrote, "
                               "or cut short): pass a file that `poetgen train` wrote") from None
-    payload = _validate_payload(path, payload)
-    config, vocab, meta = _parts(path, payload)
+    payload = validate_payload(path, payload)
+    config, vocab, meta = parse_parts(path, payload)
     if not isinstance(payload["state_dict"], dict):
-        raise _damaged(path, "no weights")
+        raise damaged(path, "no weights")
     if _weight_shapes(payload["state_dict"]) != _expected_shapes(config):
-        raise _damaged(path, "its weights do not fit its config")
+        raise damaged(path, "its weights do not fit its config")
     train_state = payload.get("train_state")
     if train_state is not None and not isinstance(train_state, dict):
-        raise _damaged(path, "its training state is malformed")
+        raise damaged(path, "its training state is malformed")
     if not all(torch.isfinite(v.sum(dtype=torch.float32)) for v in payload["state_dict"].values()
                if v.is_floating_point()):  # one pass each: a NaN or an infinity makes the sum non-finite
-        raise _damaged(path, "its weights are not finite numbers")
-    rerank, critic = payload.get("rerank"), None
-    if rerank is not None:
+        raise damaged(path, "its weights are not finite numbers")
+    critic, reranker = payload.get("rerank"), None
+    if critic is not None:
         from .rerank import Reranker
 
         try:
-            critic = Reranker.from_payload(rerank, vocab)
+            reranker = Reranker.from_payload(critic, vocab)
         except ValueError as e:
-            raise _damaged(path, str(e)) from None
+            raise damaged(path, str(e)) from None
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
-                      payload["format_version"], critic_payload=rerank, _reranker=critic,
+                      payload["format_version"], critic_payload=critic, _reranker=reranker,
                       doubles=payload.get("doubles"))
 
 
@@ -282,7 +282,7 @@ def build_model(ckpt: Checkpoint, device: str | torch.device = "cpu") -> Languag
             model = LanguageModel(ckpt.config)
         load_weights(model, ckpt.state_dict)
     except Exception:  # noqa: BLE001 - shapes or names that do not fit
-        raise _damaged(ckpt.path, "its weights do not fit its config") from None
+        raise damaged(ckpt.path, "its weights do not fit its config") from None
     return model.to(device).eval()
 
 
@@ -293,26 +293,24 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpo
     return ckpt
 
 
-# ---------------------------------------------------------------------------------------------
-# Export and describe
 
 
-def attach_rerank(source: Path, output: Path, rerank: dict) -> Checkpoint:
-    """Write `output`: the checkpoint `source` as it is, with `rerank` (a critic's payload) as its critic."""
-    return attach(source, output, rerank=rerank)
+def attach_critic(source: Path, output: Path, critic: dict) -> Checkpoint:
+    """Write `output`: the checkpoint `source` as it is, with `critic` (a Reranker's payload) as its critic."""
+    return attach(source, output, critic=critic)
 
 
 def attach(source: Path, output: Path, **parts) -> Checkpoint:
     """Write `output` atomically: the checkpoint `source` as it is, with the optional parts given
-    (rerank: a critic's payload; doubles: a 叠字 table) set or replaced; checked on the way in and out."""
+    (critic: a Reranker's payload; doubles: a 叠字 table) set or replaced; checked on the way in and out."""
     import torch
 
-    unknown = set(parts) - {"rerank", "doubles"}
+    unknown = set(parts) - {"critic", "doubles"}
     if unknown:
         raise ValueError(f"not an optional part of a checkpoint: {', '.join(sorted(unknown))}")
     read(source)  # checked like any checkpoint
     payload = torch.load(source, map_location="cpu", weights_only=True)
-    payload.update(parts)
+    payload.update({"rerank" if name == "critic" else name: part for name, part in parts.items()})
     payload["tones"] = pack_tones(payload.get("tones"))  # a format 2 file gets the packed table, and format 3
     payload["format_version"] = FORMAT_VERSION
     _write(output, payload)
@@ -327,4 +325,4 @@ def train_config_of(ckpt: Checkpoint) -> TrainConfig:
     try:
         return TrainConfig.from_dict(ckpt.train_state["train_config"])
     except (KeyError, TypeError):
-        raise _damaged(ckpt.path, "its training state is malformed") from None
+        raise damaged(ckpt.path, "its training state is malformed") from None

@@ -74,7 +74,7 @@ def pack_tones(tones: dict[str, list[int]] | None) -> dict | None:
     return {"chars": "".join(tones), "counts": [n for pair in tones.values() for n in pair]}
 
 
-def _unpack_tones(stored: Any) -> dict[str, list[int]] | None:
+def unpack_tones(stored: Any) -> dict[str, list[int]] | None:
     """A stored tone table (packed, or one list per character as before 0.5) as {char: [平, 仄]}; None
     when it is malformed."""
     if isinstance(stored, dict) and set(stored) == {"chars", "counts"}:
@@ -89,23 +89,23 @@ def _unpack_tones(stored: Any) -> dict[str, list[int]] | None:
     return None
 
 
-def _damaged(path: Path, what: str) -> CheckpointError:
+def damaged(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{path} is damaged ({what}): train, export or download it again")
 
 
-def _missing(path: Path) -> CheckpointError:
+def missing(path: Path) -> CheckpointError:
     if path.is_dir():
         return CheckpointError(f"--checkpoint {path} is a folder: pass a .pt file (e.g. {path}/best.pt)")
     return CheckpointError(f"no checkpoint at {path}: pass --checkpoint FILE (a poetgen .pt file)")
 
 
-def _validate_payload(path: Path, payload: Any) -> dict:
+def validate_payload(path: Path, payload: Any) -> dict:
     """The payload checked for consistency; CheckpointError otherwise."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a poetgen checkpoint: pass a file that `poetgen train` wrote")
     version = payload.get("format_version")
     if not isinstance(version, int) or version < 1:
-        raise _damaged(path, "no format version")
+        raise damaged(path, "no format version")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path} is from a newer poetgen (format {version}): upgrade poetgen")
     if version < OLDEST_FORMAT:
@@ -113,20 +113,20 @@ def _validate_payload(path: Path, payload: Any) -> dict:
                               f"{OLDEST_FORMAT} to {FORMAT_VERSION}): train or export the model again")
     for key in ("model_config", "state_dict", "vocab", "meta"):
         if key not in payload:
-            raise _damaged(path, f"no {key}")
+            raise damaged(path, f"no {key}")
     if not isinstance(payload["model_config"], dict) or not isinstance(payload["meta"], dict):
-        raise _damaged(path, "its config or metadata is not a table")
+        raise damaged(path, "its config or metadata is not a table")
     if not isinstance(payload["vocab"], list) or not all(isinstance(t, str) for t in payload["vocab"]):
-        raise _damaged(path, "its vocabulary is not a list of tokens")
+        raise damaged(path, "its vocabulary is not a list of tokens")
     if payload.get("tones") is not None:
-        payload["tones"] = _unpack_tones(payload["tones"])
+        payload["tones"] = unpack_tones(payload["tones"])
         if payload["tones"] is None:
-            raise _damaged(path, "its tone table is malformed")
+            raise damaged(path, "its tone table is malformed")
     doubles = payload.get("doubles")
     if doubles is not None and not (isinstance(doubles, dict) and all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
             for k, v in doubles.items())):
-        raise _damaged(path, "its 叠字 table is malformed")
+        raise damaged(path, "its 叠字 table is malformed")
     return payload
 
 
@@ -152,7 +152,7 @@ def _placeholder(*args, **kwargs):
     return None
 
 
-def _parts(path: Path, payload: dict) -> tuple[ModelConfig, Vocab, ModelMeta]:
+def parse_parts(path: Path, payload: dict) -> tuple[ModelConfig, Vocab, ModelMeta]:
     """The config, vocabulary and metadata of a checked payload; CheckpointError ("damaged") when they
     do not hold together."""
     try:
@@ -160,9 +160,9 @@ def _parts(path: Path, payload: dict) -> tuple[ModelConfig, Vocab, ModelMeta]:
         vocab = Vocab(payload["vocab"])
         meta = ModelMeta.from_dict(payload["meta"])
     except Exception as e:  # noqa: BLE001 - any inconsistency means the same to the user
-        raise _damaged(path, str(e).split(":")[0]) from None
+        raise damaged(path, str(e).split(":")[0]) from None
     if config.vocab_size != len(vocab):
-        raise _damaged(path, f"its vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
+        raise damaged(path, f"its vocabulary has {len(vocab)} tokens but the model {config.vocab_size}")
     return config, vocab, meta
 
 
@@ -170,7 +170,7 @@ def read_header(path: str | os.PathLike) -> tuple[ModelConfig, Vocab, ModelMeta,
     """(config, vocabulary, meta, tone table) of a checkpoint, read without torch (fast)."""
     path = Path(path)
     if not path.is_file():
-        raise _missing(path)
+        raise missing(path)
     try:
         with zipfile.ZipFile(path) as archive:
             name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
@@ -179,6 +179,6 @@ def read_header(path: str | os.PathLike) -> tuple[ModelConfig, Vocab, ModelMeta,
             TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError):
         raise CheckpointError(f"{path} is not a readable poetgen checkpoint: pass a file that `poetgen train` "
                               "wrote") from None
-    payload = _validate_payload(path, payload)
-    config, vocab, meta = _parts(path, payload)
+    payload = validate_payload(path, payload)
+    config, vocab, meta = parse_parts(path, payload)
     return config, vocab, meta, payload.get("tones")

@@ -157,7 +157,7 @@ def test_prepared_streams_decode_to_the_poems(prepared):
         assert len(poems) == meta["poems"][split]
         expected = []
         for p in poems:
-            expected.extend(corpus.record_ids(vocab, p, meta["poets"] if split == "train" else None))
+            expected.extend(corpus.encode_poem(vocab, p, meta["poets"] if split == "train" else None))
         assert stream.tolist() == expected
     assert sum(meta["poems"].values()) == 400
     assert all(detect_form(p.body) != "other" for p in corpus.iter_poems(prepared, "train"))

@@ -49,7 +49,7 @@ def test_stop_signals_save_last_pt_and_the_run_resumes(prepared, tmp_path, monke
     out = tmp_path / "run dir"
     found = signal_at_step(monkeypatch, sig, 7)
     result = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "100000", *TINY_RUN)
-    assert found == ["_StopRequest._handle"], found
+    assert found == ["StopRequest._handle"], found
     assert result.exit_code == 130, result.stderr
     assert "Traceback" not in result.stderr and "Resume with: poetgen train --out" in result.stderr
     assert f"stopped by {signal.Signals(sig).name} at step 7" in result.stderr and "--data-dir" in result.stderr
@@ -108,7 +108,7 @@ def test_a_second_signal_neither_cuts_the_step_nor_the_save(monkeypatch, prepare
 
     monkeypatch.setattr(train.Trainer, "save_last", signal_again_then_save)
     result = cli("train", "--out", str(out), "--data-dir", str(prepared), "--max-steps", "100000", *TINY_RUN)
-    assert found == ["_StopRequest._handle"] and result.exit_code == 130, result.stderr
+    assert found == ["StopRequest._handle"] and result.exit_code == 130, result.stderr
     assert "stopped by SIGINT at step 7" in result.stderr
     assert checkpoint.read(out / "last.pt").train_state["step"] == 7
 

@@ -187,7 +187,7 @@ def test_pruning_ranks_what_is_written_so_far_with_the_critic_and_usage(tiny_mod
 def test_the_critic_travels_in_the_checkpoint_and_score_logprob_ignores_it(tiny_checkpoint, tmp_path):
     torch.manual_seed(2)
     critic = Critic(CriticConfig(vocab_size=len(VOCAB), dim=8, channels=8, hidden=8))
-    with_critic = checkpoint.attach_rerank(tiny_checkpoint, tmp_path / "ranked.pt",
+    with_critic = checkpoint.attach_critic(tiny_checkpoint, tmp_path / "ranked.pt",
                                            Reranker(critic, VOCAB, 5.0).to_payload())
     reranker = with_critic.reranker()
     assert reranker is not None and reranker.weight == 5.0 and checkpoint.read(tiny_checkpoint).reranker() is None
@@ -213,7 +213,7 @@ def test_the_critic_travels_in_the_checkpoint_and_score_logprob_ignores_it(tiny_
 def test_info_names_the_usage_tables(tiny_checkpoint, tmp_path):
     usage = {"wujue": {"甲": 1.0, "乙": -1.0}, "qilv": {}}
     payload = Reranker(favouring().critic, VOCAB, 1.0, usage=usage).to_payload()
-    checkpoint.attach_rerank(tiny_checkpoint, tmp_path / "used.pt", payload)
+    checkpoint.attach_critic(tiny_checkpoint, tmp_path / "used.pt", payload)
     result = runner.invoke(app, ["info", "-c", str(tmp_path / "used.pt")])
     assert result.exit_code == 0, result.output
     critic_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("critic:"))

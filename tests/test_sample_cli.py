@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -139,7 +138,7 @@ def test_cli_no_prune_writes_the_best_of_all_candidates(ckpt):
     full, pruned = records("--no-prune"), records()
     assert [r["text"] for r in full] == best
     assert all(r["prune"] is False for r in full) and all(r["prune"] is True for r in pruned)
-    assert all(r["prune"] is False for r in records("--best-of", "3"))  # under sample.PRUNE_MIN: nothing pruned
+    assert all(r["prune"] is False for r in records("--best-of", "3"))  # under sample.CUT_MIN: nothing pruned
     assert all(r["text"] in {c.body for c in every[i * 8:(i + 1) * 8]} for i, r in enumerate(pruned))
 
 
@@ -233,5 +232,5 @@ def test_the_bar_hears_each_character_and_each_batch(monkeypatch):
         yield ["poem 1"]
 
     monkeypatch.setattr(command, "StageProgress", Recorder)
-    command._write_batches(batches, lambda batch, start: "", "text", None, Path("model.pt"), "drawing", 2, True)
+    command._write_batches(batches, lambda batch, start: "", "text", None, "drawing", 2, True)
     assert calls == [(0, 2), (0.7, 2), (1, 2), (1.4, 2), (pytest.approx(1.999), 2), (2, 2)]

@@ -1,9 +1,9 @@
-"""Fit the usage table of a model's reranker, and write the model with it (poetgen/rerank.py, fit_usage).
+"""Fit the usage table of a model's reranker, and write the model with it (poetgen/critic_fit.py, fit_usage).
 
 Best-of-N picks the candidate of highest log-probability plus critic; the critic, taught on the
 model's own samples, penalizes what those overuse, and picking by it overshoots: the picked poems hold
 the words poets use every day (不 一 知 何 相) far less often than poets do. The usage table gives each
-character that at least rerank.USAGE_MIN_SHARE of a form's real poems hold a weight, added to a
+character that at least critic_fit.USAGE_MIN_SHARE of a form's real poems hold a weight, added to a
 candidate's score when it holds the character, fitted so that the picked poems hold it as often as
 the train split's poems of that form do.
 
@@ -132,7 +132,7 @@ def main() -> None:
     figures = {**reranker.figures.get("usage", {}), **figures}  # forms not fitted now keep theirs
     out = Reranker(reranker.critic, ckpt.vocab, reranker.weight, {**reranker.figures, "usage": figures}, usage)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.attach_rerank(args.checkpoint, args.output, out.to_payload())
+    checkpoint.attach_critic(args.checkpoint, args.output, out.to_payload())
     log(f"wrote {args.output}")
     print(json.dumps(figures, ensure_ascii=False))
 

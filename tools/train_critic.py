@@ -9,7 +9,7 @@ The recipe of the shipped critic:
 3. The critic trains for --epochs; the epoch of best val AUC (val-split real poems against held-out
    negatives) is kept.
 4. The weight of the critic beside the mean log-probability is chosen on val: the one that best ranks
-   real val poems above held-out negatives, per form (rerank.choose_weight).
+   real val poems above held-out negatives, per form (critic_fit.choose_weight).
 5. The output is the checkpoint as it was, plus the critic and its figures (written atomically).
 
     python tools/train_critic.py -c checkpoints/poetgen-default.pt --negatives runs/neg/*.jsonl \\
@@ -117,7 +117,7 @@ def main() -> None:
                         for f in FORMS}})
     reranker = Reranker(critic, vocab, weight, {k: v for k, v in figures.items() if k != "history"})
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.attach_rerank(args.checkpoint, args.output, reranker.to_payload())
+    checkpoint.attach_critic(args.checkpoint, args.output, reranker.to_payload())
     log(f"wrote {args.output} in {time.time() - started:.0f} s")
     print(json.dumps(figures, ensure_ascii=False))
 

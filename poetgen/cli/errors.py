@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from ..errors import PoetgenError, UsageError
+from ..errors import PoetgenError
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -73,16 +73,13 @@ def write_stdout(text: str) -> bool:
         raise fail("stdout is closed: redirect it to a file or drop `>&-`", 1) from None
 
 
-def emit(text: str, output: Path | None = None, inputs: tuple[Path | None, ...] = ()) -> None:
+def emit(text: str, output: Path | None = None) -> None:
     """Send a command's output to --output (safely) or stdout."""
     if output is None:
         write_stdout(text)
         return
-    from ..paths import same_file, write_output
+    from ..paths import write_output
 
-    for path in inputs:
-        if path is not None and same_file(path, output):
-            raise UsageError(f"--output {output} is also an input of this command: choose another path")
     write_output(output, text)
 
 

@@ -1,5 +1,6 @@
 """The options several commands share, declared once as `Annotated` types, and the helpers that
-declare the rest. An option that takes one of a few names gets them from the tuples in config.py:
+declare the rest. An option that takes one of a few names gets them from the tuples of config.py,
+sample/request.py and text.py:
 --help shows them, the shell completes them, and a bad one is refused before anything loads."""
 
 from __future__ import annotations

@@ -295,11 +295,11 @@ def activations_html(unit: str, chars: list[str], acts: list[float]) -> str:
             f"<p style='font-size:28px;line-height:1.6'>{''.join(spans)}</p>\n")
 
 
-def poem_record(poem, index: int, sampler) -> dict:
-    """The JSON record of one poem (`--format json|jsonl`), poem `index` of the sampler's request."""
+def poem_record(poem, sampler) -> dict:
+    """The JSON record of one poem of the sampler's request (`--format json|jsonl`)."""
     opts = sampler.options
     return {"text": poem.body, "lines": poem.lines, "title": poem.title, "prompt": opts.prompt, "seed": opts.seed,
-            "index": index, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
+            "index": poem.index, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
             "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
             "logprob": round(poem.logprob, 4), "score": round(poem.score, 4), "best_of": poem.candidates,
             "prune": sampler.pruned(poem), "strict": sampler.request.verse.strict, "chars": len(poem.body),
@@ -310,4 +310,4 @@ def render_poems(sampler, fmt: str, batch: list, start: int) -> str:
     """A batch of the sampler's poems (from poem `start`) as `--format` writes them."""
     if fmt == "text":
         return poems_text(batch, start)
-    return poem_records([poem_record(p, start + i, sampler) for i, p in enumerate(batch)], fmt)
+    return poem_records([poem_record(p, sampler) for p in batch], fmt)

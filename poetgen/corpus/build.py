@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from ..glyphs import KINDS, LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, in_gb2
 from ..text import converter, is_han
 from ..vocab import MIN_COUNT, Vocab
 from .clean import (
-    PING,
-    ZE,
     Poem,
     Progress,
     clean_poems,
@@ -39,8 +36,9 @@ from .store import (
     SONG,
     SONG_FILES,
     SPLITS,
-    _install,
     corpus_lock,
+    count_tones,
+    install,
 )
 
 
@@ -132,7 +130,7 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     meta.update(source={"package": PACKAGE, "version": VERSION, "integrity": verified}, script=script,
                 min_count=min_count, poems_read=sum(len(v) for v in raw_poems.values()), poets=known_poets)
     meta[SONG] = song_meta
-    _install(data_dir, outputs, (json.dumps(dict(sorted(meta.items(), key=lambda kv: _META_ORDER.index(kv[0]))),
+    install(data_dir, outputs, (json.dumps(dict(sorted(meta.items(), key=lambda kv: _META_ORDER.index(kv[0]))),
                                             ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     return BuildResult(data_dir, meta, dropped)
 
@@ -157,11 +155,11 @@ def _split(poems: list[Poem]) -> dict[str, list[Poem]]:
 def _write_split(outputs: dict[str, bytes], name: str, poems: list[Poem], vocab: Vocab, rule: plan.KeywordRule,
                  known_poets: dict | None) -> np.ndarray:
     """Plan each poem, and put the split's token stream ({name}.bin) and poems (poems.{name}.jsonl) into
-    `outputs`; returns the stream. `known_poets` as record_ids takes it."""
+    `outputs`; returns the stream. `known_poets` as encode_poem takes it."""
     ids: list[int] = []
     for poem in poems:
         poem.plan = rule.plan(poem.body)
-        ids.extend(record_ids(vocab, poem, known_poets))
+        ids.extend(encode_poem(vocab, poem, known_poets))
     stream = np.asarray(ids, dtype=np.uint16)
     outputs[f"{name}.bin"] = stream.tobytes()
     outputs[f"poems.{name}.jsonl"] = "".join(p.to_json() + "\n" for p in poems).encode("utf-8")
@@ -193,7 +191,7 @@ def _meta(splits: dict[str, list[Poem]], streams: dict[str, np.ndarray], vocab: 
     }
 
 
-def record_ids(vocab: Vocab, poem: Poem, known_poets: dict | None) -> list[int]:
+def encode_poem(vocab: Vocab, poem: Poem, known_poets: dict | None) -> list[int]:
     """The tokens of a poem's record: a train record (`known_poets` given) carries its poet (if known) and
     its plan, each in its share of the records (plan.carries); the others carry neither."""
     if known_poets is None:
@@ -264,14 +262,3 @@ def glyph_counts(normalizer: Normalizer | None, vocab: Vocab) -> dict:
             if pairs_group:
                 out[pairs_group][kind] += 1
     return out
-
-
-def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
-    """{char: [平 count, 仄 count]} from the (body, tones) pairs of cleaned poems."""
-    counts: dict[str, list[int]] = {}
-    for body, tones in pairs:
-        for ch, t in zip(body, tones, strict=False):
-            if t == PING or t == ZE:
-                c = counts.setdefault(ch, [0, 0])
-                c[0 if t == PING else 1] += 1
-    return dict(sorted(counts.items()))

@@ -16,22 +16,12 @@ import numpy as np
 from ..errors import CorpusError, UsageError
 from ..paths import exclusive_lock
 from ..text import is_han
-from .clean import (
-    Poem,
-)
+from .clean import PING, ZE, Poem
 
 SONG = "song"  # its split: training data only, never validation or test
-
-
 SONG_FILES = (f"{SONG}.bin", f"poems.{SONG}.jsonl", f"{SONG}.glyphs.tsv")
-
-
 SPLITS = ("train", "val", "test")
-
-
 CORPUS_FORMAT = 2  # of the prepared corpus (meta.json); checkpoints have their own
-
-
 GLYPHS_FILE = "glyphs.tsv"  # every glyph normalization made, for a reader to audit
 
 
@@ -41,7 +31,7 @@ def corpus_lock(data_dir: Path):
                                                 f"{data_dir}: wait for it"))
 
 
-def _install(data_dir: Path, outputs: dict[str, bytes], meta: bytes) -> None:
+def install(data_dir: Path, outputs: dict[str, bytes], meta: bytes) -> None:
     """Put a built corpus in place all or nothing: every file is written and fsynced in a staging
     folder first, then a READY manifest; meta.json, the manifest readers check, is removed before the
     first file moves in and written after the last. A kill before READY leaves the old corpus as it
@@ -181,6 +171,17 @@ def count_doubles(bodies: Iterable[str]) -> dict[str, int]:
         for a, b in zip(body, body[1:], strict=False):
             if a == b and is_han(a):
                 counts[a] += 1
+    return dict(sorted(counts.items()))
+
+
+def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
+    """{char: [平 count, 仄 count]} from the (body, tones) pairs of cleaned poems."""
+    counts: dict[str, list[int]] = {}
+    for body, tones in pairs:
+        for ch, t in zip(body, tones, strict=False):
+            if t == PING or t == ZE:
+                c = counts.setdefault(ch, [0, 0])
+                c[0 if t == PING else 1] += 1
     return dict(sorted(counts.items()))
 
 

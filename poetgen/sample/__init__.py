@@ -1,4 +1,4 @@
-"""Sampling poems: the request and its one validation (request), the draw of each next token (draw),
+"""Sampling poems: the request and its one validation (request), the choice of each next token (choice),
 the decoding loops (decode), best-of-N's scores, cuts and pick (rank), and the Sampler that puts a
 request and a loaded model together (session).
 

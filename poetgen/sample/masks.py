@@ -280,11 +280,11 @@ def _first_conflict(template: Template, opts: SampleOptions, masks: ProsodyMasks
 def verse_rules(opts: SampleOptions, masks: ProsodyMasks, rhyme: bool = True, strict: bool = False,
                 template_key: str | None = None, rhyme_char: str | None = None) -> VerseRules | None:
     """The rules of verse for options in the model's script: None for free form, which has none
-    (config.sample_request refuses --strict and --rhyme without a fixed form). Raises UsageError when
+    (sample_request refuses --strict and --rhyme without a fixed form). Raises UsageError when
     the rhyme character or the given characters leave nothing to draw."""
     if opts.form is None:
         if strict or rhyme_char:
-            raise ValueError("rules of verse need a fixed form: check the request with config.sample_request")
+            raise ValueError("rules of verse need a fixed form: check the request with sample_request")
         return None
     group = find_group(masks.rhymes, rhyme_char) if rhyme_char else None
     if group is not None and not bool(masks.groups[masks.group_index(group)].any()):

@@ -69,7 +69,7 @@ class Sampler:
         self.request = request
         self.checkpoint = ckpt
         self.options = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
-        self.rules = verse_rules(ckpt, self.options, request.verse)
+        self.rules = rules_for(ckpt, self.options, request.verse)
         reranker = ckpt.reranker() if self.options.score == "critic" and self.options.form is not None else None
         self.generator = Generator(ckpt.model, ckpt.vocab, ckpt.meta.script, int8=int8, reranker=reranker)
 
@@ -87,15 +87,14 @@ class Sampler:
         return pruned(self.options, poem.candidates)
 
 
-def verse_rules(ckpt, opts: SampleOptions, verse: VerseOptions) -> VerseRules | None:
+def rules_for(ckpt, opts: SampleOptions, verse: VerseOptions) -> VerseRules | None:
     """The rules of verse the request asks for, from the checkpoint's tone table and the rhyme table of
     its script: None in free form or under --no-rhyme."""
     if opts.form is None or (verse.no_rhyme and not verse.strict):
         return None
     from .. import prosody
     from ..errors import UsageError
-    from .masks import ProsodyMasks
-    from .masks import verse_rules as rules_of_verse
+    from .masks import ProsodyMasks, verse_rules
 
     if ckpt.tones is None and verse.strict:
         raise UsageError(f"{ckpt.path} has no tone table, which --strict needs: export it again with "
@@ -104,5 +103,5 @@ def verse_rules(ckpt, opts: SampleOptions, verse: VerseOptions) -> VerseRules | 
     masks = ProsodyMasks(ckpt.vocab, prosody.ToneTable.from_counts(ckpt.tones or {}),
                          prosody.load_rhymes(script or "simplified"), ckpt.doubles)
     rhyme_char = to_script(verse.rhyme.strip(), script) if verse.rhyme else None
-    return rules_of_verse(opts, masks, rhyme=not verse.no_rhyme, strict=verse.strict, template_key=verse.template,
+    return verse_rules(opts, masks, rhyme=not verse.no_rhyme, strict=verse.strict, template_key=verse.template,
                        rhyme_char=rhyme_char)

@@ -14,7 +14,7 @@ import torch
 from .. import checkpoint
 from ..checkpoint import Checkpoint, ModelMeta
 from ..errors import PoetgenError, UsageError
-from .state import RunState, TrainingDiverged, _rng_state, _set_rng_state
+from .state import RunState, TrainingDiverged, rng_state, set_rng_state
 
 
 class RunFiles:
@@ -31,7 +31,7 @@ class RunFiles:
         meter = self._meter
         saved = RunState.of(self.position, train_config=asdict(self.cfg), schedule_steps=self.schedule.total_steps,
                             schedule_minutes=self.schedule.total_minutes, optimizer=self.optimizer.state_dict(),
-                            rng=_rng_state(self.device),
+                            rng=rng_state(self.device),
                             meter={"loss_sum": meter.loss_sum, "steps": meter.steps} if meter and meter.steps
                             else None)
         checkpoint.save(path, self.model, self.vocab, run_meta(self), tones=self.tones, doubles=self.doubles,
@@ -50,7 +50,7 @@ class RunFiles:
         try:
             checkpoint.load_weights(self.model, ckpt.state_dict)
             self.optimizer.load_state_dict(saved.optimizer)
-            _set_rng_state(saved.rng, self.device)
+            set_rng_state(saved.rng, self.device)
             self.position = saved.position(self.model_config.cell == "lstm", self.device)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError):
             raise PoetgenError(f"{ckpt.path} has a damaged training state: resume from another copy, or start "

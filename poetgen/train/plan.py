@@ -1,5 +1,5 @@
-"""Planning a run from what the user asked for (no side effects: nothing is written), and the use
-case of `poetgen train`: the run's lock, its plan, its corpus and its trainer, in one call."""
+"""Planning a run from what the user asked for (plan_run writes nothing), and the use case of
+`poetgen train` (train_run): the run's lock, its plan, its corpus and its trainer, in one call."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
     Model options are ModelConfig fields, the rest TrainConfig fields. A fresh run takes the preset's
     shape with the given overrides; --init-from takes the checkpoint's shape; --resume takes everything
     from last.pt and applies only the budget options (TrainConfig.RESUMABLE), refusing any other change."""
-    for stale in out.glob(".*.pt.*.tmp"):  # a save cut short by a kill (the caller holds the run lock)
-        stale.unlink(missing_ok=True)
+    if given.get("init_from") is not None:  # as last.pt stores it, whatever the caller passed
+        given = {**given, "init_from": str(given["init_from"])}
     if resume:
         return _plan_resume(out, given, preset)
     if (out / "last.pt").exists() or (out / "best.pt").exists():
@@ -51,7 +51,6 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
             raise UsageError("--init-from takes the model's shape from the checkpoint: drop --preset, --cell, "
                              "--emb-size, --hidden-size, --layers and --untied")
         init_checkpoint = _init_checkpoint(Path(train_given["init_from"]))
-        train_given["init_from"] = str(train_given["init_from"])
         base = init_checkpoint.config.to_dict()
     else:
         preset = preset or DEFAULT_PRESET
@@ -112,6 +111,8 @@ def train_run(out: Path, data_dir: Path, given: dict, *, resume: bool = False, p
     meta = corpus.load_meta(data_dir)
     vocab = Vocab.load(data_dir / "vocab.json")
     with run_lock(out):
+        for stale in out.glob(".*.pt.*.tmp"):  # a save a kill cut short
+            stale.unlink(missing_ok=True)
         with loading or nullcontext():
             plan = plan_run(out, vocab, given, resume=resume, preset=preset)
             train_stream = corpus.load_train(data_dir, plan.train_config.train_split, meta=meta)

@@ -40,20 +40,20 @@ def run_lock(out: Path):
                                          "another --out"))
 
 
-def _rng_state(device: torch.device) -> dict:
+def rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class _StopRequest:
+class StopRequest:
     """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop checks between steps (and a validation checks as
     it goes), so the state saved is always that of a finished step. Signals after the first are
     counted and otherwise ignored: a second Ctrl-C must not cut a step or the save of last.pt in half.
@@ -85,7 +85,7 @@ class _StopRequest:
 
 
 @dataclass
-class _Meter:
+class Meter:
     """The train loss and throughput since the last log line, and the figures that line reported."""
 
     origin: float  # perf_counter() less the seconds trained before: the run's elapsed time is now - origin

@@ -30,11 +30,11 @@ from ..vocab import Vocab
 from .files import RunFiles, run_meta, software
 from .setup import check_streams, make_optimizer, negative_sampler, sampled_softmax_warning, warm_start
 from .state import (
+    Meter,
     Position,
+    StopRequest,
     TrainingDiverged,
     TrainingInterrupted,
-    _Meter,
-    _StopRequest,
     run_lock,
 )
 
@@ -91,8 +91,8 @@ class Trainer(RunFiles):
         self.position = Position()
         self.last_val: dict | None = None
         self.eval_seconds = 0.0  # how long the last validation took
-        self._stop: _StopRequest | None = None  # while run() runs
-        self._meter: _Meter | None = None  # while run() runs: what last.pt saves of the loss since the last log
+        self._stop: StopRequest | None = None  # while run() runs
+        self._meter: Meter | None = None  # while run() runs: what last.pt saves of the loss since the last log
         self._meter_carry: dict | None = None  # from last.pt on --resume
 
     @property
@@ -165,7 +165,7 @@ class Trainer(RunFiles):
         """Train until the budget is spent or early stopping; return the summary. A stop signal
         (SIGINT, SIGTERM, SIGHUP) saves last.pt after the current step and raises TrainingInterrupted."""
         self.out.mkdir(parents=True, exist_ok=True)
-        with run_lock(self.out), _StopRequest() as stop:
+        with run_lock(self.out), StopRequest() as stop:
             refuse_a_finished_run(self)
             self._stop = stop
             try:
@@ -174,12 +174,12 @@ class Trainer(RunFiles):
             finally:
                 self._stop = None
 
-    def _run(self, on_step, stop: _StopRequest) -> dict:
+    def _run(self, on_step, stop: StopRequest) -> dict:
         """A validation a stop signal cut short, then training, then a last validation unless the last
         step had one; last.pt saved and TrainingInterrupted on a stop signal."""
         self.model.train()
         at, now = self.position, time.perf_counter()
-        meter = self._meter = _Meter(origin=now - at.elapsed, since=now)
+        meter = self._meter = Meter(origin=now - at.elapsed, since=now)
         if self._meter_carry:
             meter.loss_sum, meter.steps = float(self._meter_carry["loss_sum"]), int(self._meter_carry["steps"])
             self._meter_carry = None
@@ -197,11 +197,11 @@ class Trainer(RunFiles):
             why = f"stopped by {stop.signal_name}" if stop.signal_name else "interrupted"
             raise TrainingInterrupted(f"{why} at step {at.step}; saved {path}. Resume with: "
                                       f"{self.resume_command()}") from None
-        end = ended_event(self, stop_reason, meter.train_loss)
+        end = close_run(self, stop_reason, meter.train_loss)
         self._emit(end)
         return end.summary()
 
-    def _train(self, meter: _Meter, on_step, stop: _StopRequest) -> str:
+    def _train(self, meter: Meter, on_step, stop: StopRequest) -> str:
         """Train window after window until the budget is spent or early stopping says stop (the reason
         returned); KeyboardInterrupt on a stop signal, between steps."""
         at = self.position
@@ -274,8 +274,8 @@ def started_event(trainer: Trainer) -> RunStarted:
                       val_ppl=val["record"]["perplexity"] if val and "record" in val else None)
 
 
-def ended_event(trainer: Trainer, stop_reason: str, train_loss: float) -> RunEnded:
-    """The event that closes a run, after a note when its budget bought no model."""
+def close_run(trainer: Trainer, stop_reason: str, train_loss: float) -> RunEnded:
+    """Close a run: a note when its budget bought no model; the event that ends it."""
     at, vocab = trainer.position, trainer.vocab
     if math.isfinite(at.best_val) and perplexity(at.best_val) > 0.25 * len(vocab):
         trainer._note(f"warning: this budget bought {at.step:,} steps and a val perplexity of "
@@ -301,7 +301,7 @@ def out_of_budget(trainer: Trainer) -> str | None:
     return None
 
 
-def report(trainer: Trainer, meter: _Meter, lr: float, now: float) -> None:
+def report(trainer: Trainer, meter: Meter, lr: float, now: float) -> None:
     """A log line every log_every steps (and at each validation step), a tick at most every 0.5 s."""
     at = trainer.position
     if at.step % trainer.cfg.log_every == 0 or at.step % trainer.cfg.eval_every == 0:

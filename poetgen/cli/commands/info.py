@@ -1,4 +1,4 @@
-"""`poetgen info` (a model's card) and `poetgen export` (a trained model made into one to ship)."""
+"""`poetgen info`: a model's card."""
 
 from __future__ import annotations
 

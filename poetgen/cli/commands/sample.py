@@ -82,8 +82,6 @@ def sample_cmd(
 ) -> None:
     """Write poems. Poems go to stdout, one line per verse line, a blank line between poems; the title
     (the model's, or the one given) comes first, in 《》."""
-    from ...sample import sample_request
-
     words = {k: v for k, v in ctx.params.items() if k in REQUEST_WORDS}
     request = sample_request(**words, prune=not no_prune)
     path = checkpoint_path or default_checkpoint()  # read without torch
@@ -100,7 +98,7 @@ def sample_cmd(
     if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
         _stream(sampler)
     else:
-        _write_batches(sampler.stream, partial(render_poems, sampler, fmt), fmt, output, path,
+        _write_batches(sampler.stream, partial(render_poems, sampler, fmt), fmt, output,
                        f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
     if seed is None:  # a drawn seed, once the poems are out: with it the poems can be made again
         typer.echo(f"seed {sampler.options.seed} (--seed {sampler.options.seed} makes these poems again)", err=True)
@@ -123,8 +121,7 @@ def _stream(sampler) -> None:
     write_stdout("\n" if poems[0].body and poems[0].body[-1] not in LINE_END else "")
 
 
-def _write_batches(batches, render, fmt: str, output: Path | None, checkpoint_path: Path, stage: str, num: int,
-                   show: bool) -> None:
+def _write_batches(batches, render, fmt: str, output: Path | None, stage: str, num: int, show: bool) -> None:
     """Write each batch of `batches(tick)` as it comes (stdout, text or jsonl), or all at the end (json,
     or --output); `tick(poems)` moves the progress bar while a batch is drawn."""
     parts, done = [], 0
