@@ -398,3 +398,21 @@ def test_train_cli_then_eval_cli(prepared, tmp_path):
     assert json.loads(ev.stdout)["unknown"] >= 1
     both = runner.invoke(app, ["eval", "--checkpoint", str(out / "best.pt")])
     assert both.exit_code == 2 and "exactly one" in both.stderr
+
+
+def test_resume_takes_the_runs_own_init_from_again(prepared, tmp_path):
+    """--resume may repeat the --init-from the run started with (the path compared as last.pt stores it),
+    and refuses another."""
+    from cli_helpers import TINY_RUN, cli
+
+    assert cli("train", "--out", str(tmp_path / "a"), "--max-steps", "2", "--data-dir", str(prepared),
+               *TINY_RUN).exit_code == 0
+    base = ["--data-dir", str(prepared), "--batch-size", "4", "--bptt", "8", "--eval-every", "100000"]
+    start = ["train", "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a" / "best.pt"), *base]
+    assert cli(*start, "--max-steps", "2").exit_code == 0
+    again = cli(*start, "--resume", "--max-steps", "4")
+    assert again.exit_code == 0, again.stderr
+    assert checkpoint.read(tmp_path / "b" / "last.pt").meta.step == 4
+    other = cli("train", "--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "b" / "last.pt"), *base,
+                "--resume", "--max-steps", "6")
+    assert other.exit_code == 2 and "--init-from cannot change on --resume" in other.stderr
