@@ -52,7 +52,7 @@ def best_time(fn, repeats: int) -> float:
 
 
 def measure(loaded, int8: bool, repeats: int) -> dict:
-    sampler = Sampler(loaded, sample_request(title="", max_chars=400, best_of=1), int8=int8)
+    sampler = Sampler(loaded, sample_request(title="春", max_chars=400, best_of=1), int8=int8)
     free, free_opts, _ = sampler.generator, sampler.options, sampler.rules
     free.generate(replace(free_opts, seed=10_000))  # warm: the first layer's table fills as characters come
     chars, seconds = 0, 0.0

@@ -217,6 +217,8 @@ def read(path: str | os.PathLike) -> Checkpoint:
             reranker = Reranker.from_payload(critic, vocab)
         except ValueError as e:
             raise damaged(path, str(e)) from None
+        except (TypeError, KeyError, AttributeError, RuntimeError):  # a config or weight of the wrong kind
+            raise damaged(path, "its critic is malformed") from None
     return Checkpoint(path, config, vocab, meta, payload.get("tones"), payload["state_dict"], train_state,
                       payload["format_version"], critic_payload=critic, _reranker=reranker,
                       doubles=payload.get("doubles"))

@@ -167,10 +167,14 @@ class TrainConfig:
         if self.lr is not None:
             _positive(self.lr, "lr")
         _positive(self.clip, "clip")
-        for name in ("weight_decay", "min_lr_ratio", "lr_decay"):
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay must be a number ≥ 0, got {self.weight_decay}")
+        for name in ("min_lr_ratio", "lr_decay"):  # shares of the peak rate: a rate that grows is no decay
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a number ≥ 0, got {value}")
+            low_ok = value >= 0 if name == "min_lr_ratio" else value > 0
+            if not (math.isfinite(value) and low_ok and value <= 1):
+                bound = "[0, 1]" if name == "min_lr_ratio" else "(0, 1]"
+                raise UsageError(f"--{name.replace('_', '-')} must be in {bound}, got {value}")
         if not isinstance(self.sampled_softmax, int) or self.sampled_softmax < 0:
             raise UsageError(f"--sampled-softmax must be 0 (off) or a number of negatives, got {self.sampled_softmax}")
         if self.warmup_steps is not None and self.warmup_steps < 0:

@@ -12,7 +12,9 @@ class CorpusError(PoetgenError):
 
 
 class CheckpointError(PoetgenError):
-    """A checkpoint is missing, foreign, corrupted or from a newer format."""
+    """A checkpoint is missing, foreign, corrupted or from a newer format: bad input, as in `check`."""
+
+    exit_code = 2
 
 
 class UsageError(PoetgenError):

@@ -69,7 +69,7 @@ def read_text_file(path: str | os.PathLike, option: str = "--file") -> str:
         return "".join(iter_lines(None, option))
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is not text
     except FileNotFoundError:
         raise UsageError(f"{option} {path}: no such file") from None
     except IsADirectoryError:
@@ -91,7 +91,7 @@ def iter_lines(path: str | os.PathLike | None = None, option: str = "--file") ->
         if not Path(path).exists() or Path(path).is_dir():
             read_text_file(path, option)  # raises the message for what it is instead (a pipe is read below)
         source = f"{option} {path}"
-        opener = lambda: open(path, encoding="utf-8")  # noqa: E731, SIM115
+        opener = lambda: open(path, encoding="utf-8-sig")  # noqa: E731, SIM115 - a byte-order mark is not text
     else:
         stdin = sys.stdin
         if stdin is None or getattr(stdin, "closed", False):
@@ -99,7 +99,7 @@ def iter_lines(path: str | os.PathLike | None = None, option: str = "--file") ->
         if stdin.isatty():
             raise UsageError("no input given: pass it as an argument, with --file, or on stdin")
         source = "stdin"
-        opener = lambda: io.TextIOWrapper(getattr(stdin, "buffer", stdin), encoding="utf-8")  # noqa: E731
+        opener = lambda: io.TextIOWrapper(getattr(stdin, "buffer", stdin), encoding="utf-8-sig")  # noqa: E731
     try:
         with opener() as f:
             yield from f

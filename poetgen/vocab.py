@@ -31,6 +31,9 @@ class Vocab:
             raise CorpusError(f"vocabulary must start with {', '.join(SPECIALS)}: rebuild it")
         if len(set(tokens)) != len(tokens):
             raise CorpusError("vocabulary has repeated tokens: rebuild it")
+        odd = next((t for t in tokens if not isinstance(t, str) or (len(t) != 1 and t not in MARKERS)), None)
+        if odd is not None:
+            raise CorpusError(f"vocabulary holds {odd!r}, which is not one character: rebuild it")
         self.tokens = list(tokens)
         self.stoi = {t: i for i, t in enumerate(self.tokens)}
         self.unk_id, self.bos_id, self.sep_id, self.eos_id = (self.stoi[s] for s in SPECIALS)

@@ -53,3 +53,16 @@ def test_a_huge_one_line_check_input_is_refused_without_reading_it_all_into_a_po
     big.write_text("春" * 2_000_000, encoding="utf-8")
     result = cli("check", "--file", str(big))
     assert result.exit_code == 2 and "separate poems by blank lines" in result.stderr
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path, tiny_checkpoint):
+    """A file saved with a UTF-8 byte-order mark reads as the same poems as one without."""
+    poems = f"{ALPHABET[0] * 5}，{ALPHABET[1] * 5}。\n"
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text(poems, encoding="utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + poems.encode("utf-8"))
+    a = cli("check", "-c", str(tiny_checkpoint), "--file", str(plain), "--json")
+    b = cli("check", "-c", str(tiny_checkpoint), "--file", str(marked), "--json")
+    assert a.stdout == b.stdout != "" and a.exit_code == b.exit_code
+    piped = cli("check", "-c", str(tiny_checkpoint), "--json", input=b"\xef\xbb\xbf" + poems.encode("utf-8"))
+    assert piped.stdout == a.stdout

@@ -23,6 +23,9 @@ def damaged_copies(tiny_checkpoint: Path, folder: Path) -> dict[str, Path]:
         "meta_type": {**base, "meta": {**base["meta"], "val": "fine", "step": "ten"}},
         "weights": {**base, "state_dict": {k: v[:1] for k, v in base["state_dict"].items()}},
         "missing": {k: v for k, v in base.items() if k != "vocab"},
+        "two_character_token": {**base, "vocab": [*base["vocab"][:-1], "春风"]},
+        "critic_wrong_type": {**base, "rerank": _critic(len(base["vocab"]), dropout="x")},
+        "critic_missing_key": {**base, "rerank": _critic(None)},
     }
     paths = {}
     for name, payload in kinds.items():
@@ -31,17 +34,25 @@ def damaged_copies(tiny_checkpoint: Path, folder: Path) -> dict[str, Path]:
     return paths
 
 
+def _critic(vocab_size: int | None, **config) -> dict:
+    """A critic entry whose config holds `config` (and a vocab_size unless None), without weights."""
+    size = {} if vocab_size is None else {"vocab_size": vocab_size}
+    return {"kind": "critic", "config": {**size, **config}, "state_dict": {}, "weight": 1.0}
+
+
 def test_damaged_checkpoints_are_one_line_everywhere(tiny_checkpoint, prepared, tmp_path):
     for kind, path in damaged_copies(tiny_checkpoint, tmp_path).items():
         for args in (["info", "-c", str(path)], ["info", "-c", str(path), "--json"],
                      ["sample", "-c", str(path), "--seed", "1"], ["check", "-c", str(path), "一二三"],
                      ["train", "--init-from", str(path), "--out", str(tmp_path / f"w-{kind}"), "--data-dir",
                       str(prepared), "--max-steps", "1"]):
-            if args[0] == "check" and kind in ("config", "weights"):
+            if args[0] == "check" and kind in ("config", "weights", "critic_wrong_type", "critic_missing_key"):
                 continue  # check reads the tone table only, which these leave intact
             result = runner.invoke(app, args)
             assert result.exit_code != 0, (kind, args, result.stdout)
             assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, (kind, args)
+            if kind.startswith(("critic", "two")):
+                assert "damaged" in result.stderr and result.exit_code == 2, (kind, args, result.stderr)
             assert result.stdout == "", (kind, args)
         run = tmp_path / f"r-{kind}"
         run.mkdir()

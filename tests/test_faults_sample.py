@@ -80,3 +80,25 @@ def test_too_many_poems_are_refused_before_loading(tiny_checkpoint, monkeypatch)
     monkeypatch.setattr(checkpoint, "load", no_loading)
     result = cli("sample", "-c", str(tiny_checkpoint), "--num", "100000")
     assert result.exit_code == 2 and one_line_error(result) and "--num" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--title", ""], "--title is empty"), (["--title", "   "], "--title is empty"),
+    (["--acrostic", "\u3000\u3000\u3000\u3000"], "--acrostic holds only spaces"),
+    (["--form", "qijue", "--rhyme", ""], "--rhyme is empty"),
+    (["--form", "qijue", "--strict", "--no-rhyme"], "--strict rhymes"),
+    (["--form", "qijue", "--max-chars", "3"], "--max-chars sets the length of a free-form poem")])
+def test_words_that_say_nothing_or_cannot_apply_are_refused(tiny_checkpoint, args, needle):
+    """A blank title, heads or rhyme, or a setting the form overrides, is one line and exit 2, not
+    silently dropped (the title line would be missing, the heads or the rhyme ignored)."""
+    result = cli("sample", "-c", str(tiny_checkpoint), *args)
+    assert result.exit_code == 2 and one_line_error(result) and needle in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_output_dash_is_stdout(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "1", "-o", "-")
+    plain = cli("sample", "-c", str(tiny_checkpoint), "--form", "wujue", "--seed", "1")
+    assert result.exit_code == 0 and result.stdout == plain.stdout != ""
+    assert not (tmp_path / "-").exists()

@@ -139,7 +139,9 @@ def test_stop_while_best_pt_is_written_keeps_best_and_last_agreeing(prepared, tm
 
 
 @pytest.mark.parametrize("args", [["--lr", "inf"], ["--lr", "nan"], ["--clip", "nan"], ["--weight-decay", "nan"],
-                                  ["--seed", str(2**64)], ["--max-minutes", "-1"], ["--batch-size", "0"]])
+                                  ["--seed", str(2**64)], ["--max-minutes", "-1"], ["--batch-size", "0"],
+                                  ["--min-lr-ratio", "2"], ["--optimizer", "sgd", "--lr-decay", "0"],
+                                  ["--optimizer", "sgd", "--lr-decay", "1.5"]])
 def test_impossible_training_values_are_refused_before_training(prepared, tmp_path, args):
     result = cli("train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--max-steps", "2",
                  *TINY_RUN, *args)

@@ -84,12 +84,16 @@ def test_cli_bad_inputs(ckpt, args, needle):
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
 
-def test_cli_missing_and_foreign_checkpoints(tmp_path):
+def test_cli_missing_and_foreign_checkpoints(tmp_path, prepared):
+    """A missing or foreign model is bad input: exit 2 in every command that reads one, as in check."""
     foreign = tmp_path / "foreign.pt"
     torch.save({"a": 1}, foreign)
     for path, needle in [(tmp_path / "none.pt", "no checkpoint"), (foreign, "not a poetgen checkpoint")]:
-        result = runner.invoke(app, ["sample", "-c", str(path)])
-        assert result.exit_code == 1 and needle in result.stderr and "Traceback" not in result.stderr
+        for args in (["sample", "-c", str(path)], ["info", "-c", str(path)], ["check", "-c", str(path), "一二三"],
+                     ["eval", "-c", str(path), "--split", "val", "--data-dir", str(prepared)],
+                     ["export", "-c", str(path), "-o", str(tmp_path / "out.pt"), "--no-test"]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 2 and needle in result.stderr and "Traceback" not in result.stderr, args
 
 
 def test_sample_device_cpu_is_the_default_and_an_absent_gpu_is_refused(ckpt, monkeypatch):

@@ -88,6 +88,7 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
     when none is given. Raises UsageError naming the first value no sampler can use, a verse option
     without what it needs, or text the form cannot hold. What depends on the model (its vocabulary,
     script and tone table) Sampler checks."""
+    check_given(title, acrostic, rhyme, form, max_chars)
     options = SampleOptions(
         prompt=full_width_marks(prompt.strip()),
         title=full_width_marks("".join(title.split())) if title is not None else None,
@@ -99,6 +100,19 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
     check_verse(options.form, verse)
     check_text(options)
     return SampleRequest(options, verse)
+
+
+def check_given(title: str | None, acrostic: str, rhyme: str | None, form: str, max_chars: int) -> None:
+    """Raise UsageError for words given but saying nothing (a blank title, heads or rhyme) and for a
+    length given to a form that has its own."""
+    if title is not None and not "".join(title.split()):
+        raise UsageError("--title is empty: give a title, or leave --title out and the model writes one")
+    if acrostic and not acrostic.strip():
+        raise UsageError("--acrostic holds only spaces: give the heads of the lines, e.g. 春夏秋冬")
+    if rhyme is not None and not rhyme.strip():
+        raise UsageError("--rhyme is empty: give a character of the rhyme group, e.g. 东")
+    if max_chars != SampleOptions.max_chars and get_form(form) is not None:
+        raise UsageError(f"--max-chars sets the length of a free-form poem; {form} has its own: drop --max-chars")
 
 
 def check_decoding(opts: SampleOptions) -> None:
@@ -134,6 +148,8 @@ def check_verse(form: Form | None, verse: VerseOptions) -> None:
         raise UsageError("--template needs --strict")
     if verse.rhyme and verse.no_rhyme:
         raise UsageError("--rhyme and --no-rhyme contradict each other: drop one")
+    if verse.strict and verse.no_rhyme:
+        raise UsageError("--strict rhymes by its rules: drop --no-rhyme (or --strict)")
     if verse.template:
         from ..prosody import get_template
 

@@ -84,6 +84,8 @@ def sample_cmd(
     (the model's, or the one given) comes first, in 《》."""
     words = {k: v for k, v in ctx.params.items() if k in REQUEST_WORDS}
     request = sample_request(**words, prune=not no_prune)
+    if output is not None and str(output) == "-":  # the usual name of stdout
+        output = None
     path = checkpoint_path or default_checkpoint()  # read without torch
     if output is not None and same_file(output, path):
         raise UsageError(f"--output {output} is the checkpoint: choose another path")
