@@ -65,6 +65,9 @@ def describe(ckpt: Checkpoint) -> dict:
                     f"double {ATTESTED_DOUBLE}+ times" if ckpt.doubles is not None else
                     "none: any character may be doubled (a file from before poetgen 0.4; `poetgen export` "
                     "with its corpus adds the table)"),
+        "plans": (f"writes a plan (a keyword a line) before a poem; knows {plural(len(m.poets or {}), 'poet')}"
+                  if ckpt.vocab.plans else "none: writes a poem straight after its title"),
+        "poets": sorted(m.poets or {}, key=lambda p: -m.poets[p]),
         "corpus": m.corpus_source,
         "corpus_hash": m.corpus_hash,
         "step": m.step,

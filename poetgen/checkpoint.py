@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ModelConfig, TrainConfig
-from .errors import CheckpointError, UsageError
+from .errors import BadCheckpoint, CheckpointError, UsageError
 from .paths import atomic_path, shipped_file
 from .payload import (
     FORMAT,
@@ -195,7 +195,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - the unpickler fails on foreign bytes in many ways
-        raise CheckpointError(f"{path} is not a readable poetgen checkpoint (not a file `poetgen train` wrote, "
+        raise BadCheckpoint(f"{path} is not a readable poetgen checkpoint (not a file `poetgen train` wrote, "
                               "or cut short): pass a file that `poetgen train` wrote") from None
     payload = validate_payload(path, payload)
     config, vocab, meta = parse_parts(path, payload)

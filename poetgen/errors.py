@@ -12,7 +12,12 @@ class CorpusError(PoetgenError):
 
 
 class CheckpointError(PoetgenError):
-    """A checkpoint is missing, foreign, corrupted or from a newer format: bad input, as in `check`."""
+    """A checkpoint could not be written or read."""
+
+
+class BadCheckpoint(CheckpointError):
+    """The checkpoint given is missing, foreign, damaged or of another format: bad input (exit 2), in
+    every command that reads one."""
 
     exit_code = 2
 

@@ -1,7 +1,7 @@
 """The checkpoint file's payload: its format and version, typed metadata, the checks every read makes,
 and `read_header`, which reads everything but the weights without torch (fast: `poetgen check`).
 
-Format 3 is written; format 2 files are read as well; an older file is refused with a CheckpointError
+Format 3 is written; format 2 files are read as well; an older file is refused with a BadCheckpoint
 that says so."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .errors import CheckpointError
+from .errors import BadCheckpoint
 from .vocab import Vocab
 
 FORMAT = "poetgen-checkpoint"
@@ -89,27 +89,27 @@ def unpack_tones(stored: Any) -> dict[str, list[int]] | None:
     return None
 
 
-def damaged(path: Path, what: str) -> CheckpointError:
-    return CheckpointError(f"{path} is damaged ({what}): train, export or download it again")
+def damaged(path: Path, what: str) -> BadCheckpoint:
+    return BadCheckpoint(f"{path} is damaged ({what}): train, export or download it again")
 
 
-def missing(path: Path) -> CheckpointError:
+def missing(path: Path) -> BadCheckpoint:
     if path.is_dir():
-        return CheckpointError(f"--checkpoint {path} is a folder: pass a .pt file (e.g. {path}/best.pt)")
-    return CheckpointError(f"no checkpoint at {path}: pass --checkpoint FILE (a poetgen .pt file)")
+        return BadCheckpoint(f"--checkpoint {path} is a folder: pass a .pt file (e.g. {path}/best.pt)")
+    return BadCheckpoint(f"no checkpoint at {path}: pass --checkpoint FILE (a poetgen .pt file)")
 
 
 def validate_payload(path: Path, payload: Any) -> dict:
     """The payload checked for consistency; CheckpointError otherwise."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a poetgen checkpoint: pass a file that `poetgen train` wrote")
+        raise BadCheckpoint(f"{path} is not a poetgen checkpoint: pass a file that `poetgen train` wrote")
     version = payload.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise damaged(path, "no format version")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} is from a newer poetgen (format {version}): upgrade poetgen")
+        raise BadCheckpoint(f"{path} is from a newer poetgen (format {version}): upgrade poetgen")
     if version < OLDEST_FORMAT:
-        raise CheckpointError(f"{path} is from an older poetgen (format {version}; this one reads formats "
+        raise BadCheckpoint(f"{path} is from an older poetgen (format {version}; this one reads formats "
                               f"{OLDEST_FORMAT} to {FORMAT_VERSION}): train or export the model again")
     for key in ("model_config", "state_dict", "vocab", "meta"):
         if key not in payload:
@@ -177,7 +177,7 @@ def read_header(path: str | os.PathLike) -> tuple[ModelConfig, Vocab, ModelMeta,
             payload = _HeaderUnpickler(io.BytesIO(archive.read(name))).load()
     except (OSError, zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError,
             TypeError, AttributeError, IndexError, KeyError, UnicodeDecodeError):
-        raise CheckpointError(f"{path} is not a readable poetgen checkpoint: pass a file that `poetgen train` "
+        raise BadCheckpoint(f"{path} is not a readable poetgen checkpoint: pass a file that `poetgen train` "
                               "wrote") from None
     payload = validate_payload(path, payload)
     config, vocab, meta = parse_parts(path, payload)

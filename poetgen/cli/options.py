@@ -267,3 +267,10 @@ ResumeOpt = Annotated[bool, flag("--resume", "Continue the run in --out from its
                                  "options --epochs, --max-steps, --max-minutes, --eval-every, --log-every, "
                                  "--patience may change).")]
 AsJsonOpt = Annotated[bool, json_option("Print a JSON summary on stdout at the end.")]
+AuthorOpt = Annotated[Optional[str], typer.Option(
+    "--author", help="Write in this poet's manner, e.g. 杜甫 (a model whose records name poets: `poetgen info` says "
+    "how many it knows).", show_default="none")]
+NoPlanOpt = Annotated[bool, flag("--no-plan", "Write the poem straight after the title, without first planning a "
+                                 "keyword for each line (a model that plans; others never do).")]
+ShowPlanOpt = Annotated[bool, flag("--show-plan", "Text output: the plan under the title, its keywords in 〔〕 (JSON "
+                                   "records always carry it).")]

@@ -163,8 +163,8 @@ def unknown_warning(result: dict) -> str | None:
 
 
 CARD_KEYS = ("checkpoint", "size_mb", "format_version", "architecture", "parameters", "vocab_size", "script",
-             "tone_table", "doubles", "corpus", "corpus_hash", "step", "val", "test", "trained", "device", "software",
-             "resumable", "critic")
+             "tone_table", "doubles", "plans", "corpus", "corpus_hash", "step", "val", "test", "trained", "device",
+             "software", "resumable", "critic")
 
 
 def model_card(card: dict) -> str:
@@ -198,9 +198,11 @@ def model_card(card: dict) -> str:
 # -- sample and check -----------------------------------------------------------------------------------
 
 
-def poems_text(batch, start: int) -> str:
-    """Poems one line per verse line, a blank line between poems, the title first in 《》."""
+def poems_text(batch, start: int, show_plan: bool = False) -> str:
+    """Poems one line per verse line, a blank line between poems, the title first in 《》 (and with
+    `show_plan` the plan under it, its keywords in 〔〕)."""
     return "".join(("\n" if start + i else "") + (f"《{p.title}》\n" if p.title else "")
+                   + (f"〔{'、'.join(p.plan)}〕\n" if show_plan and p.plan else "")
                    + "\n".join(p.lines) + "\n" for i, p in enumerate(batch))
 
 
@@ -300,14 +302,15 @@ def poem_record(poem, sampler) -> dict:
     opts = sampler.options
     return {"text": poem.body, "lines": poem.lines, "title": poem.title, "prompt": opts.prompt, "seed": opts.seed,
             "index": poem.index, "form": opts.form.key if opts.form else "free", "acrostic": opts.acrostic,
+            "author": opts.author, "plan": poem.plan,
             "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
             "logprob": round(poem.logprob, 4), "score": round(poem.score, 4), "best_of": poem.candidates,
             "prune": sampler.pruned(poem), "strict": sampler.request.verse.strict, "chars": len(poem.body),
             "checkpoint": str(sampler.checkpoint.path)}
 
 
-def render_poems(sampler, fmt: str, batch: list, start: int) -> str:
+def render_poems(sampler, fmt: str, show_plan: bool, batch: list, start: int) -> str:
     """A batch of the sampler's poems (from poem `start`) as `--format` writes them."""
     if fmt == "text":
-        return poems_text(batch, start)
+        return poems_text(batch, start, show_plan)
     return poem_records([poem_record(p, sampler) for p in batch], fmt)

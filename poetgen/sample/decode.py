@@ -18,6 +18,7 @@ from ..steppers import Int8Stepper, Stepper, int8_available
 from ..vocab import MAX_TITLE, Vocab
 from .choice import Chooser, Streams
 from .masks import VerseRules, token_class_masks
+from .planning import title_end, write_head
 from .rank import GeneratedPoem, best_so_far, score
 from .request import SampleOptions
 
@@ -42,11 +43,14 @@ class Decoder:
         self.title_row = len(TOKEN_CLASSES) + 1
         self.chooser = Chooser()
 
-    def _titles(self, opts: SampleOptions, gen: Streams, on_title) -> tuple[list[str], torch.Tensor, object]:
-        """One title per poem (given, or written by the model), with the logits and state after its <sep>."""
+    def _titles(self, opts: SampleOptions, gen: Streams, on_title, end: int | None = None
+                ) -> tuple[list[str], torch.Tensor, object]:
+        """One title per poem (given, or written by the model), with the logits and state after the
+        token `end` that follows it (<sep> by default, or the start of the head: planning.title_end)."""
         vocab, num = self.vocab, opts.num
+        end = vocab.sep_id if end is None else end
         if opts.title is not None:
-            ids = [vocab.bos_id, *vocab.encode(opts.title), vocab.sep_id]
+            ids = [vocab.bos_id, *vocab.encode(opts.title), end]
             logits, state = self.stepper.prefill(torch.tensor([ids]))
             return [opts.title] * num, logits.expand(num, -1), self.stepper.expand(state, num)
         logits, state = self.stepper.prefill(torch.tensor([[vocab.bos_id]]))
@@ -65,8 +69,8 @@ class Decoder:
                         on_title(r, "".join(titles[r]))
                 else:
                     titles[r].append(vocab.tokens[int(choice[i])])
-            logits, state = self.stepper.step(choice, state)
-            ended = choice == vocab.sep_id
+            ended = choice == vocab.sep_id  # the end of the title: `end` is what the model reads
+            logits, state = self.stepper.step(torch.where(ended, end, choice), state)
             if bool(ended.any()):
                 idx, rest = torch.nonzero(ended).squeeze(1), torch.nonzero(~ended).squeeze(1)
                 final_logits[alive[idx]] = logits[idx]
@@ -86,7 +90,11 @@ class Decoder:
         empty: all best_of, each written to the end. `on_step(share)` hears after each character the
         share of the bodies written (free form: of --max-chars, so it may end early)."""
         streams = Streams.for_poems(opts.seed, first, opts.num)
-        titles, logits, state = self._titles(opts, streams, on_title)
+        end = title_end(self.vocab, opts)
+        titles, logits, state = self._titles(opts, streams, on_title, end)
+        plans = None
+        if end != self.vocab.sep_id:
+            plans, logits, state = write_head(self, opts, streams, logits, state)
         gen = streams.per_row(best_of)
         rows = opts.num * best_of
         poem_of_row = torch.arange(opts.num).repeat_interleave(best_of)
@@ -98,7 +106,7 @@ class Decoder:
             bodies, logprob, poem_of = self._decode_fixed_form(opts, rows, logits, state, gen, verse, on_char,
                                                                first * best_of, best_of, cuts, on_step)
         return [GeneratedPoem(title=titles[p], body=body, logprob=float(lp), lines=split_lines(body),
-                              score=score(float(lp), body), candidates=best_of)
+                              score=score(float(lp), body), candidates=best_of, plan=plans[p] if plans else None)
                 for p, body, lp in zip(poem_of, bodies, logprob, strict=True)]
 
     def _decode_fixed_form(self, opts: SampleOptions, rows: int, logits: torch.Tensor, state, gen: Streams,

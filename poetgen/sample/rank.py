@@ -30,6 +30,7 @@ class GeneratedPoem:
     candidates: int = 1  # how many were drawn for it
     seed: int | None = None  # the request's seed and the poem's index in it: together they make it again
     index: int | None = None
+    plan: list[str] | None = None  # the keywords the model planned, one a line (a model with plans)
 
     def __str__(self) -> str:
         """The poem as `poetgen sample` writes it: the title in 《》, then one line per verse line."""

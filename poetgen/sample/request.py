@@ -47,6 +47,8 @@ class SampleOptions:
     score: str = "critic"  # best-of-N in a fixed form: log-probability + the model's critic (rerank.py), or
     # "logprob" alone; a model without a critic, and free form, rank by log-probability
     prune: bool = True  # best-of-N in a fixed form drops its weaker candidates as it goes (sample.CUTS)
+    author: str | None = None  # write in this poet's manner (a model whose records name poets)
+    plan: bool = True  # a model whose records carry plans writes one after the title, then the poem
 
     @property
     def candidates_per_poem(self) -> int:
@@ -82,19 +84,23 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
                    max_chars: int = SampleOptions.max_chars, best_of: int = SampleOptions.best_of,
                    strict: bool = False, template: str | None = None, rhyme: str | None = None,
                    no_rhyme: bool = False, score: str = SampleOptions.score,
-                   prune: bool = SampleOptions.prune) -> SampleRequest:
+                   prune: bool = SampleOptions.prune, author: str | None = None,
+                   plan: bool = SampleOptions.plan) -> SampleRequest:
     """The one validation of a sampling request, from the user's words and before torch loads: the
     form by name, the text normalized (ASCII marks made full-width, spaces trimmed), a random seed
     when none is given. Raises UsageError naming the first value no sampler can use, a verse option
     without what it needs, or text the form cannot hold. What depends on the model (its vocabulary,
     script and tone table) Sampler checks."""
     check_given(title, acrostic, rhyme, form, max_chars)
+    if author is not None and not "".join(author.split()):
+        raise UsageError("--author is empty: give a poet's name, e.g. 杜甫 (`poetgen info` says how many it knows)")
     options = SampleOptions(
         prompt=full_width_marks(prompt.strip()),
         title=full_width_marks("".join(title.split())) if title is not None else None,
         form=get_form(form), acrostic=acrostic.strip(), num=num, temperature=temperature, top_k=top_k,
         top_p=top_p, seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
-        best_of=best_of, score=score, prune=prune)
+        best_of=best_of, score=score, prune=prune,
+        author="".join(author.split()) if author is not None else None, plan=plan)
     verse = VerseOptions(strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme)
     check_decoding(options)
     check_verse(options.form, verse)
@@ -176,7 +182,8 @@ def check_text(opts: SampleOptions) -> None:
 def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> SampleOptions:
     """New options with the text in the model's script; UsageError for characters not in its vocabulary."""
     converted = replace(opts, prompt=to_script(opts.prompt, script), acrostic=to_script(opts.acrostic, script),
-                        title=to_script(opts.title, script) if opts.title is not None else None)
+                        title=to_script(opts.title, script) if opts.title is not None else None,
+                        author=to_script(opts.author, script) if opts.author is not None else None)
     unknown = vocab.unknown(converted.prompt + (converted.title or "") + converted.acrostic)
     if unknown:
         raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")

@@ -3,10 +3,12 @@ sample` and the Python API; the Generator beneath it picks the best of each poem
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 
+from ..errors import UsageError
 from ..text import to_script
 from .decode import Decoder
 from .masks import VerseRules
@@ -69,6 +71,7 @@ class Sampler:
         self.request = request
         self.checkpoint = ckpt
         self.options = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
+        check_author(self.options.author, ckpt)
         self.rules = rules_for(ckpt, self.options, request.verse)
         reranker = ckpt.reranker() if self.options.score == "critic" and self.options.form is not None else None
         self.generator = Generator(ckpt.model, ckpt.vocab, ckpt.meta.script, int8=int8, reranker=reranker)
@@ -85,6 +88,20 @@ class Sampler:
     def pruned(self, poem: GeneratedPoem) -> bool:
         """Whether this poem's candidates were pruned as they went."""
         return pruned(self.options, poem.candidates)
+
+
+def check_author(author: str | None, ckpt) -> None:
+    """UsageError unless the model knows `author` (its records named them), naming the nearest it knows."""
+    if author is None:
+        return
+    poets = ckpt.meta.poets or {}
+    if not ckpt.vocab.plans or not poets:
+        raise UsageError(f"{ckpt.path} knows no poets (its training records named none): drop --author, or use "
+                         "a model trained on records with poets' names")
+    if author not in poets:
+        near = difflib.get_close_matches(author, list(poets), n=3, cutoff=0.0)
+        raise UsageError(f"the model knows no poet {author}: it knows {len(poets)}, the nearest {'、'.join(near)}; "
+                         "`poetgen info` says how many")
 
 
 def rules_for(ckpt, opts: SampleOptions, verse: VerseOptions) -> VerseRules | None:

@@ -18,6 +18,7 @@ from ..app import app
 from ..errors import emit, handle_errors, write_stdout
 from ..options import (
     AcrosticOpt,
+    AuthorOpt,
     BestOfOpt,
     CheckpointOpt,
     DeviceOpt,
@@ -25,6 +26,7 @@ from ..options import (
     FormOpt,
     Fp32Opt,
     MaxCharsOpt,
+    NoPlanOpt,
     NoPruneOpt,
     NoRhymeOpt,
     NumOpt,
@@ -33,6 +35,7 @@ from ..options import (
     SampleOutputOpt,
     ScoreOpt,
     SeedOpt,
+    ShowPlanOpt,
     StrictOpt,
     TemperatureOpt,
     TemplateOpt,
@@ -79,11 +82,14 @@ def sample_cmd(
     checkpoint_path: CheckpointOpt = None,
     fmt: FormatOpt = "text",
     output: SampleOutputOpt = None,
+    author: AuthorOpt = None,
+    no_plan: NoPlanOpt = False,
+    show_plan: ShowPlanOpt = False,
 ) -> None:
     """Write poems. Poems go to stdout, one line per verse line, a blank line between poems; the title
     (the model's, or the one given) comes first, in 《》."""
     words = {k: v for k, v in ctx.params.items() if k in REQUEST_WORDS}
-    request = sample_request(**words, prune=not no_prune)
+    request = sample_request(**words, prune=not no_prune, plan=not no_plan)
     if output is not None and str(output) == "-":  # the usual name of stdout
         output = None
     path = checkpoint_path or default_checkpoint()  # read without torch
@@ -97,10 +103,10 @@ def sample_cmd(
         set_cpu_threads(threads)
         sampler = Sampler(checkpoint.load(path, pick_device(device)), request, int8=not fp32)
     candidates = sampler.options.candidates_per_poem
-    if output is None and fmt == "text" and num == 1 and candidates == 1 and sys.stdout.isatty():
+    if output is None and fmt == "text" and num == 1 and candidates == 1 and not show_plan and sys.stdout.isatty():
         _stream(sampler)
     else:
-        _write_batches(sampler.stream, partial(render_poems, sampler, fmt), fmt, output,
+        _write_batches(sampler.stream, partial(render_poems, sampler, fmt, show_plan), fmt, output,
                        f"drawing {plural(candidates, 'candidate')} per poem", num, show=candidates * num > 64)
     if seed is None:  # a drawn seed, once the poems are out: with it the poems can be made again
         typer.echo(f"seed {sampler.options.seed} (--seed {sampler.options.seed} makes these poems again)", err=True)

@@ -1,0 +1,75 @@
+"""Writing a poem's head after its title, for a model whose records carry them (vocab.plans): the
+poet's name when one is asked for, then the plan, one keyword a line, each one or two characters as
+the corpus's are (poetgen.plan), before the body. A fixed form's plan has one keyword for each of its
+lines; a free-form plan ends where the model ends it (at most plan.MAX_PLAN_LINES keywords)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..plan import MAX_PLAN_LINES
+from ..vocab import Vocab
+from .choice import Streams
+from .request import SampleOptions
+
+DRAWN_KEYWORD = 2  # characters of a keyword the model writes: the corpus's are one or two
+
+
+def title_end(vocab: Vocab, opts: SampleOptions) -> int:
+    """The token that follows the title: <author> or <kw> where the model writes a head, else <sep>."""
+    if not vocab.plans:
+        return vocab.sep_id
+    if opts.author:
+        return vocab.author_id
+    return vocab.kw_id if opts.plan else vocab.sep_id
+
+
+def write_head(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor, state
+               ) -> tuple[list[list[str]] | None, torch.Tensor, object]:
+    """After title_end: the poet's name (given), then, with opts.plan, one plan per poem drawn from
+    the poem's stream; the plans (None without) and the logits and state after the head's <sep>."""
+    vocab, num = decoder.vocab, opts.num
+    if opts.author:
+        for token in [*vocab.encode(opts.author), vocab.kw_id if opts.plan else vocab.sep_id]:
+            logits, state = decoder.stepper.step(torch.full((num,), token, dtype=torch.long), state)
+    if not opts.plan:
+        return None, logits, state
+    return _write_plans(decoder, opts, gen, logits, state)
+
+
+def _write_plans(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor, state):
+    """One plan per poem, rows leaving the batch as they write their <sep> (as titles do)."""
+    vocab, num = decoder.vocab, opts.num
+    lines = opts.form.lines if opts.form is not None else MAX_PLAN_LINES
+    chars = decoder.class_masks[decoder.title_start_row]  # (V,) 0/1: the characters a title may hold
+    plans: list[list[list[str]]] = [[[]] for _ in range(num)]
+    final_logits, final_state = logits.new_empty(num, logits.size(1)), decoder.stepper.expand(state, num)
+    alive = torch.arange(num)
+    for _ in range(lines * (DRAWN_KEYWORD + 1)):
+        poems = alive.tolist()
+        masks = torch.zeros(len(poems), chars.numel())
+        for i, r in enumerate(poems):
+            written, last = len(plans[r][-1]), len(plans[r]) == lines
+            if written < DRAWN_KEYWORD:
+                masks[i] = chars
+            if written:  # a keyword ends with the next one's <kw>, the last with <sep>
+                masks[i, vocab.sep_id if last else vocab.kw_id] = 1.0
+                if opts.form is None:
+                    masks[i, vocab.sep_id] = 1.0  # a free-form plan may end early
+        choice, _ = decoder.chooser.choose(logits.float(), [masks], opts, gen.rows(poems))
+        for i, r in enumerate(poems):
+            token = int(choice[i])
+            if token == vocab.kw_id:
+                plans[r].append([])
+            elif token != vocab.sep_id:
+                plans[r][-1].append(vocab.tokens[token])
+        logits, state = decoder.stepper.step(choice, state)
+        ended = choice == vocab.sep_id
+        if bool(ended.any()):
+            idx, rest = torch.nonzero(ended).squeeze(1), torch.nonzero(~ended).squeeze(1)
+            final_logits[alive[idx]] = logits[idx]
+            decoder.stepper.put(final_state, alive[idx], state, idx)
+            alive, logits, state = alive[rest], logits[rest], decoder.stepper.select(state, rest)
+        if alive.numel() == 0:
+            break
+    return [["".join(k) for k in plan] for plan in plans], final_logits, final_state
