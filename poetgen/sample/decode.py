@@ -18,7 +18,7 @@ from ..steppers import Int8Stepper, Stepper, int8_available
 from ..vocab import MAX_TITLE, Vocab
 from .choice import Chooser, Streams
 from .masks import VerseRules, token_class_masks
-from .planning import title_end, write_head
+from .planning import retire, title_end, write_head
 from .rank import GeneratedPoem, best_so_far, score
 from .request import SampleOptions
 
@@ -71,11 +71,7 @@ class Decoder:
                     titles[r].append(vocab.tokens[int(choice[i])])
             ended = choice == vocab.sep_id  # the end of the title: `end` is what the model reads
             logits, state = self.stepper.step(torch.where(ended, end, choice), state)
-            if bool(ended.any()):
-                idx, rest = torch.nonzero(ended).squeeze(1), torch.nonzero(~ended).squeeze(1)
-                final_logits[alive[idx]] = logits[idx]
-                self.stepper.put(final_state, alive[idx], state, idx)
-                alive, logits, state = alive[rest], logits[rest], self.stepper.select(state, rest)
+            alive, logits, state = retire(self.stepper, ended, alive, logits, state, final_logits, final_state)
             if alive.numel() == 0:
                 break
         return ["".join(t) for t in titles], final_logits, final_state

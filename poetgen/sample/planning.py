@@ -64,12 +64,20 @@ def _write_plans(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tenso
             elif token != vocab.sep_id:
                 plans[r][-1].append(vocab.tokens[token])
         logits, state = decoder.stepper.step(choice, state)
-        ended = choice == vocab.sep_id
-        if bool(ended.any()):
-            idx, rest = torch.nonzero(ended).squeeze(1), torch.nonzero(~ended).squeeze(1)
-            final_logits[alive[idx]] = logits[idx]
-            decoder.stepper.put(final_state, alive[idx], state, idx)
-            alive, logits, state = alive[rest], logits[rest], decoder.stepper.select(state, rest)
+        alive, logits, state = retire(decoder.stepper, choice == vocab.sep_id, alive, logits, state, final_logits,
+                                      final_state)
         if alive.numel() == 0:
             break
     return [["".join(k) for k in plan] for plan in plans], final_logits, final_state
+
+
+def retire(stepper, ended: torch.Tensor, alive: torch.Tensor, logits: torch.Tensor, state,
+           final_logits: torch.Tensor, final_state):
+    """Rows that wrote their last token leave the batch: their logits and state are kept at their poem's
+    place in `final_logits` and `final_state`; the rows still writing go on (alive, logits, state)."""
+    if bool(ended.any()):
+        idx, rest = torch.nonzero(ended).squeeze(1), torch.nonzero(~ended).squeeze(1)
+        final_logits[alive[idx]] = logits[idx]
+        stepper.put(final_state, alive[idx], state, idx)
+        alive, logits, state = alive[rest], logits[rest], stepper.select(state, rest)
+    return alive, logits, state
