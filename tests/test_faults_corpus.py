@@ -68,3 +68,33 @@ def test_stale_partial_downloads_are_removed(synthetic_package, tmp_path):
     (cache / ".chinese-poetry-2.0.1.tgz.xyz.tmp").write_bytes(b"partial")
     corpus.fetch(data, synthetic_package)
     assert sorted(p.name for p in cache.iterdir()) == []
+
+
+def _copy_corpus(prepared, folder):
+    import shutil
+
+    shutil.copytree(prepared, folder, ignore=shutil.ignore_patterns(".*"))
+    return folder
+
+
+def test_a_corpus_file_of_the_right_size_and_other_bytes_is_damaged(prepared, tmp_path, tiny_checkpoint):
+    """The corpus is checked by content (meta.json's sha256 of each file), not by size alone."""
+    data = _copy_corpus(prepared, tmp_path / "data")
+    val = bytearray((data / "val.bin").read_bytes())
+    val[10:30] = b"\xff" * 20  # token ids far outside the vocabulary, the same size
+    (data / "val.bin").write_bytes(bytes(val))
+    for args in (["eval", "-c", str(tiny_checkpoint), "--split", "val"], ["corpus", "stats"],
+                 ["train", "--out", str(tmp_path / "r"), "--max-steps", "1"]):
+        result = cli(*args, "--data-dir", str(data))
+        assert result.exit_code == 1 and one_line_error(result) and "val.bin" in result.stderr, (args, result.stderr)
+        assert "damaged" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_meta_json_without_what_commands_read_is_damaged(prepared, tmp_path):
+    data = _copy_corpus(prepared, tmp_path / "data")
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    del meta["script"]
+    (data / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    for args in (["corpus", "stats"], ["corpus", "stats", "--json"]):
+        result = cli(*args, "--data-dir", str(data))
+        assert result.exit_code == 1 and one_line_error(result) and "no script" in result.stderr, result.stderr

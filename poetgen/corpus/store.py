@@ -3,6 +3,7 @@ and token streams loaded, and the tables taken from them (叠字, tones)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -128,15 +129,38 @@ def load_meta(data_dir: Path) -> dict:
         raise CorpusError(f"{path} is damaged: run `poetgen corpus build`") from None
     if not isinstance(meta, dict) or meta.get("format_version") != CORPUS_FORMAT:
         raise CorpusError(f"{path} is from another poetgen version: run `poetgen corpus build`")
-    for name, size in (meta.get("sizes") or {}).items():
-        try:
-            actual = (data_dir / name).stat().st_size
-        except OSError:
-            actual = None
-        if actual != size:
-            raise CorpusError(f"the corpus in {data_dir} is incomplete or mixed ({name} is not the file meta.json "
-                              "lists): run `poetgen corpus build`")
+    absent = next((key for key, kind in META_KEYS.items() if not isinstance(meta.get(key), kind)), None)
+    if absent is not None:
+        raise CorpusError(f"{path} is damaged (no {absent}): run `poetgen corpus build`")
+    for name, digest in meta["files"].items():
+        if _digest(data_dir / name) != digest:
+            raise CorpusError(f"the corpus in {data_dir} is damaged, incomplete or mixed ({name} is not the file "
+                              "meta.json lists): run `poetgen corpus build`")
     return meta
+
+
+META_KEYS = {"script": str, "poems": dict, "tokens": dict, "vocab_size": int, "files": dict, "sizes": dict,
+             "source": dict}  # what the commands read of meta.json
+_DIGESTS: dict[tuple, str | None] = {}  # (path, size, mtime) → sha256: each file is read once per process
+
+
+def _digest(path: Path) -> str | None:
+    """The sha256 of a file's contents (None when it cannot be read), computed once per version of it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            return None
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def iter_poems(data_dir: Path, split: str) -> Iterator[Poem]:
