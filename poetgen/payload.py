@@ -122,6 +122,8 @@ def validate_payload(path: Path, payload: Any) -> dict:
         payload["tones"] = unpack_tones(payload["tones"])
         if payload["tones"] is None:
             raise damaged(path, "its tone table is malformed")
+        if not all(any(counts[k] > counts[1 - k] for counts in payload["tones"].values()) for k in (0, 1)):
+            raise damaged(path, "its tone table has no character that usually reads 平, or none 仄")
     doubles = payload.get("doubles")
     if doubles is not None and not (isinstance(doubles, dict) and all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0

@@ -26,6 +26,8 @@ def damaged_copies(tiny_checkpoint: Path, folder: Path) -> dict[str, Path]:
         "two_character_token": {**base, "vocab": [*base["vocab"][:-1], "春风"]},
         "critic_wrong_type": {**base, "rerank": _critic(len(base["vocab"]), dropout="x")},
         "critic_missing_key": {**base, "rerank": _critic(None)},
+        "tones_empty": {**base, "tones": {"chars": "", "counts": []}},
+        "tones_one": {**base, "tones": {"chars": "天", "counts": [3, 1]}},
     }
     paths = {}
     for name, payload in kinds.items():
@@ -51,7 +53,7 @@ def test_damaged_checkpoints_are_one_line_everywhere(tiny_checkpoint, prepared, 
             result = runner.invoke(app, args)
             assert result.exit_code != 0, (kind, args, result.stdout)
             assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, (kind, args)
-            if kind.startswith(("critic", "two")):
+            if kind.startswith(("critic", "two", "tones")):
                 assert "damaged" in result.stderr and result.exit_code == 2, (kind, args, result.stderr)
             assert result.stdout == "", (kind, args)
         run = tmp_path / f"r-{kind}"
