@@ -21,13 +21,14 @@ def test_checkpoint_round_trip_and_half_storage(tmp_path):
     vocab = Vocab(["<unk>", "<bos>", "<sep>", "<eos>", "天", "地"])
     model = LanguageModel(ModelConfig(len(vocab), **SMALL)).eval()
     x = torch.randint(0, len(vocab), (1, 12))
-    checkpoint.save(tmp_path / "m.pt", model, vocab, ModelMeta(step=3), tones={"天": [3, 1], "地": [0, 2]})
+    tones = {"天": [3, 1], "地": [0, 2]}
+    checkpoint.save(tmp_path / "m.pt", model, vocab, ModelMeta(step=3), tones=tones)
     checkpoint.save(tmp_path / "h.pt", model, vocab, ModelMeta(step=3), half=True)
     loaded = checkpoint.load(tmp_path / "m.pt")
     full, half = loaded.model, checkpoint.load(tmp_path / "h.pt").model
-    assert loaded.meta.step == 3 and loaded.vocab.tokens == vocab.tokens and loaded.tones == {"天": [3, 1], "地": [0, 2]}
-    config, v, meta, tones = checkpoint.read_header(tmp_path / "m.pt")  # the same, without torch
-    assert config == model.config and v.tokens == vocab.tokens and meta.step == 3 and tones == {"天": [3, 1], "地": [0, 2]}
+    assert loaded.meta.step == 3 and loaded.vocab.tokens == vocab.tokens and loaded.tones == tones
+    config, v, meta, header_tones = checkpoint.read_header(tmp_path / "m.pt")  # the same, without torch
+    assert config == model.config and v.tokens == vocab.tokens and meta.step == 3 and header_tones == tones
     assert torch.equal(full(x)[0], model(x)[0])
     assert torch.allclose(half(x)[0], model(x)[0], atol=1e-2)
     assert (tmp_path / "h.pt").stat().st_size < (tmp_path / "m.pt").stat().st_size

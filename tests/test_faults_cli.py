@@ -109,3 +109,14 @@ def test_plot_reads_a_run_with_gaps_and_damaged_lines(tmp_path):
     result = cli("plot", str(run))
     assert result.exit_code == 0, result.stderr
     assert "9.000" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_more_threads_than_cores_are_refused_before_anything_loads(prepared, tmp_path):
+    """--threads beyond the cores this process may use only makes threads wait on each other (1,000
+    hung a training): one line, exit 2, in every command that computes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for args in (["sample"], ["eval", "--split", "val", "--data-dir", str(prepared)],
+                 ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--max-steps", "1"]):
+        result = cli(*args, "--threads", str(cores + 1))
+        assert result.exit_code == 2 and one_line_error(result) and f"at most {cores}" in result.stderr, args
+    assert not (tmp_path / "r").exists()

@@ -5,6 +5,7 @@ sample/request.py and text.py:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional
@@ -128,9 +129,17 @@ PoemsOpt = Annotated[int, typer.Option("--poems", help="How many val poems to me
 DEFAULT_DEVICE = TrainConfig.device  # train and eval alike
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda or mps.",
                                         **one_of("device", DEVICES))]
+def _threads(value: int | None) -> int | None:
+    """--threads is at most the cores this process may use: more threads only wait on each other."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if value is not None and value > cores:
+        raise UnknownName(f"--threads {value}: this process may use {cores} cores: give at most {cores}")
+    return value
+
+
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", help="CPU threads to compute with (OMP_NUM_THREADS is honoured too).", min=1, metavar="N",
-    show_default="the free cores: all, less the load of other processes")]
+    callback=_threads, show_default="the free cores: all, less the load of other processes")]
 ScriptOpt = Annotated[str, typer.Option("--script", help="simplified (OpenCC t2s) or traditional.",
                                         **one_of("script", SCRIPTS))]
 FormOpt = Annotated[str, typer.Option("--form", "-f", help="free, wujue (五绝), qijue (七绝), wulv (五律) or qilv "
