@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,7 +165,7 @@ def _write(path: str | os.PathLike, payload: dict) -> None:
     except (RuntimeError, OSError) as e:  # torch reports a full disk as a RuntimeError from its zip writer
         reason = e.strerror if isinstance(e, OSError) and e.strerror else "the disk is full or not writable"
         raise CheckpointError(f"cannot write {path} ({reason}; the previous file, if any, is intact): free some "
-                              "space or choose another --out") from None
+                              "space or write it to another folder") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +194,9 @@ def read(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise missing(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a legacy file's torch warning is not ours to print: the error says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - the unpickler fails on foreign bytes in many ways
         raise BadCheckpoint(f"{path} is not a readable poetgen checkpoint (not a file `poetgen train` wrote, "
                               "or cut short): pass a file that `poetgen train` wrote") from None

@@ -80,3 +80,14 @@ def test_an_output_that_is_an_input_is_refused(tiny_checkpoint, tmp_path):
     result = cli("export", "-c", str(copy), "-o", str(copy), "--no-test")
     assert result.exit_code == 2 and one_line_error(result)
     assert copy.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_a_plain_pickle_is_one_line_without_torchs_warning(tmp_path):
+    """A plain pickle (not torch's format): one line, not torch's multi-line warning first."""
+    import pickle
+
+    legacy = tmp_path / "legacy.pt"
+    legacy.write_bytes(pickle.dumps({"format": "poetgen-checkpoint", "format_version": 3}, protocol=4))
+    for args in (["info", "-c", str(legacy)], ["sample", "-c", str(legacy)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and one_line_error(result) and "Warning" not in result.stderr, result.stderr
