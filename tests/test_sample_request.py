@@ -79,3 +79,19 @@ def test_a_request_is_checked_once_and_the_sampler_makes_new_options(ckpt, monke
     converted_opts, verse = converted_sampler.options, converted_sampler.rules
     assert (converted.options.prompt, converted_opts.prompt, verse) == ("漢", "汉", None)
     assert isinstance(converted, SampleRequest)
+
+
+def test_text_the_model_can_write_is_kept_verbatim(tmp_path):
+    """A simplified model whose vocabulary holds 乾 keeps 乾 in prompt, heads and title (a conversion
+    would make it 干); what it cannot write is converted (漢 → 汉)."""
+    from tiny import save_tiny, tiny_model
+
+    from poetgen.vocab import SPECIALS, Vocab
+
+    vocab = Vocab([*SPECIALS, *CHARS, "干", *"，。？！；：、"])  # CHARS holds 乾 (U+4E7E)
+    path = save_tiny(tmp_path / "s.pt", tiny_model(1, vocab), vocab, script="simplified")
+    loaded = checkpoint.load(path)
+    kept = Sampler(loaded, sample_request(prompt="乾", title="乾" + CHARS[0], form="wujue", acrostic="乾汉乾汉"))
+    assert (kept.options.prompt, kept.options.title, kept.options.acrostic) == ("乾", "乾" + CHARS[0], "乾汉乾汉")
+    assert all(p.body.startswith("乾") for p in kept.poems())
+    assert Sampler(loaded, sample_request(prompt="漢")).options.prompt == "汉"

@@ -180,10 +180,13 @@ def check_text(opts: SampleOptions) -> None:
 
 
 def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> SampleOptions:
-    """New options with the text in the model's script; UsageError for characters not in its vocabulary."""
-    converted = replace(opts, prompt=to_script(opts.prompt, script), acrostic=to_script(opts.acrostic, script),
-                        title=to_script(opts.title, script) if opts.title is not None else None,
-                        author=to_script(opts.author, script) if opts.author is not None else None)
+    """New options with the text in the model's script; UsageError for characters not in its vocabulary.
+    A text the model can already write is kept verbatim (乾 stays 乾, not the 干 of a conversion)."""
+    def convert(text: str | None) -> str | None:
+        return text if text is None or not vocab.unknown(text) else to_script(text, script)
+
+    converted = replace(opts, prompt=convert(opts.prompt), acrostic=convert(opts.acrostic), title=convert(opts.title),
+                        author=convert(opts.author))
     unknown = vocab.unknown(converted.prompt + (converted.title or "") + converted.acrostic)
     if unknown:
         raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")
