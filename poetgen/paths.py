@@ -90,15 +90,19 @@ def atomic_path(target: str | os.PathLike):
     """Yield a temporary path beside `target`; on success fsync it and rename it over `target`, on
     error remove it. Readers never see a half-written file; a crash leaves the previous file intact.
     A symlink is followed: its target is replaced and the link stays."""
+    link = Path(target)
     target = Path(os.path.realpath(target))
     if target.exists() and not target.is_file():  # never replace a device, FIFO or folder with a file
         raise OSError(errno.EINVAL, "not a regular file", str(target))
+    if link.is_symlink() and not target.parent.is_dir():  # a dangling link makes no folders where it points
+        raise OSError(errno.ENOENT, "a link to a folder that does not exist", str(link))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    # the replaced file's permissions (a private file stays private), else the usual ones (mkstemp makes 0600)
+    os.chmod(tmp, target.stat().st_mode & 0o7777 if target.is_file() else 0o666 & ~umask)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -130,7 +134,7 @@ def write_output(target: str | os.PathLike, text: str) -> None:
         with open(real, "w", encoding="utf-8") as f:
             f.write(text)
         return
-    atomic_write_text(real, text)
+    atomic_write_text(target, text)  # the link itself: atomic_path follows it, and checks where it points
 
 
 @contextlib.contextmanager

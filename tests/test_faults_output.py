@@ -67,3 +67,18 @@ def test_output_into_a_missing_folder_is_refused_like_cp(tmp_path):
     result = cli("sample", "--form", "wujue", "-o", str(tmp_path / "missing" / "x.txt"))
     assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_dangling_link_makes_no_folders_and_a_private_file_stays_private(tiny_checkpoint, tmp_path):
+    """-o through a link to a folder that does not exist writes nothing and creates nothing there; -o
+    over a file of mode 600 keeps the mode (the poems are not made world-readable)."""
+    link = tmp_path / "d.txt"
+    link.symlink_to(tmp_path / "nowhere" / "x.txt")
+    result = cli("sample", "-c", str(tiny_checkpoint), "-o", str(link))
+    assert result.exit_code != 0 and one_line_error(result) and not (tmp_path / "nowhere").exists()
+    private = tmp_path / "private.txt"
+    private.write_text("old\n")
+    private.chmod(0o600)
+    result = cli("sample", "-c", str(tiny_checkpoint), "--seed", "1", "-o", str(private))
+    assert result.exit_code == 0 and private.read_text() != "old\n"
+    assert private.stat().st_mode & 0o777 == 0o600
