@@ -25,6 +25,7 @@ def export(source: Path, output: Path, tones: dict | None = None, half: bool = T
     previous file intact."""
     if same_file(source, output):
         raise UsageError(f"--output {output} is the checkpoint being exported: choose another path")
+    _remove_stale_trials(Path(output))
     ckpt = load(source)
     meta = ModelMeta(**{**asdict(ckpt.meta), "exported_from": str(source)})
     tones = tones if tones is not None else ckpt.tones
@@ -91,3 +92,21 @@ def _critic_card(critic: dict | None) -> dict | None:
     return {"weight": critic.get("weight"), "val_auc": figures.get("val_auc"),
             "trained_on": {k: figures.get(k) for k in ("train_real", "train_generated")},
             "usage": {form: len(table) for form, table in usage.items()}}
+
+
+def _remove_stale_trials(output: Path) -> None:
+    """Remove the trial files of exports to `output` that a kill cut short (their process is gone)."""
+    for trial in output.parent.glob(f".{output.name}.measuring.*.tmp"):
+        pid = trial.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            trial.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True

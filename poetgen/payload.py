@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import ModelConfig
 from .errors import BadCheckpoint
+from .text import SCRIPTS
 from .vocab import Vocab
 
 FORMAT = "poetgen-checkpoint"
@@ -62,6 +63,10 @@ class ModelMeta:
                 raise ValueError(f"metadata field {f.name} is {type(value).__name__}")
             if f.name in ("val", "test") and not all(isinstance(value.get(k), dict) for k in ("record",)):
                 raise ValueError(f"metadata field {f.name} has no figures")
+            if f.name == "script" and value not in SCRIPTS:
+                raise ValueError(f"metadata field script is {value!r}, not one of {', '.join(SCRIPTS)}")
+            if f.name == "poets" and not all(isinstance(k, str) and k and type(n) is int for k, n in value.items()):
+                raise ValueError("metadata field poets is not a table of names and counts")
             out[f.name] = value
         return cls(**out)
 

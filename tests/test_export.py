@@ -68,3 +68,16 @@ def test_a_closed_stderr_costs_the_progress_not_the_work(tiny_checkpoint, tmp_pa
     shipped = tmp_path / "shipped.pt"
     result = shell(f"{POETGEN} export -c {tiny_checkpoint} -o {shipped} --data-dir {prepared} --no-test 2>&-")
     assert result.returncode == 0 and shipped.is_file()
+
+
+def test_an_export_removes_the_trial_files_of_a_killed_one(tiny_checkpoint, tmp_path):
+    """A SIGKILL while an export measured its trial file leaves .NAME.pt.measuring.PID.tmp: the next export
+    to that name removes it (its process is gone), and leaves a live process's alone."""
+    out = tmp_path / "shipped.pt"
+    dead = tmp_path / f".shipped.pt.measuring.{2**22 + 12345}.tmp"  # beyond the kernel's pid range
+    live = tmp_path / f".shipped.pt.measuring.{os.getpid()}.tmp"
+    dead.write_bytes(b"x" * 1000)
+    live.write_bytes(b"y")
+    result = cli("export", "-c", str(tiny_checkpoint), "-o", str(out), "--no-test")
+    assert result.exit_code == 0, result.stderr
+    assert not dead.exists() and live.exists() and out.exists()

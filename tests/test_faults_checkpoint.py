@@ -27,6 +27,7 @@ def damaged_copies(tiny_checkpoint: Path, folder: Path) -> dict[str, Path]:
         "critic_wrong_type": {**base, "rerank": _critic(len(base["vocab"]), dropout="x")},
         "critic_missing_key": {**base, "rerank": _critic(None)},
         "tones_empty": {**base, "tones": {"chars": "", "counts": []}},
+        "script_unknown": {**base, "meta": {**base["meta"], "script": "klingon"}},
         "tones_one": {**base, "tones": {"chars": "天", "counts": [3, 1]}},
     }
     paths = {}
@@ -53,7 +54,7 @@ def test_damaged_checkpoints_are_one_line_everywhere(tiny_checkpoint, prepared, 
             result = runner.invoke(app, args)
             assert result.exit_code != 0, (kind, args, result.stdout)
             assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, (kind, args)
-            if kind.startswith(("critic", "two", "tones")):
+            if kind.startswith(("critic", "two", "tones", "script")):
                 assert "damaged" in result.stderr and result.exit_code == 2, (kind, args, result.stderr)
             assert result.stdout == "", (kind, args)
         run = tmp_path / f"r-{kind}"
