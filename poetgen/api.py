@@ -68,6 +68,10 @@ def check(poem: str, model: str | os.PathLike | None = None):
     from .checking import Checker
     from .errors import UsageError
 
+    if not isinstance(poem, str):
+        raise TypeError(f"poem must be a string, got {type(poem).__name__}")
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a path or None, got {type(model).__name__}")
     poems = list(prosody.read_poems(poem.splitlines()))
     if len(poems) != 1:
         raise UsageError(f"give the text of one poem (found {len(poems)} poems)")

@@ -57,3 +57,21 @@ def test_check_a_poem(tiny_checkpoint):
     assert {(v["line"], v["position"]) for v in result.violations} == {(1, 2), (2, 4), (3, 4), (3, 5), (4, 2)}
     with pytest.raises(UsageError, match="one poem"):
         poetgen.check("hello", model=tiny_checkpoint)
+
+
+@pytest.mark.parametrize(("words", "name"), [
+    (dict(form=None), "form"), (dict(prompt=None), "prompt"), (dict(form="qijue", rhyme=5), "rhyme"),
+    (dict(acrostic=["春"]), "acrostic"), (dict(num=2.5), "num"), (dict(num=True), "num"),
+    (dict(best_of=2.0), "best_of"),
+    (dict(top_k=1.5), "top_k"), (dict(top_p=True), "top_p"), (dict(seed="1"), "seed"), (dict(seed=1.5), "seed"),
+    (dict(temperature="0.8"), "temperature")])
+def test_a_word_of_the_wrong_type_is_a_type_error_naming_it(tiny_checkpoint, words, name):
+    model = poetgen.load(tiny_checkpoint)
+    with pytest.raises(TypeError, match=f"^{name} must be "):
+        model.generate(**words)
+
+
+@pytest.mark.parametrize("poem", [None, 5, ["一"], b"\xe4\xb8\x80"])
+def test_check_of_something_not_a_string_is_a_type_error(poem):
+    with pytest.raises(TypeError, match="^poem must be a string"):
+        poetgen.check(poem)

@@ -90,7 +90,9 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
     form by name, the text normalized (ASCII marks made full-width, spaces trimmed), a random seed
     when none is given. Raises UsageError naming the first value no sampler can use, a verse option
     without what it needs, or text the form cannot hold. What depends on the model (its vocabulary,
-    script and tone table) Sampler checks."""
+    script and tone table) Sampler checks. A value of the wrong type (from Python) is a TypeError
+    naming the word."""
+    check_types({k: v for k, v in locals().items() if k in WORD_TYPES})
     check_given(title, acrostic, rhyme, form, max_chars)
     if author is not None and not "".join(author.split()):
         raise UsageError("--author is empty: give a poet's name, e.g. 杜甫 (`poetgen info` says how many it knows)")
@@ -106,6 +108,35 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
     check_verse(options.form, verse)
     check_text(options)
     return SampleRequest(options, verse)
+
+
+_NUMBER, _INT = "a number", "an integer"
+WORD_TYPES = {  # each word of a request: what it must be (None: may be None)
+    "prompt": (str,), "title": (str, None), "form": (str,), "acrostic": (str,), "num": (_INT,),
+    "temperature": (_NUMBER,), "top_k": (_INT, None), "top_p": (_NUMBER, None), "seed": (_INT, None),
+    "max_chars": (_INT,), "best_of": (_INT,), "strict": (bool,), "template": (str, None), "rhyme": (str, None),
+    "no_rhyme": (bool,), "score": (str,), "prune": (bool,), "author": (str, None), "plan": (bool,),
+}
+
+
+def _is(value, kind) -> bool:
+    if kind is None:
+        return value is None
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_types(words: dict) -> None:
+    """TypeError naming the first word whose value is of the wrong type (a Python caller's mistake)."""
+    for name, value in words.items():
+        kinds = WORD_TYPES[name]
+        if not any(_is(value, kind) for kind in kinds):
+            want = " or ".join("None" if k is None else k if isinstance(k, str) else
+                               {str: "a string", bool: "True or False"}[k] for k in kinds)
+            raise TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
 
 
 def check_given(title: str | None, acrostic: str, rhyme: str | None, form: str, max_chars: int) -> None:
