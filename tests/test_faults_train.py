@@ -283,3 +283,25 @@ def test_training_shows_signs_of_life_between_log_lines(prepared, tmp_path):
     ticks = [e for e in events if e["event"] == "tick"]
     assert ticks and all(e["step"] > 0 and "tokens_per_s" in e for e in ticks)
     assert not any('"tick"' in line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_resume_after_a_kill_logs_each_step_once(prepared, tmp_path):
+    """SIGKILL after last.pt (step 10) but after more log lines (steps 15, 20): the resumed run drops
+    those lines and logs the steps again, once each, in order."""
+    import json
+
+    out = tmp_path / "r"
+    args = ["--data-dir", str(prepared), *TINY_TRAIN_ARGS, "--eval-every", "10", "--log-every", "5"]
+    assert cli("train", "--out", str(out), "--max-steps", "10", *args).exit_code == 0
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    with open(metrics, "a") as f:  # what the killed run logged after its last save
+        for step in (15, 20):
+            f.write(json.dumps({"event": "log", "step": step, "train_loss": 9.0}) + "\n")
+    result = cli("train", "--out", str(out), "--resume", "--max-steps", "20", *args)
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    logged = [(r["event"], r["step"]) for r in records if r["event"] in ("log", "eval")]
+    assert len(logged) == len(set(logged)) and [s for _, s in logged] == sorted(s for _, s in logged)
+    assert ("log", 15) in logged and ("log", 20) in logged and all(r.get("train_loss") != 9.0 for r in records)
+    assert metrics.read_text().splitlines()[:len(lines)] == lines

@@ -3,6 +3,7 @@ continues exactly as if it had never stopped."""
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import time
@@ -14,6 +15,7 @@ import torch
 from .. import checkpoint
 from ..checkpoint import Checkpoint, ModelMeta
 from ..errors import PoetgenError, UsageError
+from ..paths import atomic_write_text
 from .state import RunState, TrainingDiverged, rng_state, set_rng_state
 
 
@@ -58,6 +60,7 @@ class RunFiles:
         self._meter_carry = saved.meter if isinstance(saved.meter, dict) else None
         self.schedule = replace(self.schedule, total_steps=saved.schedule_steps, total_minutes=saved.schedule_minutes)
         self.last_val = ckpt.meta.val
+        drop_later_lines(self.out / "metrics.jsonl", self.position.step)
 
     def resume_command(self) -> str:
         """The command that continues this run."""
@@ -87,3 +90,22 @@ def run_meta(trainer) -> ModelMeta:
         software=trainer.software,
         poets=meta.get("poets"),
     )
+
+
+def drop_later_lines(metrics: Path, step: int) -> None:
+    """Keep the lines of metrics.jsonl up to `step`, where last.pt stands: a run killed after its last
+    save logged steps the resumed run logs again. Rewritten atomically; lines that are not JSON stay."""
+    if not metrics.is_file():
+        return
+    lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _step_of(line) is None or _step_of(line) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(metrics, "".join(kept))
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        step = json.loads(line).get("step")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
