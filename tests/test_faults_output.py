@@ -82,3 +82,13 @@ def test_a_dangling_link_makes_no_folders_and_a_private_file_stays_private(tiny_
     result = cli("sample", "-c", str(tiny_checkpoint), "--seed", "1", "-o", str(private))
     assert result.exit_code == 0 and private.read_text() != "old\n"
     assert private.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("output", ["", "."])
+def test_an_output_that_is_a_folder_is_refused_at_once(tiny_checkpoint, tmp_path, output):
+    """-o "" or -o FOLDER: one line naming the folder, exit 2 (not "Is a directory — free some space")."""
+    for args in (["sample", "-c", str(tiny_checkpoint)], ["export", "-c", str(tiny_checkpoint), "--no-test"]):
+        result = cli(*args, "-o", output)
+        assert result.exit_code == 2 and one_line_error(result) and "is a folder" in result.stderr, result.stderr
+    result = cli("sample", "-c", str(tiny_checkpoint), "-o", str(tmp_path))
+    assert result.exit_code == 2 and "is a folder" in result.stderr

@@ -95,6 +95,8 @@ def output_option(help: str, **kw):
 
 def _output_in_a_folder(value: Path | None) -> Path | None:
     """--output names a file in a folder that exists: like cp, poetgen does not create folders."""
+    if value is not None and value.is_dir():
+        raise UnknownName(f"--output {value} is a folder: give the name of a file in it")
     if value is not None and not value.absolute().parent.is_dir():
         raise UnknownName(f"--output {value}: the folder {value.absolute().parent} does not exist: create it first")
     return value
