@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import UsageError
 from ..forms import BodyGrammar, Form, check_heads, check_prompt, get_form
-from ..text import full_width_marks, to_script
+from ..text import full_width_marks, is_han, to_script
 from ..vocab import MAX_TITLE, Vocab
 
 SAMPLE_DEVICE = "cpu"  # where `sample` computes: a poem or ten are faster in int8 on the CPU than after a GPU's start
@@ -212,9 +212,13 @@ def check_text(opts: SampleOptions) -> None:
 
 def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> SampleOptions:
     """New options with the text in the model's script; UsageError for characters not in its vocabulary.
-    A text the model can already write is kept verbatim (乾 stays 乾, not the 干 of a conversion)."""
+    A text the model can already write in standard glyphs is kept verbatim (乾 stays 乾, not the 干 of a
+    conversion; a variant form such as 劒 is still normalized to 剑)."""
+    from ..glyphs import drawable
+
     def convert(text: str | None) -> str | None:
-        return text if text is None or not vocab.unknown(text) else to_script(text, script)
+        standard = script != "simplified" or all(drawable(c) for c in text or "" if is_han(c))
+        return text if text is None or (standard and not vocab.unknown(text)) else to_script(text, script)
 
     converted = replace(opts, prompt=convert(opts.prompt), acrostic=convert(opts.acrostic), title=convert(opts.title),
                         author=convert(opts.author))
