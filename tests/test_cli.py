@@ -104,3 +104,14 @@ def test_progress_without_a_terminal_prints_a_heartbeat_and_an_end(capsys, monke
     with StageProgress(quiet=True) as progress:
         progress("evaluating val", 3, 3)
     assert capsys.readouterr().err == ""
+
+
+def test_every_package_of_the_source_is_in_the_wheel():
+    """pyproject.toml lists the packages a wheel holds: each folder of poetgen/ with an __init__.py."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "poetgen").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
