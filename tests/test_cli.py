@@ -108,8 +108,9 @@ def test_progress_without_a_terminal_prints_a_heartbeat_and_an_end(capsys, monke
 
 def test_every_package_of_the_source_is_in_the_wheel():
     """pyproject.toml lists the packages a wheel holds: each folder of poetgen/ with an __init__.py."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
