@@ -70,10 +70,10 @@ def main() -> None:
     marks: dict[str, float] = {}
 
     def on_step(trainer: Trainer) -> None:
-        if trainer.step == 3:  # after warm-up (allocator, kernels)
+        if trainer.position.step == 3:  # after warm-up (allocator, kernels)
             if trainer.device.type == "cuda":
                 torch.cuda.synchronize()
-            marks["t0"], marks["tokens0"] = time.perf_counter(), trainer.tokens_seen
+            marks["t0"], marks["tokens0"] = time.perf_counter(), trainer.position.tokens_seen
         if "t0" in marks and time.perf_counter() - marks["t0"] > args.seconds:
             raise StopIteration
 
@@ -89,7 +89,7 @@ def main() -> None:
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - marks["t0"]
-        tokens = trainer.tokens_seen - marks["tokens0"]
+        tokens = trainer.position.tokens_seen - marks["tokens0"]
     dtype = "bf16" if use_bf16(trainer.device, args.precision) else "fp32"
     result = {
         "loop": "poetgen", "device": str(trainer.device), "threads": torch.get_num_threads(), **shape,
