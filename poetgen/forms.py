@@ -137,10 +137,11 @@ class BodyGrammar:
                 return (TokenClass.EOS if self.chars >= self.max_chars - 1 else TokenClass.HAN_OR_EOS), None
             return TokenClass.HAN, head
         last_line = self.lines is not None and self.line == self.lines - 1
-        if self.chars >= self.max_chars - 1 or (last_line and self.col >= 2 * 7):  # the mark is the last
+        budget = self.max_chars - 2 * max(0, len(self.heads) - self.line - 1)  # later heads: a head and a mark each
+        if self.chars >= budget - 1 or (last_line and self.col >= 2 * 7):  # the mark is the last
             return TokenClass.STOP, None
         # a ， needs a character and a stop after it: none where they would not fit in max_chars
-        no_comma = last_line or self.chars >= self.max_chars - 2
+        no_comma = last_line or self.chars >= budget - 2
         return (TokenClass.HAN_OR_STOP if no_comma else TokenClass.HAN_OR_MARK), None
 
     def allows(self, ch: str) -> bool:

@@ -51,12 +51,14 @@ def test_free_form_poems_end_cleanly(model_seed, seed, max_chars, prompt_len):
 
 
 @PROPERTY
-@given(model_seed=st.integers(0, 10_000), heads=st.text(alphabet=CHARS, min_size=1, max_size=6))
-def test_free_form_acrostic_sets_the_lines(model_seed, heads):
-    poems = Generator(tiny_model(model_seed), VOCAB).generate(SampleOptions(acrostic=heads, seed=1, num=2))
-    for poem in poems:
+@given(model_seed=st.integers(0, 10_000), heads=st.text(alphabet=CHARS, min_size=1, max_size=6),
+       spare=st.integers(0, 30))
+def test_free_form_acrostic_sets_the_lines_within_the_budget(model_seed, heads, spare):
+    max_chars = 6 * len(heads) + spare  # the least the request allows, and more
+    opts = SampleOptions(acrostic=heads, seed=1, num=3, temperature=1.5, max_chars=max_chars)
+    for poem in Generator(tiny_model(model_seed), VOCAB).generate(opts):
         assert [line[0] for line in poem.lines] == list(heads)
-        assert poem.body[-1] in STOPS
+        assert poem.body[-1] in STOPS and len(poem.body) <= max_chars, poem.body
 
 
 @PROPERTY

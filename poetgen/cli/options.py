@@ -281,6 +281,9 @@ AsJsonOpt = Annotated[bool, json_option("Print a JSON summary on stdout at the e
 AuthorOpt = Annotated[Optional[str], typer.Option(
     "--author", help="Write in this poet's manner, e.g. 杜甫 (a model whose records name poets: `poetgen info` says "
     "how many it knows).", show_default="none")]
+KeywordsOpt = Annotated[Optional[str], typer.Option(
+    "--keywords", help="The plan's first keywords, one a line, e.g. 秋月,孤雁,归舟,乡心 (1-4 characters each); each "
+    "line holds its own, wherever the model places it (a model that plans).", show_default="none")]
 NoPlanOpt = Annotated[bool, flag("--no-plan", "Write the poem straight after the title, without first planning a "
                                  "keyword for each line (a model that plans; others never do).")]
 ShowPlanOpt = Annotated[bool, flag("--show-plan", "Text output: the plan under the title, its keywords in 〔〕 (JSON "

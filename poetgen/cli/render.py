@@ -56,17 +56,32 @@ def fmt(x, digits: int = 1) -> str:
 # -- corpus -------------------------------------------------------------------------------------------
 
 
+def source_name(source: dict) -> str:
+    """What a corpus was built from, as its meta.json's "source" says: the package, or a user's file."""
+    if "file" in source:
+        return f"{source['file']} (sha256 {str(source.get('sha256'))[:12]}…)"
+    return f"全唐诗 corpus, {source['package']}@{source['version']}"
+
+
 def build_report(result) -> str:
     meta = result.meta
     p = meta["poems"]
-    lines = [f"built {meta['script']} corpus in {result.data_dir}: {p['train']:,} train / {p['val']:,} val / "
-             f"{p['test']:,} test poems, vocabulary {meta['vocab_size']:,}, "
-             f"dropped {plural(sum(meta['dropped'].values()), 'poem')}"]
+    lines = [f"built {meta['script']} corpus in {result.data_dir} from {source_name(meta['source'])}: "
+             f"{p['train']:,} train / {p['val']:,} val / {p['test']:,} test poems, vocabulary {meta['vocab_size']:,}, "
+             f"dropped {plural(sum(meta['dropped'].values()), 'poem')}"
+             + (f" ({', '.join(f'{n:,} {r}' for r, n in sorted(meta['dropped'].items()))})" if meta["dropped"]
+                else "")]
+    if "file" in meta["source"] and p["val"] < FEW_VAL:
+        lines.append(f"a small file: only {p['val']} val poems, so val figures and early stopping are noisy; "
+                     "more poems help")
     song = meta.get("song")
     if song:
         lines.append(f"with the 全宋诗: {song['poems']:,} song poems ({song['tokens']:,} tokens, "
                      f"{song['unknown_tokens']:,} outside the Tang vocabulary)")
     return "\n".join(lines)
+
+
+FEW_VAL = 30  # fewer val poems than this in a user's corpus: the build report says so
 
 
 def to_json(obj, **kwargs) -> str:
@@ -86,8 +101,7 @@ def corpus_stats_json(meta: dict, top: int) -> str:
 
 def corpus_stats(meta: dict, top: int, glyphs_file: Path) -> str:
     splits = ("train", "val", "test")
-    counts = table(f"全唐诗 corpus ({meta['script']}, {meta['source']['package']}@{meta['source']['version']})",
-                   sys.stdout)
+    counts = table(f"{source_name(meta['source'])} ({meta['script']})", sys.stdout)
     counts.add_column("")
     for s in splits:
         counts.add_column(s, justify="right")
@@ -176,7 +190,7 @@ def model_card(card: dict) -> str:
                 f"record perplexity {value['record']['perplexity']:.2f}" if value and "record" in value
                 else "not measured (run poetgen export)")
         elif key == "corpus" and isinstance(value, dict):
-            value = f"{value.get('package')}@{value.get('version')}"
+            value = source_name(value) if "file" in value else f"{value.get('package')}@{value.get('version')}"
         elif key == "parameters":
             value = f"{value:,}"
         elif key == "software":

@@ -17,6 +17,7 @@ from ..forms import detect_form
 from ..glyphs import KINDS, LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, in_gb2312
 from ..text import converter, is_han
 from ..vocab import MIN_COUNT, Vocab
+from . import user
 from .clean import (
     Poem,
     Progress,
@@ -67,42 +68,57 @@ def build(
     data_dir: Path,
     source: Path | None = None,
     script: str = "simplified",
-    min_count: int = MIN_COUNT,
+    min_count: int | None = None,
     integrity: str = INTEGRITY,
     progress: Progress | None = None,
     with_song: bool = False,
 ) -> BuildResult:
-    """Build the prepared corpus in `data_dir` from `source` (default: the cached tarball).
+    """Build the prepared corpus in `data_dir` from `source`: the package (default: the cached tarball)
+    or a user's file of poems (corpus.user). `min_count`: None keeps characters seen twice in train
+    (vocab.MIN_COUNT), or once in a user's file, whose vocabulary a fine-tune joins to its model's.
 
     Writes vocab.json, {train,val,test}.bin (uint16 token streams), poems.{split}.jsonl (cleaned
     records with aligned tones) and meta.json, each atomically; meta.json last. With `with_song`,
     also the 全宋诗 as a split of its own (song.bin, poems.song.jsonl): cleaned and normalized by
     the same rules, in the Tang train split's vocabulary, without any poem whose body a Tang split
     holds; the Tang splits are byte for byte what they are without it."""
-    if min_count < 1:
+    if min_count is not None and min_count < 1:
         raise UsageError(f"--min-count must be at least 1, got {min_count}")
     converter(script)  # an unknown script, or no OpenCC, is said before any work
-    with corpus_lock(Path(data_dir)):
-        return _build(Path(data_dir), source, script, min_count, integrity, progress, with_song)
+    data_dir = Path(data_dir)
+    read = None
+    if source is not None and user.is_user_file(Path(source)):  # read and checked before the folder exists
+        read = _read(Path(source), integrity, with_song, script, None)  # a moment: no progress to show
+    with corpus_lock(data_dir):
+        if read is None:
+            source = Path(source) if source is not None else cached_tarball(data_dir)
+            if not source.exists():
+                raise CorpusError(f"no corpus package at {source}: run `poetgen corpus fetch` first")
+            read = _read(source, integrity, with_song, script, progress)
+        return _build(data_dir, read, script, min_count, progress)
 
 
-def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, progress: Progress | None,
-           with_song: bool = False) -> BuildResult:
-    source = Path(source) if source is not None else cached_tarball(data_dir)
-    if not source.exists():
-        raise CorpusError(f"no corpus package at {source}: run `poetgen corpus fetch` first")
-    verified = None
-    if source.is_file():
-        verify_tarball(source, integrity)
-        verified = integrity
+def _read(source: Path, integrity: str, with_song: bool, script: str, progress: Progress | None) -> tuple:
+    """The source read and cleaned: (raw poems, raw Song poems or None, source entry, cleaned poems,
+    drops, normalizer); a user's file with too few usable poems is refused here."""
     if progress:
         progress("read", 0, 1)
-    raw_poems, raw_strains = read_package(source)
-    raw_song = read_package(source, song=True)[0] if with_song else None  # a missing 全宋诗 fails before any work
+    raw_poems, raw_strains, raw_song, source_meta = _read_source(source, integrity, with_song)
     if progress:
         progress("read", 1, 1)
     poems, dropped, normalizer = clean_poems(raw_poems, raw_strains, script, progress)
-    splits = _split(poems)
+    if "file" in source_meta:
+        user.check_enough(source, poems, dropped)
+    return raw_poems, raw_song, source_meta, poems, dropped, normalizer
+
+
+def _build(data_dir: Path, read: tuple, script: str, min_count: int | None, progress: Progress | None
+           ) -> BuildResult:
+    raw_poems, raw_song, source_meta, poems, dropped, normalizer = read
+    mine = "file" in source_meta
+    if min_count is None:
+        min_count = user.USER_MIN_COUNT if mine else MIN_COUNT
+    splits = _split(poems, user.split_of if mine else split_of)
     counts: Counter = Counter()
     for poem in splits["train"]:
         counts.update(poem.title)
@@ -127,7 +143,7 @@ def _build(data_dir: Path, source, script: str, min_count: int, integrity: str, 
     tones = count_tones((p.body, p.tones) for s in SPLITS for p in splits[s])
     outputs["tones.json"] = (json.dumps(tones, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
     meta = _meta(splits, streams, vocab, outputs, counts, dropped, normalizer)
-    meta.update(source={"package": PACKAGE, "version": VERSION, "integrity": verified}, script=script,
+    meta.update(source=source_meta, script=script,
                 min_count=min_count, poems_read=sum(len(v) for v in raw_poems.values()), poets=known_poets)
     meta[SONG] = song_meta
     install(data_dir, outputs, (json.dumps(dict(sorted(meta.items(), key=lambda kv: _META_ORDER.index(kv[0]))),
@@ -140,11 +156,28 @@ _META_ORDER = ("format_version", "source", "script", "min_count", "record_format
                "top_chars", SONG, "files", "sizes", "corpus_hash")  # meta.json's keys, in the order written
 
 
-def _split(poems: list[Poem]) -> dict[str, list[Poem]]:
-    """The cleaned poems by split (split_of), each split in its stream order."""
+def _read_source(source: Path, integrity: str, with_song: bool) -> tuple[dict, dict, dict | None, dict]:
+    """The raw poems, strains and (with_song) 全宋诗 of the package, or a user's file of poems (no
+    strains, no Song), and the source's entry in meta.json."""
+    if user.is_user_file(source):
+        if with_song:
+            raise UsageError("--with-song takes the 全宋诗 of the package: drop it for a file of your own")
+        records, source_meta = user.read_user_file(source)
+        return {"user": records}, {}, None, source_meta
+    verified = None
+    if source.is_file():
+        verify_tarball(source, integrity)
+        verified = integrity
+    raw_poems, raw_strains = read_package(source)
+    raw_song = read_package(source, song=True)[0] if with_song else None  # a missing 全宋诗 fails before any work
+    return raw_poems, raw_strains, raw_song, {"package": PACKAGE, "version": VERSION, "integrity": verified}
+
+
+def _split(poems: list[Poem], split=split_of) -> dict[str, list[Poem]]:
+    """The cleaned poems by split (`split` of each id), each split in its stream order."""
     splits: dict[str, list[Poem]] = {s: [] for s in SPLITS}
     for poem in poems:
-        splits[split_of(poem.id)].append(poem)
+        splits[split(poem.id)].append(poem)
     for s in SPLITS:
         splits[s].sort(key=_order_key)
     if not splits["train"]:

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CorpusError
+from ..errors import CorpusError, UsageError
 from ..paths import atomic_path
 from .clean import (
     Progress,
@@ -155,7 +155,8 @@ def package_root(folder: Path) -> Path:
     for root in (folder, folder / "package"):
         if glob.glob(str(root / POEMS_GLOB)):
             return root
-    raise CorpusError(f"{folder} holds no {POEMS_GLOB}: pass the {PACKAGE} package folder")
+    raise UsageError(f"{folder} holds no {POEMS_GLOB}: pass the {PACKAGE} package folder, or a file of your own "
+                      "poems (JSON lines or plain text)")
 
 
 def _member_kind(name: str, song: bool = False) -> tuple[str, str] | None:

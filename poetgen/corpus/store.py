@@ -212,17 +212,30 @@ def count_tones(pairs: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
 def corpus_doubles(data_dir: Path) -> dict | None:
     """The 叠字 of the prepared corpus's train split (count_doubles), stored in a shipped model so that
     sampling writes only the pairs poets write (None if the corpus is absent)."""
-    if not (data_dir / "poems.train.jsonl").is_file():
-        return None
+    if not (data_dir / "poems.train.jsonl").is_file() or _is_user_corpus(data_dir):
+        return None  # a user's few poems would forbid most pairs: the model keeps the table it has
     return count_doubles(p.body for p in iter_poems(data_dir, "train"))
 
 
+def _is_user_corpus(data_dir: Path) -> bool:
+    """Whether the corpus was built from a user's file (corpus.user), by its meta.json."""
+    try:
+        source = json.loads((data_dir / "meta.json").read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(source, dict) and "file" in source
+
+
 def corpus_tones(data_dir: Path) -> dict | None:
-    """The prepared corpus's tone counts, stored in every checkpoint of a run (None if absent)."""
+    """The prepared corpus's tone counts, stored in every checkpoint of a run (None if absent, or if no
+    character in it usually reads 平, or none 仄)."""
     from ..prosody import load_tone_counts
 
     path = data_dir / "tones.json"
-    return load_tone_counts(path) if path.is_file() else None
+    tones = load_tone_counts(path) if path.is_file() else None
+    if not tones or not all(any(c[k] > c[1 - k] for c in tones.values()) for k in (0, 1)):
+        return None  # no table to speak of (a user's file has no strains): the model keeps the one it has
+    return tones
 
 
 def load_split(data_dir: Path, split: str, meta: dict | None = None) -> np.ndarray:

@@ -17,6 +17,7 @@ from ..rerank import Reranker
 from ..steppers import Int8Stepper, Stepper, int8_available
 from ..vocab import MAX_TITLE, Vocab
 from .choice import Chooser, Streams
+from .keywords import fixed_rows, free_rows
 from .masks import VerseRules, token_class_masks
 from .planning import retire, title_end, write_head
 from .rank import GeneratedPoem, best_so_far, score
@@ -121,6 +122,10 @@ class Decoder:
         vocab, form = self.vocab, opts.form
         grammar = opts.body_grammar()
         verse_state = verse.start(form, rows, opts.seed, first_row) if verse is not None else None
+        keywords = None
+        if opts.keywords:
+            keywords = fixed_rows(vocab, opts.keywords, form, opts.acrostic, rows, verse_state,
+                                  verse.masks.tone if verse is not None else None)
         prompt = list(opts.prompt)
         logprob = torch.zeros(rows, dtype=torch.float64)
         columns: list[torch.Tensor] = []  # (rows,): the token each row took at each step
@@ -137,11 +142,17 @@ class Decoder:
                 logits, state, gen = logits[kept], self.stepper.select(state, kept), gen.keep(kept)
                 if verse_state is not None:
                     verse_state.keep(kept)
+                if keywords is not None:
+                    keywords.keep(kept)
                 rows, each = len(kept), cuts[line]
             given = prompt.pop(0) if prompt else head
             forced = torch.full((rows,), vocab.stoi[given] if given is not None else -1, dtype=torch.long)
             class_row = self.class_index[token_class]
             masks = [self.class_masks[class_row]]
+            if keywords is not None and token_class == TokenClass.HAN:
+                owed, banned = keywords.step(line, col, len(vocab))
+                forced = torch.where(forced >= 0, forced, owed)
+                masks += [banned] if banned is not None else []
             if verse_state is not None and token_class == TokenClass.HAN:
                 masks += [m for m in verse_state.masks(line, col) if m is not None]
             choice, choice_logprob = self.chooser.next_tokens(logits, masks, forced, opts, gen,
@@ -149,6 +160,8 @@ class Decoder:
             logprob += choice_logprob.double()
             if verse_state is not None:
                 verse_state.advance(line, col, choice)
+            if keywords is not None and token_class == TokenClass.HAN:
+                keywords.advance_all(line, col, choice)
             token = int(choice[0])
             if token == vocab.eos_id:
                 break
@@ -174,18 +187,28 @@ class Decoder:
         logprob = torch.zeros(rows, dtype=torch.float64)
         finished = torch.zeros(rows, dtype=torch.bool)
         longest = max(opts.max_chars, len(opts.prompt))
+        keywords = free_rows(vocab, opts.keywords, opts.acrostic, rows) if opts.keywords else None
         for step in range(longest + 64):  # a bound no poem reaches
             done = finished.tolist()
             class_rows = []  # each row's class of token: a row of class_masks
             forced = torch.full((rows,), -1, dtype=torch.long)
+            banned = None
+            at = [(g.line, g.col) for g in grammars]
             for r, grammar in enumerate(grammars):
                 token_class, head = grammar.expect()
+                if keywords is not None and not done[r]:
+                    token_class, owed, not_here = keywords.free_rule(r, grammar, token_class)
+                    if head is None and owed >= 0:
+                        forced[r] = owed
+                    if not_here:
+                        banned = torch.ones(rows, len(vocab)) if banned is None else banned
+                        banned[r, not_here] = 0.0
                 class_rows.append(self.class_index[TokenClass.EOS if done[r] else token_class])
                 written = len(bodies[r])
                 given = None if done[r] else opts.prompt[written] if written < len(opts.prompt) else head
                 if given is not None:
                     forced[r] = vocab.stoi[given]
-            masks = [self.class_masks[torch.tensor(class_rows)]]
+            masks = [self.class_masks[torch.tensor(class_rows)], *([banned] if banned is not None else [])]
             choice, choice_logprob = self.chooser.next_tokens(logits, masks, forced, opts, gen)
             choice[finished] = eos
             logprob += torch.where(finished, 0.0, choice_logprob.double())
@@ -197,6 +220,8 @@ class Decoder:
                     grammars[r].advance("")
                     continue
                 ch = vocab.tokens[token]
+                if keywords is not None:
+                    keywords.advance(r, *at[r], token)
                 bodies[r].append(ch)
                 grammars[r].advance(ch)
                 if on_char:

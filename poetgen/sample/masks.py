@@ -20,6 +20,7 @@ from ..forms import ATTESTED_DOUBLE, TOKEN_CLASSES, Form, TokenClass
 from ..prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
 from ..text import LINE_END, STOPS
 from ..vocab import MARKERS, Vocab
+from .keywords import starts
 from .request import SampleOptions
 
 
@@ -81,6 +82,11 @@ class ProsodyMasks:
                 self.groups[g, ids] = True
         if tones.usual_tones:  # rhyme with the characters whose usual reading is 平 (with no table: any member)
             self.groups &= self.ping
+
+    def tone(self, ch: str) -> tuple[bool, bool]:
+        """Whether the usual reading of `ch` (in the vocabulary) is 平, and whether it is 仄."""
+        i = self.vocab.stoi[ch]
+        return bool(self.ping[i]), bool(self.ze[i])
 
     def group_index(self, name: str) -> int:
         return self.group_names.index(name)
@@ -250,7 +256,7 @@ def strict_templates(opts: SampleOptions, masks: ProsodyMasks, template_key: str
     if not usable:
         which = choices[0].name if template_key else "any template"
         raise UsageError(f"the given characters make {which} impossible ({problems[choices[0].key]} breaks the "
-                         "平仄 or rhyme): change --prompt/--acrostic or the template")
+                         "平仄 or rhyme): change --prompt/--acrostic/--keywords or the template")
     return usable
 
 
@@ -274,6 +280,9 @@ def _first_conflict(template: Template, opts: SampleOptions, masks: ProsodyMasks
         if ch in stoi:
             state.advance(line, col, torch.tensor([stoi[ch]]))
         grammar.advance(ch)
+    for line, k in enumerate(opts.keywords):
+        if not starts(k, opts.form.chars, line < len(opts.acrostic), state.want[0, line].tolist(), masks.tone):
+            return f"the keyword {k} of line {line + 1}"
     return None
 
 

@@ -24,28 +24,51 @@ def title_end(vocab: Vocab, opts: SampleOptions) -> int:
     return vocab.kw_id if opts.plan else vocab.sep_id
 
 
+def plan_lines(opts: SampleOptions) -> int:
+    """The keywords of a full plan: one a line of a fixed form or of a free-form acrostic, else at most
+    plan.MAX_PLAN_LINES (a free-form plan may end earlier)."""
+    return opts.form.lines if opts.form is not None else len(opts.acrostic) or MAX_PLAN_LINES
+
+
 def write_head(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor, state
                ) -> tuple[list[list[str]] | None, torch.Tensor, object]:
-    """After title_end: the poet's name (given), then, with opts.plan, one plan per poem drawn from
-    the poem's stream; the plans (None without) and the logits and state after the head's <sep>."""
+    """After title_end: the poet's name (given), then, with opts.plan, one plan per poem: the given
+    keywords (opts.keywords), the rest drawn from the poem's stream; the plans (None without) and the
+    logits and state after the head's <sep>."""
     vocab, num = decoder.vocab, opts.num
     if opts.author:
-        for token in [*vocab.encode(opts.author), vocab.kw_id if opts.plan else vocab.sep_id]:
-            logits, state = decoder.stepper.step(torch.full((num,), token, dtype=torch.long), state)
+        logits, state = _read(decoder.stepper, [*vocab.encode(opts.author), vocab.kw_id if opts.plan else vocab.sep_id],
+                              state, num)
     if not opts.plan:
         return None, logits, state
-    return _write_plans(decoder, opts, gen, logits, state)
+    given = list(opts.keywords)
+    if given:  # the user's keywords open the plan, the same for every poem: read in once
+        lines = plan_lines(opts)
+        ids = [t for i, k in enumerate(given) for t in [*([vocab.kw_id] if i else []), *vocab.encode(k)]]
+        ids.append(vocab.sep_id if len(given) == lines else vocab.kw_id)
+        logits, state = _read(decoder.stepper, ids, state, num)
+        if len(given) == lines:
+            return [list(given) for _ in range(num)], logits, state
+    return _write_plans(decoder, opts, gen, logits, state, given)
 
 
-def _write_plans(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor, state):
-    """One plan per poem, rows leaving the batch as they write their <sep> (as titles do)."""
+def _read(stepper, ids: list[int], state, num: int):
+    """The logits and state after all `num` rows read `ids`."""
+    for token in ids:
+        logits, state = stepper.step(torch.full((num,), token, dtype=torch.long), state)
+    return logits, state
+
+
+def _write_plans(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor, state, given: list[str]):
+    """One plan per poem after the `given` keywords, rows leaving the batch as they write their <sep>
+    (as titles do)."""
     vocab, num = decoder.vocab, opts.num
-    lines = opts.form.lines if opts.form is not None else MAX_PLAN_LINES
+    lines = plan_lines(opts)
     chars = decoder.class_masks[decoder.title_start_row]  # (V,) 0/1: the characters a title may hold
-    plans: list[list[list[str]]] = [[[]] for _ in range(num)]
+    plans: list[list[list[str]]] = [[*(list(k) for k in given), []] for _ in range(num)]
     final_logits, final_state = logits.new_empty(num, logits.size(1)), decoder.stepper.expand(state, num)
     alive = torch.arange(num)
-    for _ in range(lines * (DRAWN_KEYWORD + 1)):
+    for _ in range((lines - len(given)) * (DRAWN_KEYWORD + 1)):
         poems = alive.tolist()
         masks = torch.zeros(len(poems), chars.numel())
         for i, r in enumerate(poems):

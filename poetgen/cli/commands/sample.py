@@ -25,6 +25,7 @@ from ..options import (
     FormatOpt,
     FormOpt,
     Fp32Opt,
+    KeywordsOpt,
     MaxCharsOpt,
     NoPlanOpt,
     NoPruneOpt,
@@ -83,6 +84,7 @@ def sample_cmd(
     fmt: FormatOpt = "text",
     output: SampleOutputOpt = None,
     author: AuthorOpt = None,
+    keywords: KeywordsOpt = None,
     no_plan: NoPlanOpt = False,
     show_plan: ShowPlanOpt = False,
 ) -> None:
