@@ -12,9 +12,16 @@ from .text import to_script
 from .vocab import Vocab
 
 
-def file_records(text: str) -> list[tuple[str, str]]:
-    """(title, body) per non-empty line of `text`: `title<TAB>body`, or a body alone (empty title).
-    Spaces inside a line are dropped."""
+def file_records(text: str, path="--file") -> list[tuple[str, str]]:
+    """(title, body) per poem of `text`: JSON lines or poems separated by blank lines as a corpus takes
+    them from a user's file (corpus.user), else one poem a non-empty line, `title<TAB>body` or a body
+    alone (empty title; spaces inside a line dropped)."""
+    from .corpus import user
+
+    lines = text.splitlines()
+    several = any(a.strip() and b.strip() for a, b in zip(lines, lines[1:], strict=False))  # a poem of lines
+    if user.file_format(lines) == "jsonl" or (several and any(not line.strip() for line in lines)):
+        return user.parse_poems(text, path)
     records = []
     for line in text.splitlines():
         title, _, body = line.rpartition("\t")

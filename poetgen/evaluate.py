@@ -89,7 +89,7 @@ def run(checkpoint_path: Path | None, split: str | None = None, file: Path | Non
     `int8` evaluates the CPU sampling path (steppers.Int8Stepper, token by token) instead of the fp32 module."""
     check_eval_source(split, file)
     if file is not None:
-        records = file_records(read_text_file(file))
+        records = file_records(read_text_file(file), file)
         if not records:
             raise UsageError(f"--file {file} holds no poem: write one poem per line")
     path = checkpoint_path or checkpoint.default_checkpoint()

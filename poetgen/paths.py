@@ -125,16 +125,19 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def write_output(target: str | os.PathLike, text: str) -> None:
+def write_output(target: str | os.PathLike, text: str) -> int:
     """Write a command's output as shell redirection would, but safely: a regular file (or a new one)
     is replaced atomically, through a symlink if it is one; a device, FIFO or other special file is
-    written into directly."""
+    written into directly. Returns how many other hard links the replaced file had: they keep the old
+    text (a whole new file takes the name), which the caller should say."""
     real = Path(os.path.realpath(target))
     if real.exists() and not real.is_file():
         with open(real, "w", encoding="utf-8") as f:
             f.write(text)
-        return
+        return 0
+    links = real.stat().st_nlink - 1 if real.is_file() else 0
     atomic_write_text(target, text)  # the link itself: atomic_path follows it, and checks where it points
+    return links
 
 
 @contextlib.contextmanager

@@ -20,6 +20,8 @@ AUTHOR, KW = "<author>", "<kw>"
 PLAN_MARKS = (AUTHOR, KW)  # the last tokens of a vocabulary whose records carry poets and plans
 MARKERS = SPECIALS + PLAN_MARKS  # every token that is not text
 MIN_COUNT = 2  # a prepared corpus keeps the characters its train split holds this often; the rest are <unk>
+USER_MIN_COUNT = 1  # --min-count of a corpus from a user's file: a fine-tune joins its vocabulary to the
+# model's (train.plan.joined), so a character seen once is better a token than <unk>
 MAX_TITLE = 30  # characters of a title: longer ones are cut at corpus build, refused from --title
 
 

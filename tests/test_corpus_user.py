@@ -13,7 +13,7 @@ from synth import ALPHABET, random_poem
 from tiny import VOCAB, save_tiny
 
 from poetgen import checkpoint
-from poetgen.corpus import user
+from poetgen.vocab import USER_MIN_COUNT
 
 NEW = [chr(0x5000 + k * 11) for k in range(12)]  # characters the tiny model's vocabulary lacks
 
@@ -58,7 +58,7 @@ def test_json_lines_and_plain_text_build_the_same_poems_in_the_same_splits(tmp_p
     assert "mine.jsonl" in a.stderr and "train" in a.stderr
     meta_a, meta_b = (json.loads((tmp_path / d / "meta.json").read_text()) for d in "ab")
     assert meta_a["source"]["format"] == "jsonl" and meta_b["source"]["format"] == "text"
-    assert len(meta_a["source"]["sha256"]) == 64 and meta_a["min_count"] == user.USER_MIN_COUNT
+    assert len(meta_a["source"]["sha256"]) == 64 and meta_a["min_count"] == USER_MIN_COUNT
     assert meta_a["poems"] == meta_b["poems"] and meta_a["poems"]["val"] >= 12  # 10 percent of 240, about
     for split in ("train", "val"):
         body = [json.loads(x)["body"] for x in (tmp_path / "a" / f"poems.{split}.jsonl").read_text().splitlines()]

@@ -81,3 +81,24 @@ def test_an_export_removes_the_trial_files_of_a_killed_one(tiny_checkpoint, tmp_
     result = cli("export", "-c", str(tiny_checkpoint), "-o", str(out), "--no-test")
     assert result.exit_code == 0, result.stderr
     assert not dead.exists() and live.exists() and out.exists()
+
+
+def test_ctrl_c_while_measuring_stops_with_130_and_keeps_the_old_file(prepared, tiny_checkpoint, tmp_path,
+                                                                       monkeypatch):
+    import signal
+    import time
+
+    from poetgen import evaluate
+
+    def interrupted(*args, **kwargs):  # a real SIGINT to this process, in the middle of the measurement
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        raise AssertionError("the signal did not stop the export")
+
+    monkeypatch.setattr(evaluate, "run", interrupted)
+    shipped = tmp_path / "shipped.pt"
+    shipped.write_bytes(b"the previous model")
+    result = cli("export", "-c", str(tiny_checkpoint), "-o", str(shipped), "--data-dir", str(prepared))
+    assert result.exit_code == 130 and "interrupted" in result.stderr, result.stderr
+    assert shipped.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]  # no trial file left

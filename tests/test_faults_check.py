@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from cli_helpers import POETGEN, cli, one_line_error, real_poetgen, shell
 from synth import ALPHABET
 
@@ -66,3 +67,10 @@ def test_a_byte_order_mark_is_not_text(tmp_path, tiny_checkpoint):
     assert a.stdout == b.stdout != "" and a.exit_code == b.exit_code
     piped = cli("check", "-c", str(tiny_checkpoint), "--json", input=b"\xef\xbb\xbf" + poems.encode("utf-8"))
     assert piped.stdout == a.stdout
+
+
+@pytest.mark.parametrize("given", [["《静夜思》"], ["-"]])
+def test_a_title_with_no_poem_is_said_to_be_one(given):
+    result = real_poetgen("check", *given, input="《静夜思》\n\n".encode())
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "only 《静夜思》" in err and "input is empty" not in err, err

@@ -84,6 +84,19 @@ def test_a_dangling_link_makes_no_folders_and_a_private_file_stays_private(tiny_
     assert private.stat().st_mode & 0o777 == 0o600
 
 
+def test_replacing_a_file_with_hard_links_says_so(tiny_checkpoint, tmp_path):
+    """The output replaces the file whole (never half-written), so its other hard links keep the old
+    text: said in a warning, not silently."""
+    out, other = tmp_path / "poems.txt", tmp_path / "same-poems.txt"
+    out.write_text("old\n")
+    os.link(out, other)
+    result = cli("sample", "-c", str(tiny_checkpoint), "--seed", "1", "-o", str(out))
+    assert result.exit_code == 0 and out.read_text() != "old\n" and other.read_text() == "old\n"
+    assert "1 other hard link" in result.stderr and "old text" in result.stderr, result.stderr
+    again = cli("sample", "-c", str(tiny_checkpoint), "--seed", "2", "-o", str(out))
+    assert again.exit_code == 0 and "hard link" not in again.stderr  # the name now holds a file of its own
+
+
 @pytest.mark.parametrize("output", ["", "."])
 def test_an_output_that_is_a_folder_is_refused_at_once(tiny_checkpoint, tmp_path, output):
     """-o "" or -o FOLDER: one line naming the folder, exit 2 (not "Is a directory — free some space")."""

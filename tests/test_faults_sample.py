@@ -87,7 +87,8 @@ def test_too_many_poems_are_refused_before_loading(tiny_checkpoint, monkeypatch)
     (["--acrostic", "\u3000\u3000\u3000\u3000"], "--acrostic holds only spaces"),
     (["--form", "qijue", "--rhyme", ""], "--rhyme is empty"),
     (["--form", "qijue", "--strict", "--no-rhyme"], "--strict rhymes"),
-    (["--form", "qijue", "--max-chars", "3"], "--max-chars sets the length of a free-form poem")])
+    (["--form", "qijue", "--max-chars", "3"], "--max-chars sets the length of a free-form poem"),
+    (["--acrostic", "春" * 28, "--max-chars", "20"], "--max-chars 20 has room for 3")])
 def test_words_that_say_nothing_or_cannot_apply_are_refused(tiny_checkpoint, args, needle):
     """A blank title, heads or rhyme, or a setting the form overrides, is one line and exit 2, not
     silently dropped (the title line would be missing, the heads or the rhyme ignored)."""

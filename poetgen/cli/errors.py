@@ -80,7 +80,11 @@ def emit(text: str, output: Path | None = None) -> None:
         return
     from ..paths import write_output
 
-    write_output(output, text)
+    links = write_output(output, text)
+    if links:
+        typer.echo(f"poetgen: warning: {output} had {links} other hard link{'s' if links > 1 else ''}; "
+                   f"{'they keep' if links > 1 else 'it keeps'} the old text (the output replaces the file whole)",
+                   err=True)
 
 
 class ClosedStream:

@@ -16,7 +16,7 @@ from ..errors import CorpusError, UsageError
 from ..forms import detect_form
 from ..glyphs import KINDS, LEFT_AMBIGUOUS, LEFT_OUTSIDE_BMP, Normalizer, in_gb2312
 from ..text import converter, is_han
-from ..vocab import MIN_COUNT, Vocab
+from ..vocab import MIN_COUNT, USER_MIN_COUNT, Vocab
 from . import user
 from .clean import (
     Poem,
@@ -117,7 +117,7 @@ def _build(data_dir: Path, read: tuple, script: str, min_count: int | None, prog
     raw_poems, raw_song, source_meta, poems, dropped, normalizer = read
     mine = "file" in source_meta
     if min_count is None:
-        min_count = user.USER_MIN_COUNT if mine else MIN_COUNT
+        min_count = USER_MIN_COUNT if mine else MIN_COUNT
     splits = _split(poems, user.split_of if mine else split_of)
     counts: Counter = Counter()
     for poem in splits["train"]:

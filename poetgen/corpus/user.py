@@ -20,8 +20,6 @@ from ..errors import UsageError
 from ..text import LINE_END
 
 VAL_SHARE, TEST_SHARE = 10, 5  # percent of a user's poems in val and test (a small file needs a larger share)
-USER_MIN_COUNT = 1  # --min-count of a user's file: a fine-tune joins its vocabulary to the model's, so a
-# character seen once is better a token than <unk>
 MIN_POEMS = 20  # usable poems a user's file needs: enough for a split with a few in val
 MAX_LINE = 20_000  # characters of one line of the file; a longer one is not a poem's
 GZIP_MAGIC = b"\x1f\x8b"  # the package tarball starts so; a user's file never does
@@ -62,11 +60,23 @@ def read_user_file(path: Path) -> tuple[list[dict], dict]:
                              f"({MAX_LINE:,} at most): split the file into lines")
     if not text.strip():
         raise UsageError(f"{path} is empty: give poems as JSON lines or as plain text, a blank line between poems")
-    first = next(line for line in lines if line.strip()).lstrip()
-    kind = "jsonl" if first[0] in "{[" else "text"
+    kind = file_format(lines)
     records = _from_jsonl(path, lines) if kind == "jsonl" else _from_text(lines)
     source = {"file": os.path.basename(path), "sha256": hashlib.sha256(data).hexdigest(), "format": kind}
     return records, source
+
+
+def file_format(lines: list[str]) -> str:
+    """"jsonl" when the first line that holds anything opens a JSON value, else "text"."""
+    first = next((line.lstrip() for line in lines if line.strip()), "")
+    return "jsonl" if first[:1] in ("{", "[") else "text"
+
+
+def parse_poems(text: str, path) -> list[tuple[str, str]]:
+    """(title, body) of each poem in `text`, in either format of a user's file (eval --file)."""
+    lines = text.splitlines()
+    records = _from_jsonl(path, lines) if file_format(lines) == "jsonl" else _from_text(lines)
+    return [(r["title"], "".join(r["paragraphs"])) for r in records]
 
 
 def _record(title: str, author: str, lines: list[str]) -> dict:

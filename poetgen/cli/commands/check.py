@@ -54,7 +54,15 @@ def check_cmd(
         raise fail(str(e), 2) from None
     ok, reader_gone, count = True, False, 0
     lines = poem.splitlines() if poem is not None else iter_lines(file)
-    for count, text in enumerate(prosody.read_poems(lines), 1):
+    first: list[str] = []  # the input's first line that holds anything (what an input of no poem held)
+
+    def watched(lines):
+        for line in lines:
+            if not first and line.strip():
+                first.append(line.strip())
+            yield line
+
+    for count, text in enumerate(prosody.read_poems(watched(lines)), 1):
         try:
             r = checker.check(text)
         except UsageError:
@@ -65,6 +73,10 @@ def check_cmd(
             out = to_json(r.to_dict()) + "\n" if as_json else \
                 ("\n" if count > 1 else "") + check_result(r) + "\n"
             reader_gone = not write_stdout(out)  # keep checking: the exit code is the verdict
+    if count == 0 and first:
+        shown = first[0] if len(first[0]) <= 20 else first[0][:20] + "…"
+        raise fail(f"no poem given: the input holds only {shown} (a title, or no verse line): give the poem's "
+                   "lines after its title", 2)
     if count == 0:
         raise fail("no poem given: the input is empty", 2)
     if not ok:

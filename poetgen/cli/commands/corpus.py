@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ...corpus.user import USER_MIN_COUNT
-from ...vocab import MIN_COUNT
+from ...vocab import MIN_COUNT, USER_MIN_COUNT
 from ..app import corpus_app
 from ..errors import handle_errors, write_stdout
 from ..options import DataDirOpt, JsonOpt, QuietOpt, ScriptOpt, data_root, examples

@@ -36,7 +36,9 @@ def eval_cmd(
     checkpoint_path: CheckpointOpt = None,
     split: SplitOpt = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="UTF-8 text, one poem per line (a body, or "
-                                                 "title<TAB>body).", metavar="FILE", show_default="none")] = None,
+                                                 "title<TAB>body); or a file as `corpus build --from` takes it (JSON "
+                                                 "lines, or poems of several lines with a blank line between).",
+                                                 metavar="FILE", show_default="none")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = DEFAULT_DEVICE,
     int8: Annotated[bool, flag("--int8", "Measure the int8 path `poetgen sample` uses on a CPU instead of the "
