@@ -17,11 +17,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 from synth import make_corpus  # noqa: E402
+
+from poetgen.checkpoint import default_checkpoint  # noqa: E402
 
 
 def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]]:
@@ -98,7 +101,29 @@ def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]
         ([*train, str(tmp / "r22"), "--sampled-softmax", "many"], None),
         (["corpus", "build", "--data-dir", str(tmp / "d5"), "--from", str(pkg), "--with-song"], None),  # no Song files
         (["eval", "--split", "song"], None),
+        (["check", "《静夜思》"], None), (["sample", "--acrostic", "春" * 28, "--max-chars", "20"], None),
+        ([*sample, "--keywords", ""], None), ([*sample, "--keywords", "秋月,abc"], None),
+        ([*sample, "--keywords", "一二三四五"], None), ([*sample, "--keywords", "秋月", "--prompt", "春"], None),
+        ([*sample, "--keywords", "秋月", "--no-plan"], None),
+        ([*sample, "--form", "wujue", "--keywords", "一,二,三,四,五"], None),
+        ([*sample, "--form", "qijue", "--keywords", "月,月明,明月"], None),
+        ([*sample, "--form", "wujue", "--strict", "--keywords", "明月,月"], None),
+        ([*sample, "--keywords", "一,二,三,四", "--max-chars", "12"], None),
     ]
+    for n, content in enumerate((b"", b"\n \n", b'{"title": "x"}\n', b'{"body": 1}\n', b'["x"]\n', b"abc\n\nxyz\n",
+                                 "一二三四五，六七八九十。\n".encode(), ("一" * 30_000).encode(), b"\xff\xfe")):
+        mine = tmp / f"mine{n}.txt"  # a user's file of poems that cannot make a corpus
+        mine.write_bytes(content)
+        out.append((["corpus", "build", "--from", str(mine), "--data-dir", str(tmp / f"u{n}")], None))
+    flipped = tmp / "flipped.pt"  # the shipped model with one bit of one weight flipped
+    data = bytearray(default_checkpoint().read_bytes())
+    with zipfile.ZipFile(default_checkpoint()) as archive:
+        part = max(archive.infolist(), key=lambda i: i.file_size)
+    data[part.header_offset + 30 + len(part.filename.encode()) + len(part.extra) + part.file_size // 2] ^= 4
+    flipped.write_bytes(bytes(data))
+    out += [([*sample, "-c", str(flipped)], None), (["info", "-c", str(flipped)], None),
+            (["check", "-c", str(flipped), "一"], None),
+            (["export", "-c", str(flipped), "-o", str(tmp / "f.pt")], None)]
     return out
 
 

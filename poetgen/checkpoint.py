@@ -28,6 +28,7 @@ from .payload import (
     parse_parts,
     read_header,
     validate_payload,
+    verify_archive,
 )
 from .vocab import Vocab
 
@@ -193,6 +194,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise missing(path)
+    verify_archive(path)
     try:
         with warnings.catch_warnings():  # a legacy file's torch warning is not ours to print: the error says it
             warnings.simplefilter("ignore")
