@@ -10,9 +10,10 @@ import random
 import pytest
 from cli_helpers import cli, one_line_error, real_poetgen
 from synth import ALPHABET, random_poem
-from tiny import VOCAB, save_tiny
+from tiny import VOCAB, tiny_model
 
 from poetgen import checkpoint
+from poetgen.checkpoint import ModelMeta
 from poetgen.vocab import USER_MIN_COUNT
 
 NEW = [chr(0x5000 + k * 11) for k in range(12)]  # characters the tiny model's vocabulary lacks
@@ -114,8 +115,9 @@ def test_a_fine_tune_keeps_the_model_characters_and_adds_the_file(tmp_path):
     data = tmp_path / "mine"
     assert cli("corpus", "build", "--from", str(write_jsonl(tmp_path / "m.jsonl", poems(120))), "--data-dir",
                str(data), "--script", "traditional").exit_code == 0  # the tiny model's script
-    base = save_tiny(tmp_path / "base.pt", tones={c: [9, 0] for c in ALPHABET[:20]} | {c: [0, 9] for c in
-                                                                                         ALPHABET[20:50]})
+    base = tmp_path / "base.pt"
+    checkpoint.save(base, tiny_model(), VOCAB, ModelMeta(script="traditional", poets={"某丙": 40}),
+                    tones={c: [9, 0] for c in ALPHABET[:20]} | {c: [0, 9] for c in ALPHABET[20:50]})
     result = cli("train", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--init-from", str(base),
                  "--batch-size", "4", "--bptt", "8", "--max-steps", "3", "--eval-every", "3")
     assert result.exit_code == 0, result.stderr
@@ -126,5 +128,20 @@ def test_a_fine_tune_keeps_the_model_characters_and_adds_the_file(tmp_path):
     added = [t for t in ft.vocab.tokens if t not in VOCAB.stoi]
     assert set(added) >= set(NEW[:4]) and f"{len(added):,} new ones" in result.stderr, result.stderr
     assert ft.tones is not None  # the file has no tones: the model keeps its table
+    assert {"某丙", "某甲", "某乙"} <= set(ft.meta.poets)  # the poets it knew, and the file's
     sampled = cli("sample", "-c", str(tmp_path / "run" / "best.pt"), "--form", "wujue", "--seed", "1")
     assert sampled.exit_code == 0, sampled.stderr
+
+
+def test_eval_file_reads_a_users_file_in_either_format(tmp_path, tiny_checkpoint):
+    items = poems(30, seed=3)
+    figures = []
+    for path in (write_jsonl(tmp_path / "p.jsonl", items), write_text(tmp_path / "p.txt", items)):
+        result = cli("eval", "-c", str(tiny_checkpoint), "--file", str(path), "--json")
+        assert result.exit_code == 0, result.stderr
+        figures.append(json.loads(result.stdout))
+    assert figures[0]["record"] == figures[1]["record"] and figures[0]["unknown"] == figures[1]["unknown"] > 0
+    one_a_line = tmp_path / "lines.txt"  # the older format: one poem a line, title<TAB>body
+    one_a_line.write_text("".join(f"{p['title']}\t{''.join(p['lines'])}\n" for p in items), encoding="utf-8")
+    result = json.loads(cli("eval", "-c", str(tiny_checkpoint), "--file", str(one_a_line), "--json").stdout)
+    assert result["record"] == figures[0]["record"]

@@ -131,6 +131,8 @@ def train_run(out: Path, data_dir: Path, given: dict, *, resume: bool = False, p
             start = plan.init_checkpoint or plan.resume_from  # a corpus without the tables: the model's own
             tones = tones if tones is not None or start is None else start.tones
             doubles = doubles if doubles is not None or start is None else start.doubles
+            if start is not None and start.meta.poets:  # the poets a model knew, it still knows
+                meta = {**meta, "poets": {**start.meta.poets, **(meta.get("poets") or {})}}
         run_vocab = plan.vocab if plan.vocab.tokens[:len(vocab)] == vocab.tokens else vocab  # else resume refuses
         trainer = Trainer(plan.model_config, plan.train_config, run_vocab, train_stream, val_stream, out, meta,
                           tones=tones, doubles=doubles, data_dir=named_data_dir, listeners=listeners,
