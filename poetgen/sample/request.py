@@ -38,7 +38,7 @@ class SampleOptions:
     form: Form | None = None  # None: free form
     acrostic: str = ""
     num: int = 1
-    temperature: float = 0.8
+    temperature: float = 0.6  # two reader panels preferred 0.6 to 0.8 (benchmarks/panels/2026-12-07-*)
     top_k: int | None = None
     top_p: float | None = None
     seed: int = 0
