@@ -201,7 +201,26 @@ def scenarios(tmp: Path, pkg: Path, data: Path) -> list[tuple[str, str, object]]
     kills = " ".join(f"(setsid $P corpus build --from {pkg} --data-dir {tmp / 'kill'} --script traditional --quiet & "
                      f"pid=$!; sleep {t}; kill -9 -$pid 2>/dev/null; wait $pid);" for t in
                      ("0.3", "0.6", "0.9", "1.2", "1.5", "1.8", "2.1", "2.4"))
+    def interrupted_export(p):
+        trials = list(tmp.glob(".int.pt.*.tmp"))
+        if trials:
+            return f"trial files left: {[t.name for t in trials]}"
+        text = (tmp / "int.pt").read_bytes()
+        if p.returncode == 130:
+            return None if text == b"old\n" else "interrupted, yet the old file was replaced"
+        return None if p.returncode == 0 and text != b"old\n" else f"exit {p.returncode}"
+
+    def links_said(p):
+        if b"hard link" not in p.stderr:
+            return "no word of the broken hard link"
+        return None if (tmp / "twin.txt").read_text() == "old\n" else "the other link changed"
+
     return [
+        *((f"export: SIGINT at {t} s", f"echo old > {tmp / 'int.pt'}; $P export -c {model} -o {tmp / 'int.pt'} "
+           f"--data-dir {data} & pid=$!; sleep {t}; kill -INT $pid; wait $pid", interrupted_export)
+          for t in (1, 2, 3)),
+        ("sample -o over a file with another hard link", f"echo old > {tmp / 'one.txt'}; ln -f {tmp / 'one.txt'} "
+         f"{tmp / 'twin.txt'}; $P sample --form wujue --seed 1 -o {tmp / 'one.txt'}", links_said),
         ("check: an argument not UTF-8", "$P check $'白日依山尽\\xff'", one_line(2)),
         ("sample: a prompt not UTF-8", "$P sample --prompt $'\\xff'", one_line(2)),
         ("check: a C locale", f"LC_ALL=C PYTHONUTF8=0 PYTHONCOERCECLOCALE=0 $P check -c {model} {poem}", no_traceback),

@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from .checkpoint import Checkpoint, ModelMeta, load, read, save
+from .checkpoint import Checkpoint, ModelMeta, load, save
 from .errors import UsageError
 from .forms import ATTESTED_DOUBLE
 from .paths import same_file
@@ -16,13 +16,13 @@ from .text import plural
 
 
 def export(source: Path, output: Path, tones: dict | None = None, half: bool = True,
-           measure=None, doubles: dict | None = None) -> Checkpoint:
+           measure=None, doubles: dict | None = None) -> Path:
     """Write a shipped model from a trained one: weights only (fp16 by default), with the tone table
     (`tones`, else the source's own), the 叠字 table (`doubles`, else the source's own, if any) and the
     source's critic, if any. `measure(path) -> {split: figures}`
     evaluates the weights as they will be written (a temp file beside `output`); the figures are recorded
     in the file, and `output` is written once, at the end: a failure or a signal before then leaves any
-    previous file intact."""
+    previous file intact. Returns `output`."""
     if same_file(source, output):
         raise UsageError(f"--output {output} is the checkpoint being exported: choose another path")
     _remove_stale_trials(Path(output))
@@ -43,7 +43,7 @@ def export(source: Path, output: Path, tones: dict | None = None, half: bool = T
         finally:
             trial.unlink(missing_ok=True)
     save(output, ckpt.model, ckpt.vocab, meta, tones=tones, half=half, critic=ckpt.critic_payload, doubles=doubles)
-    return read(output)
+    return Path(output)  # nothing after the file is in place: an interrupt now would call a finished export failed
 
 
 def describe(ckpt: Checkpoint) -> dict:

@@ -102,3 +102,24 @@ def test_ctrl_c_while_measuring_stops_with_130_and_keeps_the_old_file(prepared, 
     assert result.exit_code == 130 and "interrupted" in result.stderr, result.stderr
     assert shipped.read_bytes() == b"the previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]  # no trial file left
+
+
+def test_sigint_stops_an_export_started_with_sigint_ignored(tiny_checkpoint, prepared, tmp_path):
+    """A background job of a shell script starts with SIGINT ignored (POSIX); `kill -INT` must still
+    stop the export with exit 130 and leave the old file, not let it finish and replace it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shipped = tmp_path / "shipped.pt"
+    shipped.write_bytes(b"the previous model")
+    proc = subprocess.Popen([sys.executable, "-m", "poetgen", "export", "-c", str(tiny_checkpoint), "-o",
+                             str(shipped), "--data-dir", str(prepared)], stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.8)  # within the start (torch alone takes over a second to import)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert shipped.read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped.pt"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -49,7 +50,11 @@ def export_cmd(
                     typer.echo(f"{split}: {figures(r)}", err=True)
         return measured
 
-    ckpt = export(checkpoint_path, output, tones=tones, half=half, measure=measure if test else None,
-                  doubles=doubles)
-    if not quiet:
-        typer.echo(f"wrote {ckpt.path} ({ckpt.path.stat().st_size / 1e6:.1f} MB)", err=True)
+    written = export(checkpoint_path, output, tones=tones, half=half, measure=measure if test else None,
+                     doubles=doubles)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the new file is in place: the export succeeded
+    try:
+        if not quiet:
+            typer.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", err=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
