@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .text import to_script
+from .text import LINE_END, to_script
 from .vocab import Vocab
 
 
@@ -19,8 +19,7 @@ def file_records(text: str, path="--file") -> list[tuple[str, str]]:
     from .corpus import user
 
     lines = text.splitlines()
-    several = any(a.strip() and b.strip() for a, b in zip(lines, lines[1:], strict=False))  # a poem of lines
-    if user.file_format(lines) == "jsonl" or (several and any(not line.strip() for line in lines)):
+    if user.file_format(lines) == "jsonl" or _poems_of_lines(lines):
         return user.parse_poems(text, path)
     records = []
     for line in text.splitlines():
@@ -29,6 +28,21 @@ def file_records(text: str, path="--file") -> list[tuple[str, str]]:
         if body:
             records.append((title, body))
     return records
+
+
+def _poems_of_lines(lines: list[str]) -> bool:
+    """Whether a text file holds poems of several lines separated by blank lines (a user's corpus file)
+    rather than one poem a line: a title line in 《》, or, with blank lines between blocks of several
+    lines and no tab, lines that are verse lines (at most two end marks each, where a whole poem on a
+    line has four or more)."""
+    filled = [line.strip() for line in lines if line.strip()]
+    if any(line.startswith("《") and line.endswith("》") for line in filled):
+        return True
+    several = any(a.strip() and b.strip() for a, b in zip(lines, lines[1:], strict=False))
+    if not several or len(filled) == len(lines) or any("\t" in line for line in filled):
+        return False
+    marks = sorted(sum(ch in LINE_END for ch in line) for line in filled)
+    return marks[len(marks) // 2] <= 2
 
 
 def encode_records(records: list[tuple[str, str]], vocab: Vocab, script: str | None) -> tuple[np.ndarray, int]:

@@ -17,7 +17,7 @@ from .errors import CorpusError
 UNK, BOS, SEP, EOS = "<unk>", "<bos>", "<sep>", "<eos>"
 SPECIALS = (UNK, BOS, SEP, EOS)
 AUTHOR, KW = "<author>", "<kw>"
-PLAN_MARKS = (AUTHOR, KW)  # the last tokens of a vocabulary whose records carry poets and plans
+PLAN_MARKS = (AUTHOR, KW)  # tokens of a vocabulary whose records carry poets and plans (a corpus puts them last)
 MARKERS = SPECIALS + PLAN_MARKS  # every token that is not text
 MIN_COUNT = 2  # a prepared corpus keeps the characters its train split holds this often; the rest are <unk>
 USER_MIN_COUNT = 1  # --min-count of a corpus from a user's file: a fine-tune joins its vocabulary to the

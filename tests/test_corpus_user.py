@@ -145,3 +145,25 @@ def test_eval_file_reads_a_users_file_in_either_format(tmp_path, tiny_checkpoint
     one_a_line.write_text("".join(f"{p['title']}\t{''.join(p['lines'])}\n" for p in items), encoding="utf-8")
     result = json.loads(cli("eval", "-c", str(tiny_checkpoint), "--file", str(one_a_line), "--json").stdout)
     assert result["record"] == figures[0]["record"]
+
+
+def test_plain_text_marks_titles_and_a_missing_file(tmp_path):
+    from poetgen.corpus.user import parse_poems
+
+    text = "《甲》\n\n一二三四五\n六七八九十\n甲乙丙丁戊\n\n白日青山远，黄河落照间\n孤舟寒水上\n"
+    assert parse_poems(text, "x") == [("甲", "一二三四五，六七八九十。甲乙丙丁戊。"),
+                                      ("", "白日青山远，黄河落照间。孤舟寒水上。")]
+    result = cli("corpus", "build", "--from", str(tmp_path / "missing.txt"), "--data-dir", str(tmp_path / "m"))
+    assert result.exit_code == 2 and one_line_error(result) and "no such file" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_eval_file_keeps_one_poem_a_line_with_a_stray_blank_line(tmp_path, tiny_checkpoint):
+    items = poems(6, seed=4)
+    rows = [f"{p['title']}\t{''.join(p['lines'])}" for p in items]
+    plain, gap = tmp_path / "a.txt", tmp_path / "b.txt"
+    plain.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    gap.write_text("\n".join(rows[:3]) + "\n\n" + "\n".join(rows[3:]) + "\n", encoding="utf-8")
+    a, b = (json.loads(cli("eval", "-c", str(tiny_checkpoint), "--file", str(f), "--json").stdout)
+            for f in (plain, gap))
+    assert a["record"] == b["record"] and a["chars"] == b["chars"]

@@ -88,7 +88,7 @@ def test_too_many_poems_are_refused_before_loading(tiny_checkpoint, monkeypatch)
     (["--form", "qijue", "--rhyme", ""], "--rhyme is empty"),
     (["--form", "qijue", "--strict", "--no-rhyme"], "--strict rhymes"),
     (["--form", "qijue", "--max-chars", "3"], "--max-chars sets the length of a free-form poem"),
-    (["--acrostic", "春" * 28, "--max-chars", "20"], "--max-chars 20 has room for 3")])
+    (["--acrostic", "春" * 28, "--max-chars", "20"], "now 20, room for 3 heads")])
 def test_words_that_say_nothing_or_cannot_apply_are_refused(tiny_checkpoint, args, needle):
     """A blank title, heads or rhyme, or a setting the form overrides, is one line and exit 2, not
     silently dropped (the title line would be missing, the heads or the rhyme ignored)."""

@@ -95,7 +95,7 @@ def test_free_form_keeps_lines_open_until_their_keywords_and_the_budget(model_se
     keywords = keywords_from(ids)
     assume(keywords)
     heads = "".join(OTHER[24 + i % (len(OTHER) - 24)] for i in range(len(keywords) + 1)) if acrostic else ""
-    need = sum(max(4, len(k) + (i < len(heads))) + 1 for i, k in enumerate(keywords))
+    need = sum((i < len(heads)) + len(k) + 1 for i, k in enumerate(keywords))  # the least the request allows
     max_chars = max(need + spare, 6 * len(heads))
     opts = SampleOptions(seed=seed, temperature=1.5, num=4, best_of=1, keywords=keywords, max_chars=max_chars,
                          acrostic=heads)
@@ -135,7 +135,9 @@ def test_given_keywords_open_the_plan_of_a_model_that_plans(plan_checkpoint):  #
     (["--keywords", "秋月", "--no-plan"], "--no-plan"),
     (["--form", "qijue", "--keywords", "月,月明,明月"], "more than 2 times"),
     (["--form", "qijue", "--strict", "--keywords", "明月,月"], "more than once"),
-    (["--keywords", "一,二,三,四", "--max-chars", "12"], "--max-chars"),
+    (["--keywords", "一,二,三,四", "--max-chars", "7"], "--max-chars"),  # each needs 2: itself and a mark
+    (["--keywords", "一,二,三,四,五,六,七,八,九"], "a plan has at most 8 keywords"),
+    (["--form", "qijue", "--strict", "--acrostic", "春夏秋冬", "--keywords", "秋风"], "acrostic heads"),
 ])
 def test_keywords_a_request_cannot_hold_are_one_line_errors(args, words):
     if words is None:
@@ -148,3 +150,24 @@ def test_keywords_a_request_cannot_hold_are_one_line_errors(args, words):
 def test_a_model_that_does_not_plan_refuses_keywords(tiny_checkpoint):
     result = cli("sample", "-c", str(tiny_checkpoint), "--keywords", "一")
     assert result.exit_code == 2 and one_line_error(result) and "writes no plans" in result.stderr, result.stderr
+
+
+def test_a_keyword_that_starts_with_its_head_is_written_after_it():
+    """The head stands at the line's start; the keyword, though it starts with the same character, is
+    placed after it, not read into the head."""
+    f = FORMS["qijue"]
+    heads = "".join(OTHER[24 + i] for i in range(4))
+    keywords = (heads[0] + POOL[0], POOL[1])
+    opts = SampleOptions(form=f, seed=3, temperature=1.2, num=4, acrostic=heads, best_of=2, keywords=keywords)
+    for poem in Generator(tiny(7), VOCAB).generate(opts, verse=verse_rules(opts, MASKS)):
+        assert [line[0] for line in poem.lines] == list(heads)
+        assert keywords[0] in poem.lines[0][1:-2] and keywords[1] in poem.lines[1][:-2], poem.body
+
+
+def test_a_free_form_plan_may_end_right_after_the_given_keywords(plan_checkpoint):  # noqa: F811
+    word = PLAN_VOCAB.tokens[10]
+    poems = Sampler(checkpoint.load(plan_checkpoint), sample_request(num=12, seed=1, temperature=1.5,
+                                                                     keywords=word)).poems()
+    assert all(p.plan[0] == word and all(p.plan) for p in poems)
+    assert {len(p.plan) for p in poems} > {1}, [p.plan for p in poems]  # ended there, and went on
+    assert 1 in {len(p.plan) for p in poems}

@@ -28,6 +28,7 @@ from .fetch import (
     PACKAGE,
     VERSION,
     cached_tarball,
+    package_root,
     read_package,
     verify_tarball,
 )
@@ -87,8 +88,15 @@ def build(
     converter(script)  # an unknown script, or no OpenCC, is said before any work
     data_dir = Path(data_dir)
     read = None
-    if source is not None and user.is_user_file(Path(source)):  # read and checked before the folder exists
-        read = _read(Path(source), integrity, with_song, script, None)  # a moment: no progress to show
+    if source is not None:  # a named source is checked before the corpus folder (and its lock) exists
+        source = Path(source)
+        if not source.exists():
+            raise UsageError(f"--from {source}: no such file or folder: give the package's tarball or folder, "
+                             "or a file of your own poems")
+        if source.is_dir():
+            package_root(source)
+        elif user.is_user_file(source):
+            read = _read(source, integrity, with_song, script, None)  # a moment: no progress to show
     with corpus_lock(data_dir):
         if read is None:
             source = Path(source) if source is not None else cached_tarball(data_dir)

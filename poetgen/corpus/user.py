@@ -5,8 +5,9 @@
 - plain UTF-8 text: poems separated by blank lines; a first line in 《》 is the poem's title.
 
 Either becomes records of the package's shape ({id, title, author, paragraphs}), so the same cleaning,
-conversion, plan and record format apply. A line without an end mark gets one (，/。 by turns): verse
-written one line to a row needs no punctuation. Each poem's id is a digest of its text, so its split
+conversion, plan and record format apply. A line without an end mark gets one: 。 after a couplet (a
+line holding a ，), an even line or the poem's last line, ， after the others; verse written one line
+to a row needs no punctuation. Each poem's id is a digest of its text, so its split
 does not depend on where it stands in the file."""
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ def parse_poems(text: str, path) -> list[tuple[str, str]]:
 
 
 def _record(title: str, author: str, lines: list[str]) -> dict:
+    lines = [x.strip() for x in lines if x.strip()]
     paragraphs = []
-    for i, line in enumerate(x.strip() for x in lines if x.strip()):
-        paragraphs.append(line if line[-1] in LINE_END else line + ("，" if i % 2 == 0 else "。"))
+    for i, line in enumerate(lines):
+        if line[-1] not in LINE_END:  # 。 after a couplet, an even line or the last; ， after the others
+            line += "。" if "，" in line or i % 2 == 1 or i == len(lines) - 1 else "，"
+        paragraphs.append(line)
     digest = hashlib.sha1(f"{title}\n{''.join(paragraphs)}".encode()).hexdigest()[:16]  # the same in either format
     return {"id": f"user:{digest}", "title": title, "author": author, "paragraphs": paragraphs}
 
@@ -111,17 +115,17 @@ def _from_jsonl(path: Path, lines: list[str]) -> list[dict]:
 
 
 def _from_text(lines: list[str]) -> list[dict]:
-    records, poem = [], []
+    records, poem, title = [], [], ""
     for line in [*lines, ""]:
         if line.strip():
             poem.append(line.strip())
             continue
         if poem:
-            title = ""
             if poem[0].startswith("《") and poem[0].endswith("》"):
                 title, poem = poem[0][1:-1], poem[1:]
-            if poem:
+            if poem:  # a title alone, a blank line after it, titles the poem that follows
                 records.append(_record(title, "", poem))
+                title = ""
             poem = []
     return records
 

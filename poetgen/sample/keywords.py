@@ -17,7 +17,7 @@ from ..text import is_han
 from ..vocab import Vocab
 
 FREE_LINE_END = 4  # free form: a keyword ends by a line's 4th character, so it fits a line of five
-FREE, WANT_PING, WANT_ZE = 0, 1, 2  # what a position's tone must be (masks.VerseState.want)
+FREE, WANT_PING, WANT_ZE = 0, 1, 2  # what a position's tone must be (masks.VerseState.want holds these)
 
 
 def starts(keyword: str, chars: int | None, head: bool, wants: list[int] | None = None,
@@ -40,22 +40,36 @@ def _fits(want: int, tone: tuple[bool, bool]) -> bool:
 
 
 def line_need(keyword: str, head: bool) -> int:
-    """Characters (its mark included) a free-form line needs at most to hold `keyword`."""
-    return max(starts(keyword, None, head)) + len(keyword) + 1
+    """Characters (its mark included) a free-form line needs at least to hold `keyword`: when the
+    budget runs short the keyword starts at once (after the head), and the line ends after it."""
+    return head + len(keyword) + 1
+
+
+def plan_lines(form: Form | None, heads: str) -> int:
+    """The keywords of a full plan: one a line of a fixed form or of a free-form acrostic, at most
+    plan.MAX_PLAN_LINES (the longest plan the corpus's records carry; a free-form plan may end earlier)."""
+    from ..plan import MAX_PLAN_LINES
+
+    return form.lines if form is not None else min(len(heads) or MAX_PLAN_LINES, MAX_PLAN_LINES)
 
 
 def check_keywords(keywords: tuple[str, ...], form: Form | None, heads: str, max_uses: int) -> str | None:
-    """What makes these keywords impossible for the form (a message), or None: too many for the lines,
-    too long for a line, a character used more than `max_uses` times across them (a 叠字 counts once)."""
-    lines = form.lines if form is not None else len(heads) or None
-    if lines is not None and len(keywords) > lines:
-        return f"--keywords has {len(keywords)} keywords but the poem has {lines} lines: give at most {lines}"
+    """What makes these keywords impossible for the form (a message), or None: more than the plan's
+    lines, too long for a line, a character used more than `max_uses` times across them and the
+    acrostic heads (a 叠字 counts once)."""
+    lines = plan_lines(form, heads)
+    if len(keywords) > lines:
+        what = f"the poem has {lines} lines" if form is not None or len(heads) == lines else \
+            f"a plan has at most {lines} keywords"
+        return f"--keywords has {len(keywords)} keywords but {what}: give at most {lines}"
     for i, k in enumerate(keywords):
         if form is not None and not starts(k, form.chars, i < len(heads)):
             room = form.chars - 1 - (i < len(heads))
             return (f"--keywords: {k} does not fit line {i + 1} of a {form.name}, which leaves {room} characters "
                     "for it (the last is the rhyme's, the first an acrostic head's): shorten it")
     counts: dict[str, int] = {}
+    for h in heads:  # each acrostic head is a use of its character in the poem
+        counts[h] = counts.get(h, 0) + 1
     for k in keywords:
         for j, ch in enumerate(k):
             if j == 0 or ch != k[j - 1]:
@@ -63,8 +77,8 @@ def check_keywords(keywords: tuple[str, ...], form: Form | None, heads: str, max
     over = [ch for ch, n in counts.items() if n > max_uses]
     if over:
         times = "once" if max_uses == 1 else f"{max_uses} times"
-        return (f"--keywords uses {'、'.join(over)} more than {times}, which the rules of repetition forbid: "
-                "choose other keywords")
+        return (f"--keywords uses {'、'.join(over)} more than {times} (with the acrostic heads), "
+                "which the rules of repetition forbid: choose other keywords")
     return None
 
 
@@ -122,7 +136,7 @@ class KeywordRows:
         if not self.pending(r, line):
             return
         p = self.placed[r][line]
-        if p > 0 or token == self.ids[line][0]:
+        if p > 0 or (token == self.ids[line][0] and col in self.starts[r][line]):  # never at a head
             self.placed[r][line] = p + 1
 
     def step(self, line: int, col: int, size: int):

@@ -20,7 +20,7 @@ from ..forms import ATTESTED_DOUBLE, TOKEN_CLASSES, Form, TokenClass
 from ..prosody import PING, ZE, RhymeTable, Template, ToneTable, find_group, get_template, templates
 from ..text import LINE_END, STOPS
 from ..vocab import MARKERS, Vocab
-from .keywords import starts
+from .keywords import FREE, WANT_PING, WANT_ZE, starts
 from .request import SampleOptions
 
 
@@ -139,7 +139,7 @@ class VerseState:
     """The verse rules' state over a batch of rows that stand at the same position: what each row has
     used and rhymed, and the masks these leave for the next character."""
 
-    FREE, WANT_PING, WANT_ZE = 0, 1, 2
+    FREE, WANT_PING, WANT_ZE = FREE, WANT_PING, WANT_ZE  # one table, keywords.py's (which places keywords by it)
 
     def __init__(self, rules: VerseRules, form: Form, rows: int, templates_per_row: list[Template] | None):
         prosody = rules.masks

@@ -1,15 +1,16 @@
 """Writing a poem's head after its title, for a model whose records carry them (vocab.plans): the
 poet's name when one is asked for, then the plan, one keyword a line, each one or two characters as
 the corpus's are (poetgen.plan), before the body. A fixed form's plan has one keyword for each of its
-lines; a free-form plan ends where the model ends it (at most plan.MAX_PLAN_LINES keywords)."""
+lines; a free-form plan ends where the model ends it (at most plan.MAX_PLAN_LINES keywords; see
+keywords.plan_lines)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..plan import MAX_PLAN_LINES
 from ..vocab import Vocab
 from .choice import Streams
+from .keywords import plan_lines as keyword_lines
 from .request import SampleOptions
 
 DRAWN_KEYWORD = 2  # characters of a keyword the model writes: the corpus's are one or two
@@ -25,9 +26,8 @@ def title_end(vocab: Vocab, opts: SampleOptions) -> int:
 
 
 def plan_lines(opts: SampleOptions) -> int:
-    """The keywords of a full plan: one a line of a fixed form or of a free-form acrostic, else at most
-    plan.MAX_PLAN_LINES (a free-form plan may end earlier)."""
-    return opts.form.lines if opts.form is not None else len(opts.acrostic) or MAX_PLAN_LINES
+    """The keywords of a full plan for these options (keywords.plan_lines)."""
+    return keyword_lines(opts.form, opts.acrostic)
 
 
 def write_head(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor, state
@@ -45,7 +45,8 @@ def write_head(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor,
     if given:  # the user's keywords open the plan, the same for every poem: read in once
         lines = plan_lines(opts)
         ids = [t for i, k in enumerate(given) for t in [*([vocab.kw_id] if i else []), *vocab.encode(k)]]
-        ids.append(vocab.sep_id if len(given) == lines else vocab.kw_id)
+        if len(given) == lines:
+            ids.append(vocab.sep_id)
         logits, state = _read(decoder.stepper, ids, state, num)
         if len(given) == lines:
             return [list(given) for _ in range(num)], logits, state
@@ -60,20 +61,22 @@ def _read(stepper, ids: list[int], state, num: int):
 
 
 def _write_plans(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tensor, state, given: list[str]):
-    """One plan per poem after the `given` keywords, rows leaving the batch as they write their <sep>
+    """One plan per poem after the `given` keywords (read in: the last one is closed, the model writes
+    what follows it, <kw> or, in free form, <sep>), rows leaving the batch as they write their <sep>
     (as titles do)."""
     vocab, num = decoder.vocab, opts.num
     lines = plan_lines(opts)
     chars = decoder.class_masks[decoder.title_start_row]  # (V,) 0/1: the characters a title may hold
-    plans: list[list[list[str]]] = [[*(list(k) for k in given), []] for _ in range(num)]
+    plans: list[list[list[str]]] = [[list(k) for k in given] or [[]] for _ in range(num)]
+    closed = [bool(given)] * num  # the last keyword is given whole: no character may extend it
     final_logits, final_state = logits.new_empty(num, logits.size(1)), decoder.stepper.expand(state, num)
     alive = torch.arange(num)
-    for _ in range((lines - len(given)) * (DRAWN_KEYWORD + 1)):
+    for _ in range((lines - len(given)) * (DRAWN_KEYWORD + 1) + bool(given)):
         poems = alive.tolist()
         masks = torch.zeros(len(poems), chars.numel())
         for i, r in enumerate(poems):
             written, last = len(plans[r][-1]), len(plans[r]) == lines
-            if written < DRAWN_KEYWORD:
+            if written < DRAWN_KEYWORD and not closed[r]:
                 masks[i] = chars
             if written:  # a keyword ends with the next one's <kw>, the last with <sep>
                 masks[i, vocab.sep_id if last else vocab.kw_id] = 1.0
@@ -82,6 +85,7 @@ def _write_plans(decoder, opts: SampleOptions, gen: Streams, logits: torch.Tenso
         choice, _ = decoder.chooser.choose(logits.float(), [masks], opts, gen.rows(poems))
         for i, r in enumerate(poems):
             token = int(choice[i])
+            closed[r] = False
             if token == vocab.kw_id:
                 plans[r].append([])
             elif token != vocab.sep_id:

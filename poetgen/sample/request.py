@@ -244,9 +244,9 @@ def check_text(opts: SampleOptions) -> None:
         check_heads(opts.acrostic, opts.form)
         if opts.form is None and opts.max_chars < FREE_LINE * len(opts.acrostic):
             raise UsageError(f"--acrostic has {len(opts.acrostic)} heads: a free-form poem of {len(opts.acrostic)} "
-                             f"lines needs --max-chars {FREE_LINE * len(opts.acrostic)} or more (--max-chars "
-                             f"{opts.max_chars} has room for {opts.max_chars // FREE_LINE}, its largest, "
-                             f"{MAX_CHARS:,}, for {MAX_CHARS // FREE_LINE}): raise --max-chars or give fewer heads")
+                             f"lines needs --max-chars {FREE_LINE * len(opts.acrostic)} or more (now {opts.max_chars}, "
+                             f"room for {opts.max_chars // FREE_LINE} heads; at most {MAX_CHARS:,}, room for "
+                             f"{MAX_CHARS // FREE_LINE}): raise --max-chars or give fewer heads")
     if len(opts.prompt) > MAX_PROMPT:
         raise UsageError(f"--prompt has {len(opts.prompt):,} characters; a prompt has at most {MAX_PROMPT:,}: "
                          "shorten it")
