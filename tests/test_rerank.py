@@ -244,3 +244,36 @@ def test_non_finite_weights_are_refused_on_load(tiny_checkpoint, tmp_path):
 def test_unknown_score_is_refused():
     result = runner.invoke(app, ["sample", "--form", "wujue", "--score", "judge"])
     assert result.exit_code == 2 and "choose one of critic, logprob" in result.stderr
+
+
+def test_meaning_negatives_break_one_line_or_the_order_and_keep_the_form():
+    """tools/meaning_negatives.py: a swap changes one line (never the first) for another poem's line at
+    the same place; a shuffle keeps the lines in another order; both keep the form's marks."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    from poetgen.forms import detect, split_lines
+
+    path = Path(__file__).parent.parent / "tools" / "meaning_negatives.py"
+    spec = importlib.util.spec_from_file_location("meaning_negatives", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + 7 * k) for k in range(200)]
+    poems = []
+    for n in range(20):
+        lines = ["".join(rng.choice(chars) for _ in range(7)) for _ in range(4)]
+        poems.append(("qijue", f"t{n}", tool._punctuated(lines)))
+    rows = tool.negatives(poems, random.Random(1))
+    real = {title: [line[:-1] for line in split_lines(body)] for _, title, body in poems}
+    assert {r["kind"] for r in rows} == {"swap", "shuffle"}
+    for row in rows:
+        lines = [line[:-1] for line in split_lines(row["text"])]
+        original = real[row["title"]]
+        assert detect(row["text"]).key == "qijue" and lines != original
+        if row["kind"] == "swap":
+            changed = [i for i in range(4) if lines[i] != original[i]]
+            assert len(changed) == 1 and changed[0] > 0
+        else:
+            assert sorted(lines) == sorted(original)
