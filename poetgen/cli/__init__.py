@@ -7,6 +7,9 @@ The work is done by the library; defaults come from its dataclasses (config.py).
 
 import os
 import signal
+import sys
+import threading
+import time
 
 from . import commands  # noqa: F401 - registers the commands on the app
 from .app import app
@@ -17,13 +20,33 @@ def main() -> None:
     """Entry point of the `poetgen` console script: usage errors too end in one line on stderr. Idle
     OpenMP threads sleep rather than spin (OMP_WAIT_POLICY=PASSIVE unless set): a spinning pool takes
     the cores a training run or a second poetgen needs. Set before torch loads, which reads it once.
-    A background job of a shell script starts with SIGINT ignored, and Python then never raises
-    KeyboardInterrupt: `kill -INT` would be lost and an export would finish and replace its output.
-    SIGINT is restored, so every command stops on it with exit 130 (train saves first)."""
+    SIGINT raises KeyboardInterrupt (exit 130; train saves first) whatever the process inherited: a
+    background job of a shell script starts with SIGINT ignored, and `kill -INT` would be lost (an
+    export would finish and replace its output); and it waits out torch's import (_interrupt)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt)
     run(app)
+
+
+def _importing(name: str) -> bool:
+    """Whether the module `name` is being imported right now (its code still running)."""
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGINT: KeyboardInterrupt, except inside torch's import, where an exception thrown through its
+    C++ bindings aborts the process (or leaves it to die by the signal after our message): there the
+    interrupt waits until the import is done, then comes again."""
+    if not _importing("torch"):
+        raise KeyboardInterrupt
+
+    def later() -> None:
+        while _importing("torch"):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=later, daemon=True).start()
 
 
 __all__ = ["app", "main"]

@@ -180,6 +180,9 @@ def run(app: typer.Typer) -> None:
         app(args=utf8_arguments(sys.argv[1:]), prog_name="poetgen")
     except SystemExit as e:
         code = e.code
+    except KeyboardInterrupt:  # while the commands are being set up, before any handler of ours runs
+        fail("interrupted")
+        code = 130
     try:
         sys.stdout.flush()
     except BrokenPipeError:
