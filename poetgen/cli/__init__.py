@@ -13,7 +13,7 @@ import time
 
 from . import commands  # noqa: F401 - registers the commands on the app
 from .app import app
-from .errors import run
+from .errors import is_committed, run
 
 
 def main() -> None:
@@ -22,7 +22,8 @@ def main() -> None:
     the cores a training run or a second poetgen needs. Set before torch loads, which reads it once.
     SIGINT raises KeyboardInterrupt (exit 130; train saves first) whatever the process inherited: a
     background job of a shell script starts with SIGINT ignored, and `kill -INT` would be lost (an
-    export would finish and replace its output); and it waits out torch's import (_interrupt)."""
+    export would finish and replace its output); it waits out torch's import, and it is ignored once
+    the command's work is in place (errors.committed)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     signal.signal(signal.SIGINT, _interrupt)
     run(app)
@@ -38,6 +39,8 @@ def _interrupt(signum, frame) -> None:
     """SIGINT: KeyboardInterrupt, except inside torch's import, where an exception thrown through its
     C++ bindings aborts the process (or leaves it to die by the signal after our message): there the
     interrupt waits until the import is done, then comes again."""
+    if is_committed():  # the work is done: nothing to stop
+        return
     if not _importing("torch"):
         raise KeyboardInterrupt
 

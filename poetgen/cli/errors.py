@@ -27,6 +27,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+_committed = False  # the command's work is in place: see committed()
+
+
+def committed() -> None:
+    """Say that the command's work is in place (an output written whole): from then on SIGINT changes
+    nothing, and the command ends as it would have (an export that wrote its file exits 0, not 130)."""
+    global _committed
+    _committed = True
+
+
+def is_committed() -> bool:
+    return _committed
+
+
 def handle_errors(fn):
     """Turn domain errors and OS errors into one stderr line and an exit code; Ctrl-C into 130."""
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..app import app
-from ..errors import handle_errors
+from ..errors import committed, handle_errors
 from ..options import DataDirOpt, QuietOpt, checkpoint_option, data_root, examples, output_option
 from ..progress import StageProgress, alive
 
@@ -52,9 +51,6 @@ def export_cmd(
 
     written = export(checkpoint_path, output, tones=tones, half=half, measure=measure if test else None,
                      doubles=doubles)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the new file is in place: the export succeeded
-    try:
-        if not quiet:
-            typer.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", err=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    committed()  # the new file is in place: the export has succeeded, whatever comes now
+    if not quiet:
+        typer.echo(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB)", err=True)
