@@ -12,7 +12,19 @@ from cli_helpers import cli, one_line_error
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from test_sample_plan import PLAN_VOCAB, plan_checkpoint  # noqa: F401 (a fixture)
-from test_verse import DONG, MASKS, OTHER, PROPERTY, RHYMES, TONES, VOCAB, rhymes_in_one_group, tiny, uses
+from test_verse import (
+    DONG,
+    MASKS,
+    OTHER,
+    PROPERTY,
+    RHYMES,
+    TONES,
+    VOCAB,
+    assert_heads_and_no_third_use,
+    rhymes_in_one_group,
+    tiny,
+    uses,
+)
 
 from poetgen import checkpoint, prosody
 from poetgen.errors import UsageError
@@ -55,12 +67,7 @@ def test_each_line_holds_its_keyword_and_the_rules_of_verse_still_hold(model_see
         assert detect_form(poem.body) == f.name
         assert all(k in poem.lines[i][:-2] for i, k in enumerate(keywords)), (keywords, poem.body)  # not the end
         assert rhymes_in_one_group(poem), poem.body
-        counted = uses(poem.body)
-        for h in heads:
-            counted[h] -= 1
-        assert max(counted.values()) <= 2, poem.body
-        if heads:
-            assert [line[0] for line in poem.lines] == list(heads)
+        assert_heads_and_no_third_use(poem, heads)
 
 
 @PROPERTY

@@ -48,6 +48,17 @@ def rhymes_in_one_group(poem) -> bool:
     return bool(shared) and len(set(ends)) == len(ends) and not set(ends) & {poem.lines[0][-2]}
 
 
+def assert_heads_and_no_third_use(poem, heads: str) -> None:
+    """The lines start with the acrostic heads, and no character is used a third time (the heads, the
+    user's own, not counted)."""
+    counted = uses(poem.body)
+    for h in heads:
+        counted[h] -= 1
+    assert max(counted.values()) <= 2, poem.body
+    if heads:
+        assert [line[0] for line in poem.lines] == list(heads)
+
+
 @PROPERTY
 @given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=st.sampled_from(sorted(FORMS)),
        temperature=st.sampled_from([0.5, 1.0, 2.0]), acrostic=st.booleans(), best_of=st.sampled_from([1, 3]))
@@ -62,12 +73,7 @@ def test_fixed_forms_rhyme_and_use_no_character_a_third_time(model_seed, seed, f
         first_end = poem.lines[0][-2]
         if first_end in DONG + YANG:  # a 平 first line end rhymes with the rest (首句入韵)
             assert all(RHYMES.of_char[first_end] & RHYMES.of_char[line[-2]] for line in poem.lines[1::2]), poem.body
-        counted = uses(poem.body)
-        for h in heads:  # the user's heads are exempt
-            counted[h] -= 1
-        assert max(counted.values()) <= 2, poem.body
-        if heads:
-            assert [line[0] for line in poem.lines] == list(heads)
+        assert_heads_and_no_third_use(poem, heads)
 
 
 @PROPERTY
