@@ -108,7 +108,7 @@ def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]
         ([*sample, "--form", "wujue", "--keywords", "一,二,三,四,五"], None),
         ([*sample, "--form", "qijue", "--keywords", "月,月明,明月"], None),
         ([*sample, "--form", "wujue", "--strict", "--keywords", "明月,月"], None),
-        ([*sample, "--keywords", "一,二,三,四", "--max-chars", "12"], None),
+        ([*sample, "--keywords", "一,二,三,四", "--max-chars", "7"], None),
     ]
     for n, content in enumerate((b"", b"\n \n", b'{"title": "x"}\n', b'{"body": 1}\n', b'["x"]\n', b"abc\n\nxyz\n",
                                  "一二三四五，六七八九十。\n".encode(), ("一" * 30_000).encode(), b"\xff\xfe")):
