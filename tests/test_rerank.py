@@ -130,7 +130,7 @@ def test_fit_usage_brings_the_picked_shares_to_the_real_ones():
 
 
 def test_best_of_n_adds_the_usage_of_the_form(tiny_model):
-    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, prune=False)
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, search="poem", prune=False)
     other = tiny.ALPHABET[5]
     reranker = Reranker(favouring().critic, VOCAB, 1.0, usage={"wujue": {other: 40.0}})
     ranked = Generator(tiny_model, VOCAB, reranker=reranker)
@@ -144,7 +144,7 @@ def test_best_of_n_adds_the_usage_of_the_form(tiny_model):
 
 
 def test_best_of_n_keeps_the_candidate_of_best_combined_score(tiny_model):
-    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, prune=False)
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, search="poem", prune=False)
     plain = Generator(tiny_model, VOCAB)
     ranked = Generator(tiny_model, VOCAB, reranker=favouring())
     candidates = plain.candidates(opts, 8)
@@ -164,7 +164,7 @@ def test_pruning_ranks_what_is_written_so_far_with_the_critic_and_usage(tiny_mod
 
     other = tiny.ALPHABET[5]
     reranker = Reranker(favouring().critic, VOCAB, 1.0, usage={"wujue": {other: 2.0}})
-    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, temperature=1.5)
+    opts = SampleOptions(form=FORMS["wujue"], num=6, seed=3, best_of=8, temperature=1.5, search="poem")
     ranked = Generator(tiny_model, VOCAB, reranker=reranker)
     full, pruned = ranked.candidates(opts, 8), ranked.candidates(opts, 8, cuts=CUTS)
 
@@ -277,3 +277,16 @@ def test_meaning_negatives_break_one_line_or_the_order_and_keep_the_form():
             assert len(changed) == 1 and changed[0] > 0
         else:
             assert sorted(lines) == sorted(original)
+
+
+def test_resampled_copies_each_poems_better_half_best_first():
+    """Line search: of each poem's rows, the better half by score so far (log-probability per character,
+    the end counted as one), each copied into two rows, the best first; ties go to the earlier row."""
+    from poetgen.sample.rank import resampled
+
+    chars = [i for i, t in enumerate(VOCAB.tokens) if len(t) == 1][:4]
+    columns = [torch.tensor(chars + chars[:2]), torch.tensor(chars[:1] * 6)]  # two characters written a row
+    logprob = torch.tensor([-3.0, -1.0, -2.0, -1.5, -0.5, -0.5], dtype=torch.float64)
+    assert resampled(VOCAB, None, columns, logprob, 6, "wujue").tolist() == [4, 5, 1, 4, 5, 1]
+    assert resampled(VOCAB, None, columns, logprob, 3, "wujue").tolist() == [1, 1, 1, 4, 4, 4]
+    assert resampled(VOCAB, None, columns, logprob, 2, "wujue").tolist() == [1, 1, 3, 3, 4, 4]

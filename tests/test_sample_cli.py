@@ -113,9 +113,9 @@ def test_cli_best_of_and_no_rhyme(ckpt):
 
     loaded = checkpoint.load(ckpt)
     plain = Generator(loaded.model, loaded.vocab, loaded.meta.script).generate(
-        SampleOptions(form=FORMS["qijue"], seed=4, num=2, best_of=3))
+        SampleOptions(form=FORMS["qijue"], seed=4, num=2, best_of=3, search="poem"))
     result = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "qijue", "--seed", "4", "--num", "2",
-                                 "--best-of", "3", "--no-rhyme", "--format", "jsonl"])
+                                 "--best-of", "3", "--search", "poem", "--no-rhyme", "--format", "jsonl"])
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["text"] for r in records] == [p.body for p in plain]  # --no-rhyme: the plain model's poems
@@ -128,14 +128,15 @@ def test_cli_best_of_and_no_rhyme(ckpt):
 def test_cli_no_prune_writes_the_best_of_all_candidates(ckpt):
     from poetgen.sample import Sampler, sample_request
 
-    request = sample_request(form="qijue", seed=6, num=3, score="logprob", prune=False)
+    request = sample_request(form="qijue", seed=6, num=3, score="logprob", prune=False, search="poem", best_of=8)
     sampler = Sampler(checkpoint.load(ckpt), request, int8=True)  # as the CLI does
     every = sampler.generator.candidates(sampler.options, 8, verse=sampler.rules)
     best = [max(every[p * 8:(p + 1) * 8], key=lambda c: c.score).body for p in range(3)]
 
     def records(*extra):
         result = runner.invoke(app, ["sample", "-c", str(ckpt), "--form", "qijue", "--seed", "6", "--num", "3",
-                                     "--score", "logprob", "--format", "jsonl", *extra])
+                                     "--score", "logprob", "--search", "poem", "--best-of", "8", "--format", "jsonl",
+                                     *extra])
         assert result.exit_code == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -143,6 +144,7 @@ def test_cli_no_prune_writes_the_best_of_all_candidates(ckpt):
     assert [r["text"] for r in full] == best
     assert all(r["prune"] is False for r in full) and all(r["prune"] is True for r in pruned)
     assert all(r["prune"] is False for r in records("--best-of", "3"))  # under sample.CUT_MIN: nothing pruned
+    assert all(r["search"] == "poem" for r in full)
     assert all(r["text"] in {c.body for c in every[i * 8:(i + 1) * 8]} for i, r in enumerate(pruned))
 
 

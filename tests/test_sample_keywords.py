@@ -54,15 +54,16 @@ KEYWORD_IDS = st.lists(st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_s
 
 @PROPERTY
 @given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=st.sampled_from(sorted(FORMS)),
-       ids=KEYWORD_IDS, acrostic=st.booleans(), best_of=st.sampled_from([1, 4]))
+       ids=KEYWORD_IDS, acrostic=st.booleans(), best_of=st.sampled_from([1, 4]),
+       search=st.sampled_from(["line", "poem"]))
 def test_each_line_holds_its_keyword_and_the_rules_of_verse_still_hold(model_seed, seed, form, ids, acrostic,
-                                                                       best_of):
+                                                                       best_of, search):
     f = FORMS[form]
     keywords = keywords_from(ids)
     heads = "".join(OTHER[24 + (model_seed + i) % (len(OTHER) - 24)] for i in range(f.lines)) if acrostic else ""
     assume(keywords and all(len(k) <= f.chars - 1 - bool(heads) for k in keywords))
     opts = SampleOptions(form=f, seed=seed, temperature=1.2, num=3, acrostic=heads, best_of=best_of,
-                         keywords=keywords)
+                         keywords=keywords, search=search)
     for poem in Generator(tiny(model_seed), VOCAB).generate(opts, verse=verse_rules(opts, MASKS)):
         assert detect_form(poem.body) == f.name
         assert all(k in poem.lines[i][:-2] for i, k in enumerate(keywords)), (keywords, poem.body)  # not the end

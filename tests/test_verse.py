@@ -61,12 +61,14 @@ def assert_heads_and_no_third_use(poem, heads: str) -> None:
 
 @PROPERTY
 @given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=st.sampled_from(sorted(FORMS)),
-       temperature=st.sampled_from([0.5, 1.0, 2.0]), acrostic=st.booleans(), best_of=st.sampled_from([1, 3]))
+       temperature=st.sampled_from([0.5, 1.0, 2.0]), acrostic=st.booleans(), best_of=st.sampled_from([1, 3, 4]),
+       search=st.sampled_from(["line", "poem"]))
 def test_fixed_forms_rhyme_and_use_no_character_a_third_time(model_seed, seed, form, temperature, acrostic,
-                                                             best_of):
+                                                             best_of, search):
     f = FORMS[form]
     heads = "".join(OTHER[(model_seed + i) % len(OTHER)] for i in range(f.lines)) if acrostic else ""
-    opts = SampleOptions(form=f, seed=seed, temperature=temperature, num=3, acrostic=heads, best_of=best_of)
+    opts = SampleOptions(form=f, seed=seed, temperature=temperature, num=3, acrostic=heads, best_of=best_of,
+                         search=search)
     for poem in Generator(tiny(model_seed), VOCAB).generate(opts, verse=verse_rules(opts, MASKS)):
         assert detect_form(poem.body) == f.name
         assert rhymes_in_one_group(poem), poem.body
@@ -78,9 +80,9 @@ def test_fixed_forms_rhyme_and_use_no_character_a_third_time(model_seed, seed, f
 
 @PROPERTY
 @given(model_seed=st.integers(0, 10_000), seed=st.integers(0, 2**31 - 1), form=st.sampled_from(["wujue", "qijue"]),
-       temperature=st.sampled_from([0.7, 1.5]))
-def test_strict_uses_no_character_twice(model_seed, seed, form, temperature):
-    opts = SampleOptions(form=FORMS[form], seed=seed, temperature=temperature, num=3, best_of=2)
+       temperature=st.sampled_from([0.7, 1.5]), search=st.sampled_from(["line", "poem"]))
+def test_strict_uses_no_character_twice(model_seed, seed, form, temperature, search):
+    opts = SampleOptions(form=FORMS[form], seed=seed, temperature=temperature, num=3, best_of=4, search=search)
     for poem in Generator(tiny(model_seed), VOCAB).generate(opts, verse=verse_rules(opts, MASKS, strict=True)):
         assert max(uses(poem.body).values()) == 1, poem.body
         assert prosody.check_poem(poem.body, TONES, RHYMES).ok
@@ -125,7 +127,8 @@ def test_pruning_keeps_the_best_so_far_and_changes_no_candidate(form):
 
     model = tiny(6)
     gen = Generator(model, VOCAB)
-    opts = SampleOptions(form=FORMS[form], seed=5, num=3, best_of=8, temperature=1.3, title=YANG[1] + OTHER[2])
+    opts = SampleOptions(form=FORMS[form], seed=5, num=3, best_of=8, temperature=1.3, title=YANG[1] + OTHER[2],
+                         search="poem")
     rules = verse_rules(opts, MASKS)
     full = gen.candidates(opts, 8, verse=rules)
     pruned = gen.candidates(opts, 8, verse=rules, cuts=CUTS)
@@ -140,9 +143,47 @@ def test_pruning_keeps_the_best_so_far_and_changes_no_candidate(form):
         assert [c.body for c in kept] == [group[r].body for r in alive]
         assert [c.logprob for c in kept] == [group[r].logprob for r in alive]
         assert all(rhymes_in_one_group(c) for c in kept)  # the rules' state went on with its rows
-    chosen = gen.generate(opts, verse=rules)  # the default prunes
+    chosen = gen.generate(opts, verse=rules)  # a whole-poem search prunes by default
     assert [c.body for c in chosen] == [max(pruned[p * 3:(p + 1) * 3], key=lambda c: c.score).body for p in range(3)]
     assert all(c.candidates == 8 for c in chosen)
+
+
+@pytest.mark.parametrize("form", ["wujue", "qilv"])
+def test_line_search_goes_on_from_each_poems_better_half_at_every_line(form, monkeypatch):
+    """At the start of each line after the first, every poem's 4 rows go on from two copies of each of
+    its 2 best by the score of the lines written so far (recomputed here by the model's full forward
+    pass); each row's lines so far are those of the row it was copied from, to the end; the best
+    candidate is kept."""
+    from poetgen.sample import decode
+
+    calls = []
+    real = decode.resampled
+
+    def spy(vocab, reranker, columns, logprob, each, form_key):
+        kept = real(vocab, reranker, columns, logprob, each, form_key)
+        calls.append((["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()],
+                      kept.tolist()))
+        return kept
+
+    monkeypatch.setattr(decode, "resampled", spy)
+    model = tiny(7)
+    f = FORMS[form]
+    opts = SampleOptions(form=f, seed=3, num=2, best_of=4, temperature=1.3, title=DONG[1] + OTHER[3])
+    rules = verse_rules(opts, MASKS)
+    final = Generator(model, VOCAB).candidates(opts, 4, verse=rules)
+    assert len(calls) == f.lines - 1 and len(final) == 8
+    for k, (written, kept) in enumerate(calls, start=1):
+        assert {len(w) for w in written} == {k * (f.chars + 1)}
+        for p in range(2):
+            rows = list(range(p * 4, (p + 1) * 4))
+            so_far = {r: prefix_score(model, VOCAB, opts.title, written[r], len(written[r])) for r in rows}
+            best = sorted(rows, key=lambda r: -so_far[r])[:2]
+            assert sorted(kept[p * 4:(p + 1) * 4]) == sorted(best * 2)
+        after = calls[k][0] if k < len(calls) else [c.body for c in final]
+        assert all(after[r].startswith(written[kept[r]]) for r in range(8))
+    assert all(rhymes_in_one_group(c) and detect_form(c.body) == f.name for c in final)
+    for p, poem in enumerate(Generator(model, VOCAB).generate(opts, verse=rules)):
+        assert poem.body == max(final[p * 4:(p + 1) * 4], key=lambda c: c.score).body
 
 
 def test_a_cut_the_prompt_reaches_is_skipped():
@@ -153,6 +194,7 @@ def test_a_cut_the_prompt_reaches_is_skipped():
     model = tiny(6)
     gen = Generator(model, VOCAB)
     opts = SampleOptions(form=FORMS["qijue"], seed=5, num=2, best_of=8, temperature=1.3, title=YANG[1] + OTHER[2],
+                         search="poem",
                          prompt="".join(OTHER[3:10]) + "，")
     rules = verse_rules(opts, MASKS)
     full = gen.candidates(opts, 8, verse=rules)
@@ -167,7 +209,7 @@ def test_a_cut_the_prompt_reaches_is_skipped():
 
 def test_no_prune_writes_every_candidate_to_the_end():
     gen = Generator(tiny(6), VOCAB)
-    opts = SampleOptions(form=FORMS["qijue"], seed=9, num=4, best_of=8, temperature=1.3, prune=False)
+    opts = SampleOptions(form=FORMS["qijue"], seed=9, num=4, best_of=8, temperature=1.3, search="poem", prune=False)
     rules = verse_rules(opts, MASKS)
     full = gen.candidates(opts, 8, verse=rules)
     chosen = gen.generate(opts, verse=rules)

@@ -28,7 +28,7 @@ from ..config import (
 )
 from ..errors import UsageError
 from ..forms import FORMS, get_form
-from ..sample.request import SAMPLE_FORMATS, SCORES, TEMPLATES
+from ..sample.request import SAMPLE_FORMATS, SCORES, SEARCHES, TEMPLATES
 from ..text import SCRIPTS
 
 
@@ -202,10 +202,15 @@ ScoreOpt = Annotated[str, typer.Option("--score", help="What best-of-N ranks by 
                                        "log-probability per character plus the model's critic, which learned to tell "
                                        "poets' poems from the model's own) or logprob (the likeliest).",
                                        **one_of("score", SCORES))]
-NoPruneOpt = Annotated[bool, flag("--no-prune", "Write every best-of-N candidate to the end. Without it, in a fixed "
-                                   "form at best of 4 or more the weaker candidates stop early: at a quarter, half "
-                                   "and three quarters of the lines only the best 3/4, 1/2 and 3/8 (by --score so "
-                                   "far) go on, a third less work at best of 8.")]
+SearchOpt = Annotated[str, typer.Option("--search", help="How best-of-N searches a fixed form: line (at the start of "
+                                         "each line every poem's better half of candidates, by --score so far, is "
+                                         "copied over the weaker half, and the copies go on apart) or poem (whole "
+                                         "poems, ranked at the end; about half the work at the same --best-of).",
+                                         **one_of("search", SEARCHES))]
+NoPruneOpt = Annotated[bool, flag("--no-prune", "With --search poem, write every candidate to the end. Without it, "
+                                   "at best of 4 or more the weaker candidates stop early: at a quarter, half and "
+                                   "three quarters of the lines only the best 3/4, 1/2 and 3/8 (by --score so far) "
+                                   "go on, a third less work.")]
 Fp32Opt = Annotated[bool, flag("--fp32", "Sample through the full-precision weights. Without it an LSTM on an x86 "
                                "CPU samples through int8 weights, 1.1 to 1.9 times faster for the 2x1024 and "
                                "within 0.2% in perplexity (`poetgen eval --int8`); either way the same seed gives "

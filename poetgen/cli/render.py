@@ -319,7 +319,8 @@ def poem_record(poem, sampler) -> dict:
             "author": opts.author, "plan": poem.plan,
             "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
             "logprob": round(poem.logprob, 4), "score": round(poem.score, 4), "best_of": poem.candidates,
-            "prune": sampler.pruned(poem), "strict": sampler.request.verse.strict, "chars": len(poem.body),
+            "search": sampler.search(poem), "prune": sampler.pruned(poem), "strict": sampler.request.verse.strict,
+            "chars": len(poem.body),
             "checkpoint": str(sampler.checkpoint.path)}
 
 

@@ -20,7 +20,7 @@ from .choice import Chooser, Streams
 from .keywords import fixed_rows, free_rows
 from .masks import VerseRules, token_class_masks
 from .planning import retire, title_end, write_head
-from .rank import GeneratedPoem, best_so_far, score
+from .rank import GeneratedPoem, best_so_far, resampled, score
 from .request import SampleOptions
 
 
@@ -118,7 +118,10 @@ class Decoder:
         have written (rank.best_so_far) go on, that share of best_of rounded up: the rest of the poem costs
         fewer rows. A cut the prompt reaches is skipped (its rows are all alike there). A kept row is
         written as it would have been without the others (its random numbers and rules are its own;
-        on the int8 path its arithmetic too), so pruning only drops candidates, never changes one."""
+        on the int8 path its arithmetic too), so pruning only drops candidates, never changes one.
+        Under opts.search "line" (no cuts then), at the start of every line after the first each poem's
+        rows go on from copies of its better half (rank.resampled): a row takes over its parent's lines,
+        state and rules, and keeps its own random numbers, so two copies part at once."""
         vocab, form = self.vocab, opts.form
         grammar = opts.body_grammar()
         verse_state = verse.start(form, rows, opts.seed, first_row) if verse is not None else None
@@ -136,6 +139,14 @@ class Decoder:
         for step in range(steps):
             token_class, head = grammar.expect()
             line, col = grammar.line, grammar.col
+            if opts.search == "line" and col == 0 and 0 < line < form.lines and each > 1 and not prompt:
+                kept = resampled(vocab, self.reranker, columns, logprob, each, form.key)
+                logprob, columns = logprob[kept], [c[kept] for c in columns]
+                logits, state = logits[kept], self.stepper.select(state, kept)
+                if verse_state is not None:
+                    verse_state.keep(kept)
+                if keywords is not None:
+                    keywords.keep(kept)
             if col == 0 and cuts.get(line, each) < each:
                 kept = best_so_far(vocab, self.reranker, columns, logprob, each, cuts[line], form.key)
                 survivors, logprob, columns = survivors[kept], logprob[kept], [c[kept] for c in columns]

@@ -1,5 +1,6 @@
 """Ranking best-of-N: a candidate's score (mean log-probability, plus the critic and usage terms of the
-model's Reranker), the cuts that drop the weaker candidates as they go (CUTS), and the pick."""
+model's Reranker), the cuts that drop the weaker candidates of a whole-poem search as they go (CUTS),
+the line search's choice of the rows that go on (resampled), and the pick."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ class GeneratedPoem:
 
 
 def pruned(opts: SampleOptions, candidates: int) -> bool:
-    """Whether best-of-`candidates` under these options prunes as it goes (CUTS)."""
-    return opts.prune and opts.form is not None and candidates >= CUT_MIN
+    """Whether best-of-`candidates` under these options prunes as it goes (CUTS): a whole-poem search."""
+    return opts.search == "poem" and opts.prune and opts.form is not None and candidates >= CUT_MIN
 
 
 def score(logprob: float, body: str) -> float:
@@ -60,6 +61,21 @@ def best_so_far(vocab: Vocab, reranker: Reranker | None, columns: list[torch.Ten
     order = torch.sort(by_poem, dim=1, descending=True, stable=True).indices  # ties: the earlier row first
     best = order[:, :keep].sort(dim=1).values
     return (best + torch.arange(by_poem.size(0))[:, None] * each).flatten()
+
+
+def resampled(vocab: Vocab, reranker: Reranker | None, columns: list[torch.Tensor], logprob: torch.Tensor,
+              each: int, form_key: str) -> torch.Tensor:
+    """Line search: for each poem's `each` consecutive rows, the row each continues from: the best half
+    by the score of the lines written so far, each copied into two rows (the best first)."""
+    written = ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()]
+    scores = [score(float(lp), body) for lp, body in zip(logprob, written, strict=True)]
+    if reranker is not None:
+        scores = reranker.scores(written, scores, form_key)
+    by_poem = torch.tensor(scores, dtype=torch.float64).view(-1, each)
+    order = torch.sort(by_poem, dim=1, descending=True, stable=True).indices
+    best = max(1, each // 2)
+    parents = order[:, torch.arange(each) % best]
+    return (parents + torch.arange(by_poem.size(0))[:, None] * each).flatten()
 
 
 def pick(candidates: list[GeneratedPoem], poems: int, best_of: int, reranker: Reranker | None,

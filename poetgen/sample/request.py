@@ -17,10 +17,12 @@ from ..vocab import MAX_TITLE, Vocab
 SAMPLE_DEVICE = "cpu"  # where `sample` computes: a poem or ten are faster in int8 on the CPU than after a GPU's start
 SAMPLE_FORMATS = ("text", "json", "jsonl")  # what `poetgen sample --format` writes
 SCORES = ("critic", "logprob")  # what best-of-N ranks by: see SampleOptions.score
+SEARCHES = ("line", "poem")  # how best-of-N searches a fixed form: see SampleOptions.search
 TEMPLATES = {"ping-plain": "平起首句不入韵", "ping-rhymed": "平起首句入韵", "ze-plain": "仄起首句不入韵",
              "ze-rhymed": "仄起首句入韵"}
 
 MAX_NUM = 10_000  # poems per sample command; larger requests are refused
+MAX_ROWS = MAX_NUM * 16  # candidates per sample command (--num × --best-of): --num at the default --best-of
 FREE_LINE = 6  # the budget of a free-form acrostic line: five characters and a mark
 MAX_CHARS = 1000  # the longest free-form body (--max-chars)
 MAX_PROMPT = 1000  # characters of a --prompt: as long as the longest free-form body (--max-chars)
@@ -43,10 +45,13 @@ class SampleOptions:
     top_p: float | None = None
     seed: int = 0
     max_chars: int = 120
-    best_of: int = 8  # candidates per poem, the best kept by sample.score; 1 is plain sampling
+    best_of: int = 16  # candidates per poem, the best kept by sample.score; 1 is plain sampling
     score: str = "critic"  # best-of-N in a fixed form: log-probability + the model's critic (rerank.py), or
     # "logprob" alone; a model without a critic, and free form, rank by log-probability
-    prune: bool = True  # best-of-N in a fixed form drops its weaker candidates as it goes (sample.CUTS)
+    search: str = "line"  # best-of-N in a fixed form: "line": at each line's start every poem's weaker half of
+    # candidates gives way to copies of its better half, which then go on apart (two reader panels preferred it to
+    # "poem" at 16 candidates: benchmarks/panels/2026-12-07-*-line-search); "poem": whole poems, pruned
+    prune: bool = True  # search="poem" drops its weaker candidates as it goes (sample.CUTS)
     author: str | None = None  # write in this poet's manner (a model whose records name poets)
     plan: bool = True  # a model whose records carry plans writes one after the title, then the poem
     keywords: tuple[str, ...] = ()  # the plan's first keywords, each held by its line (sample.keywords)
@@ -86,8 +91,8 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
                    strict: bool = False, template: str | None = None, rhyme: str | None = None,
                    no_rhyme: bool = False, score: str = SampleOptions.score,
                    prune: bool = SampleOptions.prune, author: str | None = None,
-                   plan: bool = SampleOptions.plan, keywords: str | list[str] | tuple[str, ...] | None = None
-                   ) -> SampleRequest:
+                   plan: bool = SampleOptions.plan, keywords: str | list[str] | tuple[str, ...] | None = None,
+                   search: str = SampleOptions.search) -> SampleRequest:
     """The one validation of a sampling request, from the user's words and before torch loads: the
     form by name, the text normalized (ASCII marks made full-width, spaces trimmed), a random seed
     when none is given. Raises UsageError naming the first value no sampler can use, a verse option
@@ -109,7 +114,7 @@ def sample_request(*, prompt: str = "", title: str | None = None, form: str = "f
         top_p=top_p, seed=seed if seed is not None else secrets.randbelow(2**31), max_chars=max_chars,
         best_of=best_of, score=score, prune=prune,
         author="".join(author.split()) if author is not None else None, plan=plan,
-        keywords=_keywords(keywords) if keywords is not None else ())
+        keywords=_keywords(keywords) if keywords is not None else (), search=search)
     verse = VerseOptions(strict=strict, template=template, rhyme=rhyme, no_rhyme=no_rhyme)
     check_decoding(options)
     check_verse(options.form, verse)
@@ -124,7 +129,7 @@ WORD_TYPES = {  # each word of a request: what it must be (None: may be None)
     "temperature": (_NUMBER,), "top_k": (_INT, None), "top_p": (_NUMBER, None), "seed": (_INT, None),
     "max_chars": (_INT,), "best_of": (_INT,), "strict": (bool,), "template": (str, None), "rhyme": (str, None),
     "no_rhyme": (bool,), "score": (str,), "prune": (bool,), "author": (str, None), "plan": (bool,),
-    "keywords": (str, list, tuple, None),
+    "keywords": (str, list, tuple, None), "search": (str,),
 }
 
 
@@ -210,9 +215,11 @@ def check_decoding(opts: SampleOptions) -> None:
         raise UsageError(f"unknown score {opts.score!r}: choose one of {', '.join(SCORES)}")
     if not 1 <= opts.best_of <= 64:
         raise UsageError(f"--best-of must be between 1 and 64, got {opts.best_of}")
-    if opts.num * opts.best_of > MAX_NUM * 8:
-        raise UsageError(f"--num × --best-of is {opts.num * opts.best_of:,}; at most {MAX_NUM * 8:,} rows are "
-                         "drawn at once: lower one of them")
+    if opts.search not in SEARCHES:
+        raise UsageError(f"unknown search {opts.search!r}: choose one of {', '.join(SEARCHES)}")
+    if opts.num * opts.best_of > MAX_ROWS:
+        raise UsageError(f"--num × --best-of is {opts.num * opts.best_of:,}; at most {MAX_ROWS:,} rows are "
+                         "drawn in one command: lower one of them")
     if not 2 <= opts.max_chars <= MAX_CHARS:
         raise UsageError(f"--max-chars must be between 2 and {MAX_CHARS:,}, got {opts.max_chars}")
     if not 0 <= opts.seed < 2**63:

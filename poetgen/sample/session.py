@@ -90,6 +90,11 @@ class Sampler:
         """The request's poems in batches as they are written (Generator.iter_generate)."""
         return self.generator.iter_generate(self.options, verse=self.rules, on_progress=on_progress)
 
+    def search(self, poem: GeneratedPoem) -> str:
+        """How this poem's candidates were searched: "line" (a fixed form's line search) or "poem"."""
+        return "line" if self.options.search == "line" and self.options.form is not None and poem.candidates > 1 \
+            else "poem"
+
     def pruned(self, poem: GeneratedPoem) -> bool:
         """Whether this poem's candidates were pruned as they went."""
         return pruned(self.options, poem.candidates)
