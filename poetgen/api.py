@@ -35,8 +35,9 @@ class Model:
         """Poems (sample.GeneratedPoem: title, body, lines, logprob, score), as `poetgen sample` writes
         them, from its words with their defaults (sample.sample_request): prompt, title, form (free,
         wujue, qijue, wulv, qilv, or 五绝 …), acrostic, num, seed, temperature, top_k, top_p, max_chars,
-        best_of, score, prune (False: `--no-prune`), strict, template, rhyme, no_rhyme, author, plan
-        (False: `--no-plan`), keywords (a list, or one string as `--keywords` takes it). Without `seed`,
+        best_of, score, search ("line" or "poem"), prune (False: `--no-prune`), strict, template, rhyme,
+        no_rhyme, author, plan (False: `--no-plan`), keywords (a list, or one string as `--keywords` takes
+        it). Without `seed`,
         one is drawn: each poem's `seed` and `index` attributes make it again; each poem's `plan` holds
         its keywords (None for a model that does not plan)."""
         from .sample import Sampler, sample_request

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -41,6 +42,13 @@ def is_committed() -> bool:
     return _committed
 
 
+def interrupted() -> typer.Exit:
+    """Ctrl-C was caught: say so (exit 130) and let no later SIGINT cut the way out short (Python dies
+    by the signal when a second KeyboardInterrupt escapes, an exit code of -2 instead of 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return fail("interrupted", 130)
+
+
 def handle_errors(fn):
     """Turn domain errors and OS errors into one stderr line and an exit code; Ctrl-C into 130."""
 
@@ -51,7 +59,7 @@ def handle_errors(fn):
         except PoetgenError as e:
             raise fail(str(e), e.exit_code) from None
         except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
+            raise interrupted() from None
         except BrokenPipeError:
             silence_stdout()
             raise typer.Exit(0) from None
@@ -129,7 +137,7 @@ class OneLineErrors(TyperGroup):
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except KeyboardInterrupt:
             code = 130
-            fail("interrupted")
+            interrupted()
         except BrokenPipeError:
             silence_stdout()
             code = 0
@@ -195,7 +203,7 @@ def run(app: typer.Typer) -> None:
     except SystemExit as e:
         code = e.code
     except KeyboardInterrupt:  # while the commands are being set up, before any handler of ours runs
-        fail("interrupted")
+        interrupted()
         code = 130
     try:
         sys.stdout.flush()
