@@ -58,6 +58,7 @@ def cases(tmp: Path, pkg: Path, data: Path) -> list[tuple[list[str], str | None]
         (["sample", "--form", "wujue", "--strict", "--template", "nope"], None),
         (["sample", "--title", "春" * 40], None), (["sample", "--format", "xml"], None),
         (["sample", "--best-of", "0"], None), (["sample", "--best-of", "1000"], None),
+        (["sample", "--search", "beam"], None), (["sample", "--num", "10000", "--best-of", "64"], None),
         ([*sample, "-c", folder], None),
         ([*sample, "-c", str(text)], None),
         ([*sample, "-c", str(tmp / "none.pt")], None),

@@ -30,9 +30,13 @@ def main() -> None:
 
 
 def _importing(name: str) -> bool:
-    """Whether the module `name` is being imported right now (its code still running)."""
-    spec = getattr(sys.modules.get(name), "__spec__", None)
-    return bool(getattr(spec, "_initializing", False))
+    """Whether the package `name` or a module of it is being imported right now (its code still
+    running): torch imports some of its modules lazily, at first use, after its own import."""
+    for module_name, module in list(sys.modules.items()):
+        if module_name == name or module_name.startswith(name + "."):
+            if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                return True
+    return False
 
 
 def _interrupt(signum, frame) -> None:

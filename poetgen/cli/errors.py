@@ -8,6 +8,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -18,8 +19,11 @@ from ..errors import PoetgenError
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error on stderr and return the Exit to raise. A stop the user asked for (Ctrl-C,
-    exit 130) is not an error and is not called one."""
+    exit 130) is not an error and is not called one, and no later SIGINT cuts the way out short (Python
+    dies by the signal, exit -2, when a second KeyboardInterrupt escapes, even from an exit handler)."""
     label = "" if code == 130 else "error: "
+    if code == 130:
+        ignore_interrupts()
     try:
         sys.stderr.write(f"poetgen: {label}{' '.join(message.split())}\n")
         sys.stderr.flush()
@@ -43,10 +47,14 @@ def is_committed() -> bool:
 
 
 def interrupted() -> typer.Exit:
-    """Ctrl-C was caught: say so (exit 130) and let no later SIGINT cut the way out short (Python dies
-    by the signal when a second KeyboardInterrupt escapes, an exit code of -2 instead of 130)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Ctrl-C was caught: say so, exit 130."""
     return fail("interrupted", 130)
+
+
+def ignore_interrupts() -> None:
+    """From now on SIGINT is ignored: the command is on its way out (from the main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def handle_errors(fn):
@@ -205,6 +213,12 @@ def run(app: typer.Typer) -> None:
     except KeyboardInterrupt:  # while the commands are being set up, before any handler of ours runs
         interrupted()
         code = 130
+    ignore_interrupts()  # the command is over: a SIGINT now (in an exit handler) would end in a traceback
+    if code == 130:
+        # A KeyboardInterrupt raised inside eval() of a string (Typer evaluates annotations so, while the
+        # commands are set up) marks it unhandled for good in CPython, which then ends the process by
+        # SIGINT (exit -2) whatever we caught and returned; a string evaluated afterwards clears the mark.
+        eval("None")  # noqa: S307 - a constant
     try:
         sys.stdout.flush()
     except BrokenPipeError:
