@@ -32,6 +32,7 @@ from poetgen.sample import (  # noqa: E402
     Sampler,  # noqa: E402
     sample_request,
 )
+from poetgen.sample.request import SEARCHES  # noqa: E402
 from poetgen.text import LINE_END  # noqa: E402
 
 
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="model file (default: the shipped model)")
     ap.add_argument("--poems", type=int, default=200, help="poems per form and setting")
     ap.add_argument("--best-of", type=int, default=SampleOptions.best_of)
+    ap.add_argument("--search", default=SampleOptions.search, choices=SEARCHES, help="how best-of-N searches")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", help="prepared corpus for the real poems (default: as poetgen finds it)")
     ap.add_argument("--fp32", action="store_true", help="sample in full precision (as `sample --fp32`)")
@@ -94,7 +96,7 @@ def main() -> None:
     def generate(form: str, num: int, best_of: int, seed: int, mode: str | None) -> list:
         """Poems as `poetgen sample` makes them: the same request check, rules, critic and int8 path."""
         request = sample_request(form=form, num=num, seed=seed, best_of=best_of, no_rhyme=mode is None,
-                                 strict=mode == "strict")
+                                 strict=mode == "strict", search=args.search)
         sampler = Sampler(ckpt, request, int8=not args.fp32)
         gen, opts, verse = sampler.generator, sampler.options, sampler.rules
         return gen.generate(opts, verse=verse)

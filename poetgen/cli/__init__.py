@@ -13,19 +13,23 @@ import time
 
 from . import commands  # noqa: F401 - registers the commands on the app
 from .app import app
-from .errors import is_committed, run
+from .errors import fail, is_committed, run
 
 
-def main() -> None:
-    """Entry point of the `poetgen` console script: usage errors too end in one line on stderr. Idle
+def main(interrupted=None) -> None:
+    """What the `poetgen` command runs (poetgen.__main__): usage errors too end in one line on stderr. Idle
     OpenMP threads sleep rather than spin (OMP_WAIT_POLICY=PASSIVE unless set): a spinning pool takes
     the cores a training run or a second poetgen needs. Set before torch loads, which reads it once.
     SIGINT raises KeyboardInterrupt (exit 130; train saves first) whatever the process inherited: a
     background job of a shell script starts with SIGINT ignored, and `kill -INT` would be lost (an
     export would finish and replace its output); it waits out torch's import, and it is ignored once
-    the command's work is in place (errors.committed)."""
+    the command's work is in place (errors.committed). `interrupted()`: whether a SIGINT came while
+    the commands loaded (held by poetgen.__main__): then nothing runs, exit 130."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     signal.signal(signal.SIGINT, _interrupt)
+    if interrupted is not None and interrupted():
+        fail("interrupted", 130)
+        sys.exit(130)
     run(app)
 
 

@@ -21,8 +21,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error on stderr and return the Exit to raise. A stop the user asked for (Ctrl-C,
     exit 130) is not an error and is not called one, and no later SIGINT cuts the way out short (Python
     dies by the signal, exit -2, when a second KeyboardInterrupt escapes, even from an exit handler)."""
+    global _stopped
     label = "" if code == 130 else "error: "
     if code == 130:
+        _stopped = True
         ignore_interrupts()
     try:
         sys.stderr.write(f"poetgen: {label}{' '.join(message.split())}\n")
@@ -33,6 +35,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 _committed = False  # the command's work is in place: see committed()
+_stopped = False  # the user's stop was said (exit 130): see fail()
 
 
 def committed() -> None:
@@ -168,6 +171,8 @@ class OneLineErrors(TyperGroup):
             where = ctx.command_path if ctx is not None else "poetgen"
             code = getattr(e, "exit_code", 2)
             fail(f"{e.format_message()} (see `{where} -h`)", code)
+        if code == 130 and not _stopped:  # Click's own answer to a Ctrl-C while it reads the arguments
+            interrupted()
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -205,7 +205,8 @@ ScoreOpt = Annotated[str, typer.Option("--score", help="What best-of-N ranks by 
 SearchOpt = Annotated[str, typer.Option("--search", help="How best-of-N searches a fixed form: line (at the start of "
                                          "each line every poem's better half of candidates, by --score so far, is "
                                          "copied over the weaker half, and the copies go on apart) or poem (whole "
-                                         "poems, ranked at the end; about half the work at the same --best-of).",
+                                         "poems, ranked at the end, pruned: about two thirds of the work at the "
+                                         "same --best-of).",
                                          **one_of("search", SEARCHES))]
 NoPruneOpt = Annotated[bool, flag("--no-prune", "With --search poem, write every candidate to the end. Without it, "
                                    "at best of 4 or more the weaker candidates stop early: at a quarter, half and "

@@ -1,7 +1,7 @@
 """Decoding the candidates of a batch: titles first (one per poem), then best_of bodies per poem under
-the form's grammar and the rules of verse, a fixed form's rows in lockstep (and pruned at the cuts),
-free form row by row. The model's distribution is masked and renormalized at every step, so every
-poem is well formed by construction; nothing is patched afterwards."""
+the form's grammar and the rules of verse, a fixed form's rows in lockstep (searched line by line, or
+pruned at the cuts), free form row by row. The model's distribution is masked and renormalized at
+every step, so every poem is well formed by construction; nothing is patched afterwards."""
 
 from __future__ import annotations
 

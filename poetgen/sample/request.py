@@ -22,7 +22,7 @@ TEMPLATES = {"ping-plain": "平起首句不入韵", "ping-rhymed": "平起首句
              "ze-rhymed": "仄起首句入韵"}
 
 MAX_NUM = 10_000  # poems per sample command; larger requests are refused
-MAX_ROWS = MAX_NUM * 16  # candidates per sample command (--num × --best-of): --num at the default --best-of
+MAX_COMMAND_ROWS = MAX_NUM * 16  # candidates per sample command (--num × --best-of): --num at the default --best-of
 FREE_LINE = 6  # the budget of a free-form acrostic line: five characters and a mark
 MAX_CHARS = 1000  # the longest free-form body (--max-chars)
 MAX_PROMPT = 1000  # characters of a --prompt: as long as the longest free-form body (--max-chars)
@@ -217,8 +217,8 @@ def check_decoding(opts: SampleOptions) -> None:
         raise UsageError(f"--best-of must be between 1 and 64, got {opts.best_of}")
     if opts.search not in SEARCHES:
         raise UsageError(f"unknown search {opts.search!r}: choose one of {', '.join(SEARCHES)}")
-    if opts.num * opts.best_of > MAX_ROWS:
-        raise UsageError(f"--num × --best-of is {opts.num * opts.best_of:,}; at most {MAX_ROWS:,} rows are "
+    if opts.num * opts.best_of > MAX_COMMAND_ROWS:
+        raise UsageError(f"--num × --best-of is {opts.num * opts.best_of:,}; at most {MAX_COMMAND_ROWS:,} rows are "
                          "drawn in one command: lower one of them")
     if not 2 <= opts.max_chars <= MAX_CHARS:
         raise UsageError(f"--max-chars must be between 2 and {MAX_CHARS:,}, got {opts.max_chars}")

@@ -38,8 +38,9 @@ class Generator(Decoder):
                       on_progress: Callable[[float], None] | None = None) -> Iterator[list[GeneratedPoem]]:
         """Sample opts.num poems, yielded in batches of at most MAX_ROWS candidate rows, so memory stays
         bounded whatever --num is. Each title is written once; then opts.candidates_per_poem bodies per
-        poem are drawn in one batch under the form's grammar and the rules of verse, pruned as they go
-        (CUTS, unless opts.prune is off), and the best by `score` is kept. `on_title(poem, title)` sees
+        poem are drawn in one batch under the form's grammar and the rules of verse, searched line by
+        line (opts.search "line") or pruned as they go (CUTS, "poem" unless opts.prune is off), and the
+        best by `score` is kept. `on_title(poem, title)` sees
         each generated title, `on_char(row, ch)` each body character as it comes (rows are candidates:
         stream only with one per poem). `on_progress(poems)` hears after each character how many poems'
         worth are written (a float, up to opts.num; in free form measured against opts.max_chars, so it
