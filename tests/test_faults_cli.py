@@ -120,3 +120,35 @@ def test_more_threads_than_cores_are_refused_before_anything_loads(prepared, tmp
         result = cli(*args, "--threads", str(cores + 1))
         assert result.exit_code == 2 and one_line_error(result) and f"at most {cores}" in result.stderr, args
     assert not (tmp_path / "r").exists()
+
+
+def test_a_sigint_while_the_commands_load_is_held_then_answered(monkeypatch, capsys):
+    """poetgen.__main__ holds a SIGINT from its first line (Typer and the command modules take a second
+    to load, and Python's own handler would end in a traceback there); poetgen.cli.main then answers it
+    as any other: one line on stderr, exit 130, and the command does not run."""
+    import os
+    import signal
+
+    import poetgen.__main__ as entry
+    import poetgen.cli as cli
+
+    seen = {}
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        def fake_cli(interrupted):
+            os.kill(os.getpid(), signal.SIGINT)  # as if it came while the commands loaded: held, not raised
+            seen["held"] = interrupted()
+
+        monkeypatch.setattr(cli, "main", fake_cli)
+        entry.main()
+        assert seen == {"held": True}
+        monkeypatch.undo()
+        ran = []
+        monkeypatch.setattr(cli, "run", lambda app: ran.append(app))
+        monkeypatch.setattr("poetgen.cli.errors._stopped", False)  # what fail() sets, put back afterwards
+        with pytest.raises(SystemExit) as stop:
+            cli.main(interrupted=lambda: True)
+        assert stop.value.code == 130 and ran == []
+        assert capsys.readouterr().err == "poetgen: interrupted\n"
+    finally:
+        signal.signal(signal.SIGINT, previous)
