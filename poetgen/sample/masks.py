@@ -95,11 +95,12 @@ class ProsodyMasks:
 # The default rules' weight on a character's second use in a poem, per form: the model, and best-of-N
 # ranking by likelihood, repeat characters two to five times as often as poets do; these weights
 # bring the mean of distinct characters used twice per poem near the train split's real poems'
-# (0.38, 0.53, 0.46, 0.92). Fitted for 0.7's default (temperature 0.6, no critic) by bisection over
-# 200 poems per form and trial (seed 7001; 0.6's weights, 0.42 0.32 0.11 0.13, left its poems with
-# 1.03 1.52 1.26 2.77); checked on seed 1 (see the README). The second weight is a 叠字's (the
+# (0.38, 0.53, 0.46, 0.92). Fitted for 0.8's default (line search over 16, temperature 0.6) by
+# bisection over 200 poems per form and trial (tools/fit_second_use.py, seed 7001: 0.7's weights, 0.07
+# 0.053 0.017 0.019, fitted for whole-poem ranking, left line search's poems repeating about 1.3 times
+# as often as poets); checked on seed 1 (see the README). The second weight is a 叠字's (the
 # character just written, again at once), which the model also overuses; 0.6's values still hold.
-SECOND_USE_WEIGHT = {"wujue": (0.07, 0.33), "qijue": (0.053, 0.45), "wulv": (0.017, 0.33), "qilv": (0.019, 0.28)}
+SECOND_USE_WEIGHT = {"wujue": (0.043, 0.33), "qijue": (0.047, 0.45), "wulv": (0.012, 0.33), "qilv": (0.012, 0.28)}
 
 
 @dataclass
