@@ -49,33 +49,35 @@ def score(logprob: float, body: str) -> float:
     return logprob / (len(body) + 1)
 
 
-def best_so_far(vocab: Vocab, reranker: Reranker | None, columns: list[torch.Tensor], logprob: torch.Tensor,
-                each: int, keep: int, form_key: str) -> torch.Tensor:
-    """The rows to keep of `each` consecutive rows per poem: each poem's `keep` best by the score of
-    the lines written so far (the reranker's, or log-probability per character), in row order."""
+def _order_so_far(vocab: Vocab, reranker: Reranker | None, columns: list[torch.Tensor], logprob: torch.Tensor,
+                  each: int, form_key: str) -> torch.Tensor:
+    """Each poem's `each` consecutive rows, best first by the score of the lines written so far (the
+    reranker's, or log-probability per character; ties: the earlier row first): (poems, each)."""
     written = ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()]
     scores = [score(float(lp), body) for lp, body in zip(logprob, written, strict=True)]
     if reranker is not None:
         scores = reranker.scores(written, scores, form_key)
     by_poem = torch.tensor(scores, dtype=torch.float64).view(-1, each)  # as exact as the final pick's
-    order = torch.sort(by_poem, dim=1, descending=True, stable=True).indices  # ties: the earlier row first
+    return torch.sort(by_poem, dim=1, descending=True, stable=True).indices
+
+
+def best_so_far(vocab: Vocab, reranker: Reranker | None, columns: list[torch.Tensor], logprob: torch.Tensor,
+                each: int, keep: int, form_key: str) -> torch.Tensor:
+    """The rows to keep of `each` consecutive rows per poem: each poem's `keep` best by the score of
+    the lines written so far (the reranker's, or log-probability per character), in row order."""
+    order = _order_so_far(vocab, reranker, columns, logprob, each, form_key)
     best = order[:, :keep].sort(dim=1).values
-    return (best + torch.arange(by_poem.size(0))[:, None] * each).flatten()
+    return (best + torch.arange(order.size(0))[:, None] * each).flatten()
 
 
 def resampled(vocab: Vocab, reranker: Reranker | None, columns: list[torch.Tensor], logprob: torch.Tensor,
               each: int, form_key: str) -> torch.Tensor:
-    """Line search: for each poem's `each` consecutive rows, the row each continues from: the best half
-    by the score of the lines written so far, each copied into two rows (the best first)."""
-    written = ["".join(vocab.tokens[t] for t in row) for row in torch.stack(columns, 1).tolist()]
-    scores = [score(float(lp), body) for lp, body in zip(logprob, written, strict=True)]
-    if reranker is not None:
-        scores = reranker.scores(written, scores, form_key)
-    by_poem = torch.tensor(scores, dtype=torch.float64).view(-1, each)
-    order = torch.sort(by_poem, dim=1, descending=True, stable=True).indices
-    best = max(1, each // 2)
-    parents = order[:, torch.arange(each) % best]
-    return (parents + torch.arange(by_poem.size(0))[:, None] * each).flatten()
+    """Line search: for each poem's `each` consecutive rows, the row each continues from: its better
+    half (each // 2, at least one) by the score of the lines written so far, repeated in turn, the best
+    first, to fill the `each` rows."""
+    order = _order_so_far(vocab, reranker, columns, logprob, each, form_key)
+    parents = order[:, torch.arange(each) % max(1, each // 2)]
+    return (parents + torch.arange(order.size(0))[:, None] * each).flatten()
 
 
 def pick(candidates: list[GeneratedPoem], poems: int, best_of: int, reranker: Reranker | None,

@@ -49,8 +49,8 @@ class SampleOptions:
     score: str = "critic"  # best-of-N in a fixed form: log-probability + the model's critic (rerank.py), or
     # "logprob" alone; a model without a critic, and free form, rank by log-probability
     search: str = "line"  # best-of-N in a fixed form: "line": at each line's start every poem's weaker half of
-    # candidates gives way to copies of its better half, which then go on apart (two reader panels preferred it to
-    # "poem" at 16 candidates: benchmarks/panels/2026-12-07-*-line-search); "poem": whole poems, pruned
+    # candidates gives way to copies of its better half, which then go on apart (readers preferred it to "poem" on
+    # three of four sheets, by 0.2 on average: benchmarks/panels/2026-12-07-*); "poem": whole poems, pruned
     prune: bool = True  # search="poem" drops its weaker candidates as it goes (sample.CUTS)
     author: str | None = None  # write in this poet's manner (a model whose records name poets)
     plan: bool = True  # a model whose records carry plans writes one after the title, then the poem
