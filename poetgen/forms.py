@@ -188,6 +188,10 @@ def check_heads(heads: str, form: Form | None) -> None:
 def check_prompt(prompt: str, grammar: BodyGrammar) -> None:
     """Raise UsageError naming the first character of `prompt` that the body's grammar does not allow
     there (`grammar` is used up)."""
+    bad = [c for c in prompt if c.isspace() or (c.isascii() and c.isalnum())]
+    if bad:
+        raise UsageError(f"--prompt takes Chinese characters (and the marks ，。？！), not "
+                         f"{''.join(dict.fromkeys(bad))!r}")
     for i, ch in enumerate(prompt):
         token_class, forced = grammar.expect()
         if token_class == TokenClass.EOS:

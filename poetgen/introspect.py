@@ -122,7 +122,8 @@ def as_read(vocab: Vocab, script: str | None, title: str, poem: str) -> tuple[st
     title = to_script("".join(title.split()), script)
     unknown = vocab.unknown(title + poem)
     if unknown:
-        raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")
+        raise UsageError(f"not in the model's vocabulary: {' '.join(repr(c) for c in unknown)}: use other "
+                         "characters")
     return title, poem
 
 

@@ -132,6 +132,8 @@ def load_rhymes(script: str = "simplified") -> RhymeTable:
 
 def find_group(rhymes: RhymeTable, member: str) -> str:
     """The 平声 group that `member` belongs to (the first, by name, if several)."""
+    if len(member) != 1:
+        raise UsageError(f"--rhyme takes one character (a member of the rhyme group, e.g. 东), not {member!r}")
     groups = sorted(rhymes.of_char.get(member, ()))
     if not groups:
         raise UsageError(f"--rhyme {member!r} is in no 平声 rhyme group of 平水韵: choose another character")

@@ -33,6 +33,8 @@ def test_cli_text_json_jsonl_and_output(ckpt, tmp_path):
                              "--format", "json"])
     records = json.loads(js.stdout)
     assert len(records) == 2
+    inner = js.stdout.strip().split("\n")[1:-1]
+    assert inner[0] == " {" and all(line.startswith(" ") for line in inner)  # each record nested under the [
     for r in records:
         assert {"text", "lines", "prompt", "seed", "temperature", "logprob", "form"} <= set(r)
         assert "".join(r["lines"]) == r["text"] and r["seed"] == 5
@@ -74,7 +76,10 @@ def test_a_drawn_seed_is_shown_and_makes_the_poems_again(ckpt):
     (["--form", "wujue", "--prompt", "春风，"], "--prompt does not fit"),
     (["--form", "wujue", "--prompt", "春春春春春，春春春春春。" * 2 + "春"], "longer than the poem"),
     (["--form", "wujue", "--acrostic", "春风春风", "--prompt", "汉"], "acrostic head"),
-    (["--prompt", "龘"], "not in the model's vocabulary: 龘"),
+    (["--prompt", "龘"], "not in the model's vocabulary: '龘'"),
+    (["--form", "wujue", "--prompt", "spring"], "takes Chinese characters (and the marks ，。？！), not 'spring'"),
+    (["--prompt", "春 风"], "not ' '"),  # a space, named where it can be seen
+    (["--form", "wujue", "--rhyme", "东风"], "--rhyme takes one character"),
     (["--format", "xml"], "unknown format"),
 ])
 def test_cli_bad_inputs(ckpt, args, needle):

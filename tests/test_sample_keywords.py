@@ -134,6 +134,8 @@ def test_given_keywords_open_the_plan_of_a_model_that_plans(plan_checkpoint):  #
 
 @pytest.mark.parametrize("args, words", [
     (["--keywords", ""], "--keywords is empty"),
+    (["--keywords", "秋月,,孤雁"], "'秋月,,孤雁' holds an empty keyword"),  # never a silent shift to line 2
+    (["--keywords", "秋月、孤雁、"], "holds an empty keyword"),
     (["--keywords", "秋月,ab"], "Han characters"),
     (["--keywords", "一二三四五"], "1 to 4"),
     (["--form", "wujue", "--keywords", "一,二,三,四,五"], "at most 4"),
@@ -179,3 +181,9 @@ def test_a_free_form_plan_may_end_right_after_the_given_keywords(plan_checkpoint
     assert all(p.plan[0] == word and all(p.plan) for p in poems)
     assert {len(p.plan) for p in poems} > {1}, [p.plan for p in poems]  # ended there, and went on
     assert 1 in {len(p.plan) for p in poems}
+
+
+def test_keywords_are_parted_by_commas_or_any_run_of_spaces():
+    from poetgen.sample.keywords import split_keywords
+
+    assert split_keywords(" 秋月  孤雁，归舟、钓矶 , 江 ") == ("秋月", "孤雁", "归舟", "钓矶", "江")

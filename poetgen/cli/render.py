@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from ..forms import FORMS
@@ -224,7 +225,7 @@ def poem_records(records: list[dict], fmt: str) -> str:
     """jsonl: one object a line; json: indented objects joined by commas (the caller adds the brackets)."""
     if fmt == "jsonl":
         return "".join(to_json(r) + "\n" for r in records)
-    return ",\n".join(to_json(r, indent=1) for r in records)
+    return ",\n".join(textwrap.indent(to_json(r, indent=1), " ") for r in records)
 
 
 def check_result(r) -> str:

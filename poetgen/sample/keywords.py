@@ -87,11 +87,16 @@ def split_keywords(text: str) -> tuple[str, ...]:
     message as ValueError for an empty one or one not of 1-4 Han characters."""
     from ..plan import MAX_KEYWORD
 
-    for mark in "，、 \u3000":
+    given = text.strip()
+    for mark in "，、":
         text = text.replace(mark, ",")
-    words = [w.strip() for w in text.split(",") if w.strip()]
-    if not words:
+    pieces = [piece.split() for piece in text.split(",")]  # spaces part keywords too, any number of them
+    if not any(pieces):
         raise ValueError("--keywords is empty: give 1 to 4 characters a line, e.g. 秋月,孤雁")
+    if not all(pieces):
+        raise ValueError(f"--keywords {given!r} holds an empty keyword (two commas in a row, or one at an "
+                         "end): give one keyword a line from the first, e.g. 秋月,孤雁")
+    words = [w for piece in pieces for w in piece]
     for w in words:
         if not (1 <= len(w) <= MAX_KEYWORD and all(is_han(c) for c in w)):
             raise ValueError(f"--keywords: {w!r} is not a keyword of 1 to {MAX_KEYWORD} Han characters: give e.g. "

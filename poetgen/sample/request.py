@@ -275,7 +275,8 @@ def in_model_script(opts: SampleOptions, vocab: Vocab, script: str | None) -> Sa
     unknown = vocab.unknown(converted.prompt + (converted.title or "") + converted.acrostic
                             + "".join(converted.keywords))
     if unknown:
-        raise UsageError(f"not in the model's vocabulary: {' '.join(unknown)}: use other characters")
+        raise UsageError(f"not in the model's vocabulary: {' '.join(repr(c) for c in unknown)}: use other "
+                         "characters")
     if converted != opts:  # a conversion can change a length, or part a prompt's character from its head
         check_text(converted)
     return converted
