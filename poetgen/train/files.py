@@ -53,7 +53,8 @@ class RunFiles:
             checkpoint.load_weights(self.model, ckpt.state_dict)
             self.optimizer.load_state_dict(saved.optimizer)
             set_rng_state(saved.rng, self.device)
-            self.position = saved.position(self.model_config.cell == "lstm", self.device)
+            teacher_lstm = self.teacher is None or self.teacher.config.cell == "lstm"
+            self.position = saved.position(self.model_config.cell == "lstm", self.device, teacher_lstm)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError):
             raise PoetgenError(f"{ckpt.path} has a damaged training state: resume from another copy, or start "
                                f"a new run with --init-from {ckpt.path}") from None

@@ -38,8 +38,9 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
     Model options are ModelConfig fields, the rest TrainConfig fields. A fresh run takes the preset's
     shape with the given overrides; --init-from takes the checkpoint's shape; --resume takes everything
     from last.pt and applies only the budget options (TrainConfig.RESUMABLE), refusing any other change."""
-    if given.get("init_from") is not None:  # as last.pt stores it, whatever the caller passed
-        given = {**given, "init_from": str(given["init_from"])}
+    for name in ("init_from", "teacher"):  # as last.pt stores them, whatever the caller passed
+        if given.get(name) is not None:
+            given = {**given, name: str(given[name])}
     if resume:
         return _plan_resume(out, given, preset)
     if (out / "last.pt").exists() or (out / "best.pt").exists():
@@ -99,13 +100,20 @@ def _plan_resume(out: Path, given: dict, preset: str | None) -> RunPlan:
     return RunPlan(ckpt.config, train_config.validate(), resume_from=ckpt, vocab=ckpt.vocab)
 
 
-def _init_checkpoint(path: Path) -> Checkpoint:
-    """The checkpoint --init-from names, read."""
+def _init_checkpoint(path: Path, flag: str = "--init-from") -> Checkpoint:
+    """The checkpoint --init-from (or `flag`) names, read."""
     if path.is_dir():
-        raise UsageError(f"--init-from {path} is a folder: pass a checkpoint file (e.g. {path}/best.pt)")
+        raise UsageError(f"{flag} {path} is a folder: pass a checkpoint file (e.g. {path}/best.pt)")
     if not path.exists():
-        raise UsageError(f"--init-from {path}: no such file: pass a checkpoint (e.g. runs/NAME/best.pt)")
+        raise UsageError(f"{flag} {path}: no such file: pass a checkpoint (e.g. runs/NAME/best.pt)")
     return checkpoint.read(path)
+
+
+def read_teacher(path: Path, vocab: Vocab) -> Checkpoint:
+    """The checkpoint --teacher names, read, with the run's vocabulary (one output column a token)."""
+    teacher = _init_checkpoint(path, "--teacher")
+    teacher.require_vocab(vocab, "distil from a model of this corpus's vocabulary")
+    return teacher
 
 
 def train_run(out: Path, data_dir: Path, given: dict, *, resume: bool = False, preset: str | None = None,
@@ -133,10 +141,11 @@ def train_run(out: Path, data_dir: Path, given: dict, *, resume: bool = False, p
             doubles = doubles if doubles is not None or start is None else start.doubles
             if start is not None and start.meta.poets:  # the poets a model knew, it still knows
                 meta = {**meta, "poets": {**start.meta.poets, **(meta.get("poets") or {})}}
-        run_vocab = plan.vocab if plan.vocab.tokens[:len(vocab)] == vocab.tokens else vocab  # else resume refuses
+            run_vocab = plan.vocab if plan.vocab.tokens[:len(vocab)] == vocab.tokens else vocab  # else resume refuses
+            teacher = read_teacher(Path(plan.train_config.teacher), run_vocab) if plan.train_config.teacher else None
         trainer = Trainer(plan.model_config, plan.train_config, run_vocab, train_stream, val_stream, out, meta,
                           tones=tones, doubles=doubles, data_dir=named_data_dir, listeners=listeners,
-                          init_checkpoint=plan.init_checkpoint)
+                          init_checkpoint=plan.init_checkpoint, teacher=teacher)
         if plan.resume_from is not None:
             trainer.resume(plan.resume_from)
         return trainer.run()

@@ -130,6 +130,7 @@ class Position:
     epoch: int = 0
     window: int = 0  # the epoch's next TBPTT window
     hidden: State = None  # the hidden state carried into that window (None: zeros)
+    teacher_hidden: State = None  # --teacher: the teacher's, likewise
     tokens_seen: int = 0
     elapsed: float = 0.0  # seconds of training so far
     best_val: float = math.inf  # the best validation loss so far (nats per character)
@@ -138,7 +139,7 @@ class Position:
     pending_eval: dict | None = None  # a validation a stop signal cut short ({train_loss, tokens_per_s})
 
 
-POSITION_FIELDS = tuple(f.name for f in fields(Position) if f.name != "hidden")
+POSITION_FIELDS = tuple(f.name for f in fields(Position) if f.name not in ("hidden", "teacher_hidden"))
 
 
 @dataclass
@@ -163,21 +164,28 @@ class RunState:
     rng: dict  # the random generators' states (torch, and cuda on a GPU)
     meter: dict | None = None  # the train loss since the last log line ({loss_sum, steps}): the resumed
     # run's next log line then reports what the uninterrupted run's does (absent in older files: none)
+    teacher_hidden: list | None = None  # --teacher: the teacher's hidden state, as `hidden`
+
 
     @classmethod
     def of(cls, position: Position, **rest) -> RunState:
-        """The saved form of `position` (the hidden state copied to the CPU) with the rest of the state."""
-        hidden = position.hidden
-        if hidden is not None:
-            hidden = [s.cpu() for s in (hidden if isinstance(hidden, tuple) else (hidden,))]
-        return cls(**{name: getattr(position, name) for name in POSITION_FIELDS}, hidden=hidden, **rest)
+        """The saved form of `position` (the hidden states copied to the CPU) with the rest of the state."""
+        def saved(hidden: State) -> list | None:
+            return None if hidden is None else [s.cpu() for s in (hidden if isinstance(hidden, tuple) else (hidden,))]
 
-    def position(self, lstm: bool, device: torch.device) -> Position:
-        """The Position this state saved, its hidden state on `device`."""
-        hidden = self.hidden
-        if hidden is not None:
-            hidden = tuple(h.to(device) for h in hidden) if lstm else hidden[0].to(device)
-        return Position(**{name: getattr(self, name) for name in POSITION_FIELDS}, hidden=hidden)
+        return cls(**{name: getattr(position, name) for name in POSITION_FIELDS}, hidden=saved(position.hidden),
+                   teacher_hidden=saved(position.teacher_hidden), **rest)
+
+    def position(self, lstm: bool, device: torch.device, teacher_lstm: bool = True) -> Position:
+        """The Position this state saved, its hidden states on `device` (`lstm`, `teacher_lstm`: whether
+        the student's and the teacher's cells are LSTMs, whose state is a pair)."""
+        def restored(hidden: list | None, pair: bool) -> State:
+            if hidden is None:
+                return None
+            return tuple(h.to(device) for h in hidden) if pair else hidden[0].to(device)
+
+        return Position(**{name: getattr(self, name) for name in POSITION_FIELDS}, hidden=restored(self.hidden, lstm),
+                        teacher_hidden=restored(self.teacher_hidden, teacher_lstm))
 
     def to_dict(self) -> dict:
         """The training state as last.pt stores it (a shallow dict: tensors are not copied)."""

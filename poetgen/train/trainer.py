@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import checkpoint
 from ..checkpoint import Checkpoint
@@ -28,6 +29,7 @@ from ..schedule import Schedule
 from ..text import finite
 from ..vocab import Vocab
 from .files import RunFiles, run_meta, software
+from .plan import read_teacher
 from .setup import check_streams, make_optimizer, negative_sampler, sampled_softmax_warning, warm_start
 from .state import (
     Meter,
@@ -60,7 +62,7 @@ class Trainer(RunFiles):
                  train_stream: np.ndarray, val_stream: np.ndarray, out: Path, corpus_meta: dict | None = None,
                  tones: dict | None = None, data_dir: Path | None = None, *,
                  listeners: list[Callable[[TrainEvent], None]] = (), init_checkpoint: Checkpoint | None = None,
-                 doubles: dict | None = None):
+                 doubles: dict | None = None, teacher: Checkpoint | None = None):
         self.cfg, self.model_config = train_config.validate(), model_config.validate()
         if model_config.vocab_size != len(vocab):
             raise UsageError(f"model vocabulary {model_config.vocab_size} differs from the corpus's {len(vocab)}")
@@ -75,6 +77,10 @@ class Trainer(RunFiles):
             ckpt = init_checkpoint or checkpoint.read(self.cfg.init_from)
             self._note(warm_start(self.model, ckpt, vocab, self.corpus_meta.get("script")))
         self.model.to(self.device)
+        self.teacher = None  # --teacher: its model, in eval mode, never trained
+        if self.cfg.teacher:
+            teacher = teacher or read_teacher(Path(self.cfg.teacher), vocab)
+            self.teacher = checkpoint.build_model(teacher, self.device).requires_grad_(False)
         use_bf16(self.device, self.cfg.precision)  # a precision the device lacks fails here, not mid-run
         check_streams(train_stream, val_stream, self.cfg.batch_size)
         self.train_data = batchify(train_stream, self.cfg.batch_size).to(self.device)  # (B, N)
@@ -207,7 +213,8 @@ class Trainer(RunFiles):
         at = self.position
         while True:
             if at.window >= self.windows_per_epoch:
-                at.epoch, at.window, at.hidden = at.epoch + 1, 0, None  # the state is reset at the epoch boundary
+                at.epoch, at.window = at.epoch + 1, 0
+                at.hidden = at.teacher_hidden = None  # the states are reset at the epoch boundary
             stop_reason = out_of_budget(self)
             if stop_reason:
                 return stop_reason
@@ -231,10 +238,15 @@ class Trainer(RunFiles):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = get_batch(self.train_data, at.window, self.cfg.bptt)  # (B, T) each
+        teacher_hidden = None
         with autocast(self.device, self.cfg.precision):
-            loss, hidden = self.model.loss(x, y, at.hidden, self.negatives)
+            if self.teacher is None:
+                loss, hidden = self.model.loss(x, y, at.hidden, self.negatives)
+                objective = loss
+            else:
+                loss, objective, hidden, teacher_hidden = self._distillation_loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
@@ -242,9 +254,23 @@ class Trainer(RunFiles):
                 "or --clip; the run's checkpoints keep their last good state")
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         self.optimizer.step()
-        at.hidden = detach_state(hidden)
+        at.hidden, at.teacher_hidden = detach_state(hidden), teacher_hidden
         at.step, at.window, at.tokens_seen = at.step + 1, at.window + 1, at.tokens_seen + x.numel()
         return loss_value, x.numel()
+
+    def _distillation_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        """(the cross entropy, the objective, the student's state, the teacher's state) of a window with a
+        teacher: the objective is (1 - distill) x the cross entropy of the text + distill x KL(teacher ‖
+        student), both per character, the teacher's state carried on like the student's."""
+        at, w = self.position, self.cfg.distill
+        with torch.no_grad():
+            teacher_logits, teacher_hidden = self.teacher(x, at.teacher_hidden)
+            teacher_logp = F.log_softmax(teacher_logits.float(), dim=-1).flatten(0, 1)
+        logits, hidden = self.model(x, at.hidden)
+        logp = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)
+        ce = F.nll_loss(logp, y.reshape(-1))
+        kl = F.kl_div(logp, teacher_logp, reduction="batchmean", log_target=True)
+        return ce, (1 - w) * ce + w * kl, hidden, teacher_hidden
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ..options import (
     DataDirOpt,
     DecayAfterOpt,
     DeviceOpt,
+    DistillOpt,
     DropoutOpt,
     EmbDropoutOpt,
     EmbSizeOpt,
@@ -45,6 +46,7 @@ from ..options import (
     QuietOpt,
     ResumeOpt,
     SampledSoftmaxOpt,
+    TeacherOpt,
     ThreadsOpt,
     TrainSeedOpt,
     TrainSplitOpt,
@@ -63,7 +65,8 @@ from ..render import to_json
     epilog=examples(
     "poetgen train --preset tiny --max-minutes 10 --out runs/tiny",
     "poetgen train --out runs/tiny --resume --max-minutes 30",
-    "poetgen train --init-from runs/a/best.pt --lr 5e-4 --dropout 0.4 --out runs/b"))
+    "poetgen train --init-from runs/a/best.pt --lr 5e-4 --dropout 0.4 --out runs/b",
+    "poetgen train --preset small --teacher checkpoints/poetgen-default.pt --out runs/student"))
 @handle_errors
 def train_cmd(
     ctx: typer.Context, out: OutOpt = Path("runs/default"), data_dir: DataDirOpt = None, preset: PresetOpt = None,
@@ -81,7 +84,8 @@ def train_cmd(
     log_every: LogEveryOpt = TrainConfig.log_every, patience: PatienceOpt = None,
     seed: TrainSeedOpt = TrainConfig.seed, device: DeviceOpt = DEFAULT_DEVICE,
     precision: PrecisionOpt = TrainConfig.precision, init_from: InitFromOpt = None,
-    sampled_softmax: SampledSoftmaxOpt = TrainConfig.sampled_softmax,
+    sampled_softmax: SampledSoftmaxOpt = TrainConfig.sampled_softmax, teacher: TeacherOpt = None,
+    distill: DistillOpt = TrainConfig.distill,
     train_split: TrainSplitOpt = TrainConfig.train_split, resume: ResumeOpt = False, as_json: AsJsonOpt = False,
     threads: ThreadsOpt = None, quiet: QuietOpt = False,
 ) -> None:
