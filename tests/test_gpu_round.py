@@ -186,7 +186,23 @@ def test_run_refuses_budgets_past_its_deadline_before_any_work(tmp_path):
     result = tool("run", "--pre-minutes", "7", "--tang-minutes", "2.5", "--out", tmp_path / "out",
                   "--work", tmp_path / "work")
     one_line_error(result, "--deadline-minutes 9: give them less")
+    one_line_error(tool("run", "--distill", "1.5", "--out", tmp_path / "out", "--work", tmp_path / "work"),
+                   "--distill must be in (0, 1]")
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_run_refuses_a_student_of_a_model_of_another_vocabulary_before_training(song_corpus_and_model, tmp_path):
+    data, model = song_corpus_and_model
+    dest = tmp_path / "device"
+    assert tool("pack", "--data-dir", data, "--model", model, "--dest", dest).returncode == 0
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["model"]["corpus_vocabulary"] is True
+    manifest["model"]["corpus_vocabulary"] = False  # as pack writes it for a model of another vocabulary
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    result = tool("run", "--dry-run", "--src", dest, "--out", tmp_path / "out", "--work", tmp_path / "work",
+                  "--student-minutes", "1", "--deadline-minutes", "60")
+    one_line_error(result, "drop --student-minutes")
+    assert list(json.loads((tmp_path / "out" / "summary.json").read_text())["steps"]) == ["version"]
 
 
 def test_join_refuses_a_malformed_sums_file_and_an_output_it_cannot_write(tmp_path):

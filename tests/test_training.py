@@ -18,6 +18,7 @@ from poetgen import checkpoint, corpus
 from poetgen.checkpoint import ModelMeta
 from poetgen.cli import app
 from poetgen.corpus import load_split
+from poetgen.data import get_batch
 from poetgen.errors import CheckpointError, UsageError
 from poetgen.evaluate import evaluate_stream
 from poetgen.model import LanguageModel, ModelConfig
@@ -288,7 +289,7 @@ def test_a_distilled_student_comes_closer_to_its_teacher_than_one_trained_on_the
                       distill=0.9)
     start = _kl_on_val(prepared, teacher, taught.model)
     taught.run()
-    assert not any(p.requires_grad for p in taught.teacher.parameters())
+    assert not taught.teacher.training and not any(p.requires_grad for p in taught.teacher.parameters())
     assert all(torch.equal(a, b) for a, b in zip(taught.teacher.state_dict().values(),
                                                  teacher.state_dict().values(), strict=True))  # never trained
     kl_taught, kl_plain = _kl_on_val(prepared, teacher, taught.model), _kl_on_val(prepared, teacher, plain.model)
@@ -297,6 +298,32 @@ def test_a_distilled_student_comes_closer_to_its_teacher_than_one_trained_on_the
     last_log = [e for e in logged if e["event"] == "log"][-1]
     assert last_log["train_loss"] > kl_taught  # the cross entropy of the text, not the objective
     assert checkpoint.load(tmp_path / "taught" / "best.pt").meta.train_config["teacher"] == teacher_path
+
+
+def test_the_objective_mixes_the_cross_entropy_and_kl_from_the_teacher_and_the_log_keeps_the_first(
+        prepared, tmp_path):
+    trainer = _trainer(prepared, tmp_path / "s", teacher=_teacher(prepared, tmp_path), distill=0.3)
+    trainer.model.eval()  # no dropout: the figures below are exact
+    x, y = get_batch(trainer.train_data, 0, trainer.cfg.bptt)
+    with torch.no_grad():
+        teacher_logp = torch.log_softmax(trainer.teacher(x)[0].float(), -1)
+        logq = torch.log_softmax(trainer.model(x)[0].float(), -1)
+        ce = float(-logq.gather(-1, y[..., None]).mean())
+        kl = float((teacher_logp.exp() * (teacher_logp - logq)).sum(-1).mean())  # KL(teacher ‖ student)
+        got_ce, objective, _, _ = trainer._distillation_loss(x, y)
+    assert float(got_ce) == pytest.approx(ce, rel=1e-5) and kl > 0.01
+    assert float(objective) == pytest.approx(0.7 * ce + 0.3 * kl, rel=1e-5)
+    assert trainer._train_step(1e-3)[0] == pytest.approx(ce, rel=1e-5)  # what the log reports: the cross entropy
+
+
+def test_the_teachers_state_starts_afresh_at_each_epoch_like_the_students(prepared, tmp_path):
+    trainer = _trainer(prepared, tmp_path / "e", teacher=_teacher(prepared, tmp_path), batch_size=64, bptt=32,
+                       max_steps=None, epochs=2, eval_every=1000)
+    fresh = []
+    trainer.teacher.register_forward_pre_hook(lambda module, args: fresh.append(args[1] is None))
+    trainer.run()
+    windows = trainer.windows_per_epoch
+    assert len(fresh) == 2 * windows and [i for i, f in enumerate(fresh) if f] == [0, windows]
 
 
 def test_distillation_resumes_exactly_the_teachers_state_carried_in_last_pt(prepared, tmp_path):
@@ -413,6 +440,13 @@ def test_train_cli_refuses_a_teacher_it_cannot_use(prepared, tiny_checkpoint, tm
     changed = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--resume",
                                   "--max-steps", "6", "--distill", "0.2", "--quiet"])
     assert changed.exit_code == 2 and "--distill cannot change on --resume" in changed.stderr
+    alone = runner.invoke(app, ["train", "--out", str(tmp_path / "d"), "--data-dir", str(prepared), "--distill", "0.2",
+                                "--max-steps", "1", "--quiet"])
+    assert alone.exit_code == 2 and "give --teacher FILE too" in alone.stderr
+    (tmp_path / "teacher" / "best.pt").write_bytes((tmp_path / "r" / "best.pt").read_bytes())  # another teacher
+    moved = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--data-dir", str(prepared), "--resume",
+                                "--max-steps", "6", "--quiet"])
+    assert moved.exit_code == 2 and "not the file this run started with" in moved.stderr, moved.stderr
 
 
 def test_train_cli_bad_inputs(prepared, tmp_path, monkeypatch):

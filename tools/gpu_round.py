@@ -195,7 +195,8 @@ def pack(args: argparse.Namespace) -> None:
         raise RoundError(f"the corpus in {data} lists no {missing[0]}: run `poetgen corpus build --data-dir {data}`")
     vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))
     if model.vocab.tokens != vocab:
-        say(f"{args.model} has another vocabulary than the corpus: train maps the rows both hold")
+        say(f"{args.model} has another vocabulary than the corpus: train maps the rows both hold, and no "
+            "student can be taught (run --student-minutes refuses)")
     names = [n for n in CARRIED if n in meta["files"]]
     if "song.bin" not in names:
         say("this corpus has no 全宋诗: the round will train on Tang alone (prepare it with --with-song)")
@@ -215,7 +216,7 @@ def pack(args: argparse.Namespace) -> None:
         if not tracked:
             shutil.copyfile(args.model, staging / "init.pt")
         manifest["model"] = {"path": str(TRACKED_MODEL) if tracked else "init.pt", "sha256": sha256(args.model),
-                             "from": str(args.model)}
+                             "from": str(args.model), "corpus_vocabulary": model.vocab.tokens == vocab}
         write_meta(staging, meta, manifest, names)  # written again below: counted now, at its size
         song_xz = staging / "corpus" / "song.bin.xz"
         rest = folder_bytes(staging) + 1024 - (song_xz.stat().st_size if song_xz.is_file() else 0)
@@ -418,6 +419,8 @@ class Round:
 
 
 def run(args: argparse.Namespace) -> None:
+    if not 0 < args.distill <= 1:
+        raise RoundError(f"--distill must be in (0, 1], got {args.distill:g}")
     phases = args.pre_minutes + args.tang_minutes + args.student_minutes
     if phases + RESERVE_MINUTES > args.deadline_minutes:
         raise RoundError(f"the phases' minutes ({phases:g}) and {RESERVE_MINUTES:g} for the rest are more than "
@@ -439,6 +442,9 @@ def round_steps(r: Round, args: argparse.Namespace) -> None:
         raise RoundError("poetgen does not start here (see round.log): carry the packages it lacks")
     r.summary["software"] = version.stdout.strip()
     corpus, model = r.unpack()
+    if args.student_minutes > 0 and not r.summary["init"].get("corpus_vocabulary", True):
+        raise RoundError("the starting model has another vocabulary than the corpus, and a student of the corpus's "
+                         "cannot learn from it: drop --student-minutes")
     if not args.dry_run:
         probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, "
                                 "torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"],

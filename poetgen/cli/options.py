@@ -277,11 +277,13 @@ InitFromOpt = Annotated[Optional[Path], typer.Option(
         "from their mean.", metavar="FILE", show_default="fresh weights")]
 TeacherOpt = Annotated[Optional[Path], typer.Option(
         "--teacher", help="Distil: also train toward this model's next-character distribution (Hinton et al. "
-        "2015), a model of the corpus's vocabulary, usually larger; it runs beside the student at every step. "
-        "The logged train loss stays the cross entropy.", metavar="FILE", show_default="none")]
+        "2015), a model of the corpus's vocabulary, usually larger; it runs beside the student at every step, "
+        "and a resume needs the same file. The logged train loss stays the cross entropy.", metavar="FILE",
+        show_default="none")]
 DistillOpt = Annotated[float, typer.Option(
-        "--distill", help="With --teacher: the share of the loss that is the KL divergence from the teacher's "
-        "distribution; the rest is the cross entropy of the text.", metavar="<float>")]
+        "--distill", help="With --teacher: the share of the loss, in (0, 1], that is KL(teacher ‖ student), the "
+        "divergence of the student's distribution from the teacher's; the rest is the cross entropy of the text.",
+        metavar="<float>")]
 SampledSoftmaxOpt = Annotated[int, typer.Option(
         "--sampled-softmax", help="Train the output layer on the batch's targets plus K sampled negatives "
         "instead of the whole vocabulary (faster; an approximation: finish with a full-softmax run; the logged "

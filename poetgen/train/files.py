@@ -3,6 +3,7 @@ continues exactly as if it had never stopped."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -35,7 +36,7 @@ class RunFiles:
                             schedule_minutes=self.schedule.total_minutes, optimizer=self.optimizer.state_dict(),
                             rng=rng_state(self.device),
                             meter={"loss_sum": meter.loss_sum, "steps": meter.steps} if meter and meter.steps
-                            else None)
+                            else None, teacher_sha256=self.teacher_sha256)
         checkpoint.save(path, self.model, self.vocab, run_meta(self), tones=self.tones, doubles=self.doubles,
                         train_state=saved.to_dict())
         return path
@@ -49,6 +50,10 @@ class RunFiles:
             raise UsageError(f"{ckpt.path} was trained with another model shape: drop the size options or --resume")
         ckpt.require_vocab(self.vocab, "rebuild that corpus or start afresh")
         saved = RunState.from_dict(ckpt.train_state, ckpt.path)
+        if saved.teacher_sha256 is not None and saved.teacher_sha256 != self.teacher_sha256:
+            raise UsageError(f"--teacher {self.cfg.teacher} is not the file this run started with (its contents "
+                             "changed): put that teacher back to resume, or start a new run with --init-from "
+                             f"{ckpt.path}")
         try:
             checkpoint.load_weights(self.model, ckpt.state_dict)
             self.optimizer.load_state_dict(saved.optimizer)
@@ -69,6 +74,15 @@ class RunFiles:
         if self.data_dir is not None:
             parts += ["--data-dir", str(self.data_dir)]
         return " ".join(shlex.quote(p) for p in parts)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def software() -> dict:

@@ -38,15 +38,18 @@ def plan_run(out: Path, vocab: Vocab, given: dict, resume: bool = False, preset:
     Model options are ModelConfig fields, the rest TrainConfig fields. A fresh run takes the preset's
     shape with the given overrides; --init-from takes the checkpoint's shape; --resume takes everything
     from last.pt and applies only the budget options (TrainConfig.RESUMABLE), refusing any other change."""
-    for name in ("init_from", "teacher"):  # as last.pt stores them, whatever the caller passed
-        if given.get(name) is not None:
-            given = {**given, name: str(given[name])}
+    if given.get("init_from") is not None:  # as last.pt stores it, whatever the caller passed
+        given = {**given, "init_from": str(given["init_from"])}
+    if given.get("teacher") is not None:  # resolved: a resume from another folder finds it, and knows it
+        given = {**given, "teacher": str(Path(given["teacher"]).expanduser().resolve())}
     if resume:
         return _plan_resume(out, given, preset)
     if (out / "last.pt").exists() or (out / "best.pt").exists():
         raise UsageError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     model_given = {k: v for k, v in given.items() if k in SHAPE_OPTIONS + REGULARIZERS}
     train_given = {k: v for k, v in given.items() if k not in model_given}
+    if "distill" in train_given and train_given.get("teacher") is None:
+        raise UsageError("--distill weighs what --teacher teaches: give --teacher FILE too, or drop --distill")
     init_checkpoint = None
     if train_given.get("init_from") is not None:
         if preset is not None or any(k in SHAPE_OPTIONS for k in model_given):
@@ -110,9 +113,12 @@ def _init_checkpoint(path: Path, flag: str = "--init-from") -> Checkpoint:
 
 
 def read_teacher(path: Path, vocab: Vocab) -> Checkpoint:
-    """The checkpoint --teacher names, read, with the run's vocabulary (one output column a token)."""
+    """The checkpoint --teacher names, read: its vocabulary must be the run's, or the first tokens of it
+    (the run's is the corpus's, joined by an --init-from model's own tokens)."""
     teacher = _init_checkpoint(path, "--teacher")
-    teacher.require_vocab(vocab, "distil from a model of this corpus's vocabulary")
+    if teacher.vocab.tokens != vocab.tokens[:len(teacher.vocab)]:
+        raise UsageError(f"--teacher {path} was trained on another vocabulary than this run's: distil from a model "
+                         "of this corpus's vocabulary")
     return teacher
 
 

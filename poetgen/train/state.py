@@ -165,6 +165,7 @@ class RunState:
     meter: dict | None = None  # the train loss since the last log line ({loss_sum, steps}): the resumed
     # run's next log line then reports what the uninterrupted run's does (absent in older files: none)
     teacher_hidden: list | None = None  # --teacher: the teacher's hidden state, as `hidden`
+    teacher_sha256: str | None = None  # --teacher: its file's digest (a resume refuses another file)
 
 
     @classmethod

@@ -28,7 +28,7 @@ from ..model import LanguageModel, detach_state
 from ..schedule import Schedule
 from ..text import finite
 from ..vocab import Vocab
-from .files import RunFiles, run_meta, software
+from .files import RunFiles, file_sha256, run_meta, software
 from .plan import read_teacher
 from .setup import check_streams, make_optimizer, negative_sampler, sampled_softmax_warning, warm_start
 from .state import (
@@ -78,9 +78,11 @@ class Trainer(RunFiles):
             self._note(warm_start(self.model, ckpt, vocab, self.corpus_meta.get("script")))
         self.model.to(self.device)
         self.teacher = None  # --teacher: its model, in eval mode, never trained
+        self.teacher_sha256 = None  # and its file's digest, which last.pt keeps: a resume needs the same teacher
         if self.cfg.teacher:
             teacher = teacher or read_teacher(Path(self.cfg.teacher), vocab)
             self.teacher = checkpoint.build_model(teacher, self.device).requires_grad_(False)
+            self.teacher_sha256 = file_sha256(Path(self.cfg.teacher))
         use_bf16(self.device, self.cfg.precision)  # a precision the device lacks fails here, not mid-run
         check_streams(train_stream, val_stream, self.cfg.batch_size)
         self.train_data = batchify(train_stream, self.cfg.batch_size).to(self.device)  # (B, N)
@@ -261,7 +263,8 @@ class Trainer(RunFiles):
     def _distillation_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
         """(the cross entropy, the objective, the student's state, the teacher's state) of a window with a
         teacher: the objective is (1 - distill) x the cross entropy of the text + distill x KL(teacher ‖
-        student), both per character, the teacher's state carried on like the student's."""
+        student), both per character (over the teacher's columns: the first of the run's vocabulary), the
+        teacher's state carried on like the student's."""
         at, w = self.position, self.cfg.distill
         with torch.no_grad():
             teacher_logits, teacher_hidden = self.teacher(x, at.teacher_hidden)
@@ -269,7 +272,7 @@ class Trainer(RunFiles):
         logits, hidden = self.model(x, at.hidden)
         logp = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)
         ce = F.nll_loss(logp, y.reshape(-1))
-        kl = F.kl_div(logp, teacher_logp, reduction="batchmean", log_target=True)
+        kl = F.kl_div(logp[:, :teacher_logp.size(-1)], teacher_logp, reduction="batchmean", log_target=True)
         return ce, (1 - w) * ce + w * kl, hidden, teacher_hidden
 
 
