@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import sys
 import tempfile
@@ -176,3 +177,12 @@ def exclusive_lock(folder: str | os.PathLike, busy: Exception):
 
 
 _HELD: set[str] = set()  # the folders this process holds the lock of
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's contents, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

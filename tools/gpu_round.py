@@ -65,6 +65,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # poetgen from this tree, installed or not (the device has it only here)
+
+from poetgen.paths import file_sha256 as sha256  # noqa: E402 (after the path it needs)
+
 DEST = ROOT / ".device"
 TRACKED_MODEL = Path("checkpoints/poetgen-default.pt")
 TRAVEL_LIMIT_MIB = 64.0  # what one device call may send
@@ -135,14 +139,6 @@ def main() -> None:
 
 class RoundError(Exception):
     """A step that cannot go on: one line for the user."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

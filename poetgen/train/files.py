@@ -3,7 +3,6 @@ continues exactly as if it had never stopped."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shlex
@@ -74,15 +73,6 @@ class RunFiles:
         if self.data_dir is not None:
             parts += ["--data-dir", str(self.data_dir)]
         return " ".join(shlex.quote(p) for p in parts)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's contents."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def software() -> dict:

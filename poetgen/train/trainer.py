@@ -25,10 +25,11 @@ from ..errors import UsageError
 from ..evaluate import evaluate_stream, perplexity
 from ..events import Note, RunEnded, RunStarted, Tick, TrainEvent, TrainLog, Validated, Validating
 from ..model import LanguageModel, detach_state
+from ..paths import file_sha256
 from ..schedule import Schedule
 from ..text import finite
 from ..vocab import Vocab
-from .files import RunFiles, file_sha256, run_meta, software
+from .files import RunFiles, run_meta, software
 from .plan import read_teacher
 from .setup import check_streams, make_optimizer, negative_sampler, sampled_softmax_warning, warm_start
 from .state import (
