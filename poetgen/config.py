@@ -139,8 +139,8 @@ class TrainConfig:
     log_every: int = 50
     train_split: str = "train"  # what to train on: one of TRAIN_SPLITS (validation is always the Tang val split)
     sampled_softmax: int = 0  # > 0: train the output layer on the batch's targets plus this many sampled negatives
-    teacher: str | None = None  # distillation: a model of the same vocabulary whose next-character distribution
-    distill: float = 0.5  # the student also learns; with teacher, the share of the loss that is KL(teacher ‖ student)
+    teacher: str | None = None  # distillation: a model whose next-character distribution the run also learns
+    distill: float = 0.5  # with teacher: the share of the loss that is KL(teacher ‖ student), the rest the CE
 
     # the fields --resume may change: they say when to stop and how often to report, not what is computed
     RESUMABLE = ("epochs", "max_steps", "max_minutes", "eval_every", "patience", "log_every")
